@@ -1,0 +1,199 @@
+"""Tokenize documents and pack them into rows of at most `max_seq_length` tokens.
+
+Every document becomes `[CLS] ... [SEP]`; a longer one is cut into chunks, each wrapped the same
+way. Chunks are packed best-fit into a small set of open rows, so rows come out nearly full with
+no padding inside. Each row remembers its documents' lengths: the attention masks built from them
+(modeling.attention) keep documents from seeing each other.
+"""
+from __future__ import annotations
+
+import bisect
+import copy
+import itertools
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from modeling.mixture import PhaseMixture, StreamStats
+
+
+class Chunker:
+    """Batched fast tokenization; documents -> `[CLS] tokens [SEP]` chunks of at most max_seq_length."""
+
+    def __init__(self, tokenizer, max_seq_length: int, batch_size: int = 256):
+        if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+            raise ValueError("the tokenizer needs [CLS] and [SEP] tokens to wrap documents")
+        self.max_seq_length, self.batch_size = max_seq_length, batch_size
+        self.cls, self.sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+        # The Rust tokenizer directly: batched, and no length warnings (documents are cut into chunks here).
+        self.backend = copy.deepcopy(tokenizer.backend_tokenizer)
+        self.backend.no_truncation()
+        self.backend.no_padding()
+
+    def chunks(self, documents: Iterable[tuple[int, str]]) -> Iterator[tuple[int, list[int]]]:
+        """(source index, chunk ids) for each chunk of each document, in document order."""
+        body = self.max_seq_length - 2
+        documents = iter(documents)
+        while batch := list(itertools.islice(documents, self.batch_size)):
+            encoded = self.backend.encode_batch([text for _, text in batch], add_special_tokens=False)
+            for (source, _), ids in zip(batch, (e.ids for e in encoded)):
+                for start in range(0, max(len(ids), 1), body):
+                    yield source, [self.cls, *ids[start:start + body], self.sep]
+
+
+@dataclass
+class _OpenRow:
+    chunks: list = field(default_factory=list)   # (source, ids)
+    used: int = 0
+
+
+class BestFitPacker:
+    """Online best-fit: each chunk goes to the open row it fills most tightly; when more than
+    `open_rows` rows are open, the fullest is emitted. Deterministic for a given chunk order."""
+
+    def __init__(self, max_seq_length: int, open_rows: int = 64, min_chunk: int = 3):
+        self.capacity, self.open_rows, self.min_chunk = max_seq_length, open_rows, min_chunk
+        self.rows: list[_OpenRow] = []
+        self.free: list[int] = []          # sorted free space, parallel to self.rows
+
+    def add(self, source: int, ids: list[int]) -> list[dict]:
+        n = len(ids)
+        k = bisect.bisect_left(self.free, n)
+        if k < len(self.free):
+            row = self.rows.pop(k)
+            self.free.pop(k)
+        else:
+            row = _OpenRow()
+        row.chunks.append((source, ids))
+        row.used += n
+        done = []
+        if self.capacity - row.used < self.min_chunk:
+            done.append(_finish(row))
+        else:
+            self._insert(row)
+        if len(self.rows) > self.open_rows:
+            self.free.pop(0)
+            done.append(_finish(self.rows.pop(0)))
+        return done
+
+    def flush(self) -> list[dict]:
+        done = [_finish(row) for row in self.rows]
+        self.rows, self.free = [], []
+        return done
+
+    def _insert(self, row: _OpenRow):
+        space = self.capacity - row.used
+        k = bisect.bisect_left(self.free, space)
+        self.free.insert(k, space)
+        self.rows.insert(k, row)
+
+
+def _finish(row: _OpenRow) -> dict:
+    return {"input_ids": [t for _, ids in row.chunks for t in ids],
+            "doc_lengths": [len(ids) for _, ids in row.chunks],
+            "doc_sources": [source for source, _ in row.chunks]}
+
+
+def pack(chunks: Iterable[tuple[int, list[int]]], max_seq_length: int, open_rows: int = 64) -> Iterator[dict]:
+    packer = BestFitPacker(max_seq_length, open_rows)
+    for source, ids in chunks:
+        yield from packer.add(source, ids)
+    yield from packer.flush()
+
+
+def packing_efficiency(rows: Iterable[dict], max_seq_length: int) -> float:
+    """Share of tensor positions holding real tokens when every row is padded to max_seq_length."""
+    rows = list(rows)
+    return sum(len(r["input_ids"]) for r in rows) / (len(rows) * max_seq_length) if rows else 0.0
+
+
+def collate_rows(rows: list[dict], pad_id: int, max_seq_length: int, num_sources: int | None = None) -> dict:
+    """Rows -> tensors padded to max_seq_length (a fixed shape: batches from several loaders or
+    processes concatenate, and compiled models see one shape).
+
+    doc_ids numbers the documents of each row (-1 on padding); position_ids restart in every document."""
+    batch_size = len(rows)
+    input_ids = torch.full((batch_size, max_seq_length), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((batch_size, max_seq_length), dtype=torch.long)
+    doc_ids = torch.full((batch_size, max_seq_length), -1, dtype=torch.long)
+    num_sources = num_sources or 1 + max((s for r in rows for s in r.get("doc_sources", [0])), default=0)
+    source_tokens = torch.zeros((batch_size, num_sources), dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids = row["input_ids"]
+        input_ids[b, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        offset = 0
+        for d, (length, source) in enumerate(zip(row["doc_lengths"], row.get("doc_sources", [0] * len(row["doc_lengths"])))):
+            position_ids[b, offset:offset + length] = torch.arange(length)
+            doc_ids[b, offset:offset + length] = d
+            source_tokens[b, source] += length
+            offset += length
+    return {"input_ids": input_ids, "position_ids": position_ids, "doc_ids": doc_ids, "source_tokens": source_tokens}
+
+
+class PackedRows(IterableDataset):
+    """The training stream of a phase: mixed documents -> chunks -> best-fit rows, each tagged with
+    its index in the stream (what masking is seeded by).
+
+    With dataloader workers, every worker runs the same deterministic stream and keeps only its
+    share of batches (batch b goes to worker b % workers, which is the order the DataLoader reads
+    them back in), so the rows and their order do not depend on the number of workers."""
+
+    def __init__(self, mixture: PhaseMixture, tokenizer, max_seq_length: int, batch_size: int,
+                 open_rows: int = 64, tokenize_batch: int = 256, epochs: int | None = None,
+                 stats_path: str | None = None):
+        self.mixture, self.tokenizer, self.max_seq_length = mixture, tokenizer, max_seq_length
+        self.batch_size, self.open_rows, self.tokenize_batch, self.epochs = batch_size, open_rows, tokenize_batch, epochs
+        self.stats_path = stats_path
+        self.stats = StreamStats()
+
+    def __iter__(self):
+        worker = get_worker_info()
+        worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        self.stats = StreamStats()
+        documents = self.mixture.documents(self.stats, epochs=self.epochs)
+        chunks = Chunker(self.tokenizer, self.max_seq_length, self.tokenize_batch).chunks(documents)
+        last_dump = 0.0
+        for index, row in enumerate(pack(chunks, self.max_seq_length, self.open_rows)):
+            if (index // self.batch_size) % workers == worker_id:
+                row["row_index"] = index
+                yield row
+            if worker_id == 0 and self.stats_path and time.monotonic() - last_dump > 2.0:
+                self.dump_stats()
+                last_dump = time.monotonic()
+        if worker_id == 0:
+            self.dump_stats()
+
+    def dump_stats(self):
+        """Worker processes cannot hand objects back, so the reading statistics go through a file."""
+        if not self.stats_path:
+            return
+        tmp = f"{self.stats_path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.stats.as_dict(), f)
+        os.replace(tmp, self.stats_path)
+
+
+def count_rows(mixture: PhaseMixture, tokenizer, max_seq_length: int, open_rows: int = 64,
+               tokenize_batch: int = 256, stats: StreamStats | None = None) -> tuple[int, int]:
+    """(rows, tokens) of one epoch of a natural-proportion phase: the counting pass epoch-length phases need."""
+    stats = stats or StreamStats()
+    chunks = Chunker(tokenizer, max_seq_length, tokenize_batch).chunks(mixture.documents(stats, epochs=1))
+    rows = tokens = 0
+    for row in pack(chunks, max_seq_length, open_rows):
+        rows += 1
+        tokens += len(row["input_ids"])
+    return rows, tokens
+
+
+def held_out_rows(mixture: PhaseMixture, tokenizer, max_seq_length: int, max_documents: int,
+                  open_rows: int = 64) -> list[dict]:
+    documents = mixture.held_out_documents(max_documents)
+    rows = list(pack(Chunker(tokenizer, max_seq_length).chunks(documents), max_seq_length, open_rows))
+    for index, row in enumerate(rows):
+        row["row_index"] = index
+    return rows
