@@ -1,0 +1,70 @@
+"""Attention never crosses documents: every document of a packed batch gives the logits it gives alone."""
+import pytest
+import torch
+from transformers import ModernBertForMaskedLM
+
+from conftest import synthetic_documents, tiny_model_config
+from modeling.attention import packed_attention_kwargs
+from modeling.packing import Chunker, collate_rows, pack
+
+
+def _packed_batch(tokenizer, max_len=96):
+    # Documents longer than the sliding window (16 tokens -> window 8) so the window matters too.
+    docs = [(0, d) for d in synthetic_documents(12, seed=3, min_words=3, max_words=40)]
+    rows = list(pack(Chunker(tokenizer, max_len).chunks(docs), max_len, open_rows=4))
+    assert any(len(r["doc_lengths"]) > 1 for r in rows), "the fixture must put several documents in a row"
+    assert any(len(r["input_ids"]) < max_len for r in rows), "and leave padding somewhere"
+    return rows, collate_rows(rows, tokenizer.pad_token_id, max_len)
+
+
+def _each_document_alone(model, rows):
+    for b, row in enumerate(rows):
+        offset = 0
+        for length in row["doc_lengths"]:
+            ids = torch.tensor([row["input_ids"][offset:offset + length]])
+            yield b, offset, length, model(input_ids=ids).logits[0]
+            offset += length
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_packed_logits_equal_documents_alone(tiny_tokenizer, implementation):
+    torch.manual_seed(0)
+    model = ModernBertForMaskedLM._from_config(tiny_model_config(tiny_tokenizer), attn_implementation=implementation).eval()
+    rows, batch = _packed_batch(tiny_tokenizer)
+    kwargs = packed_attention_kwargs(batch["doc_ids"], implementation, model.config.sliding_window)
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], **kwargs).logits
+        worst = max((alone - packed[b, o:o + n]).abs().max().item() for b, o, n, alone in _each_document_alone(model, rows))
+    assert worst <= 1e-5, f"{implementation}: a packed document differs from itself alone by {worst}"
+
+
+def test_without_document_masks_documents_leak(tiny_tokenizer):
+    """The check above can fail: with only position_ids (what ModernBERT 5.x uses for RoPE alone),
+    documents attend to each other and the logits change."""
+    torch.manual_seed(0)
+    model = ModernBertForMaskedLM._from_config(tiny_model_config(tiny_tokenizer), attn_implementation="sdpa").eval()
+    rows, batch = _packed_batch(tiny_tokenizer)
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                       attention_mask=(batch["doc_ids"] >= 0).long()).logits
+        worst = max((alone - packed[b, o:o + n]).abs().max().item() for b, o, n, alone in _each_document_alone(model, rows))
+    assert worst > 1e-4
+
+
+def test_eager_gets_additive_masks_and_sdpa_boolean(tiny_tokenizer):
+    doc_ids = torch.tensor([[0, 0, 1, 1, 1, -1]])
+    sdpa = packed_attention_kwargs(doc_ids, "sdpa", sliding_window=1)["attention_mask"]
+    eager = packed_attention_kwargs(doc_ids, "eager", sliding_window=1)["attention_mask"]
+    assert sdpa["full_attention"].dtype == torch.bool and eager["full_attention"].is_floating_point()
+    full = sdpa["full_attention"][0, 0]
+    assert full[0, 1] and not full[1, 2] and full[2, 4] and not full[5, 4] and full[5, 5]
+    sliding = sdpa["sliding_attention"][0, 0]
+    assert sliding[2, 3] and not sliding[2, 4]          # same document, outside the window
+    assert torch.equal(eager["full_attention"] == 0, sdpa["full_attention"])
+
+
+def test_flash_segments_cover_documents_and_padding():
+    doc_ids = torch.tensor([[0, 0, 0, 1, 1, -1], [0, 1, 1, 1, 1, 1]])
+    kwargs = packed_attention_kwargs(doc_ids, "flash_attention_2", sliding_window=4)
+    assert kwargs["cu_seq_lens_q"].tolist() == [0, 3, 5, 6, 7, 12]
+    assert kwargs["max_length_q"] == 5
