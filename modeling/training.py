@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from modeling.attention import packed_attention_kwargs
@@ -149,19 +150,24 @@ def last_complete_checkpoint(folder: Path) -> str | None:
 
 def run(recipe: Recipe, resume: bool = False) -> dict:
     """Train every phase of the recipe; returns the training summary."""
+    state = PartialState(cpu=not torch.cuda.is_available())   # joins the other processes, if launched with several
     output = Path(recipe.output_dir)
-    if output.exists() and any(output.iterdir()) and not resume:
+    holds_a_run = output.exists() and any(output.iterdir())
+    state.wait_for_everyone()   # every process has looked before the main one writes
+    if holds_a_run and not resume:
         raise ConfigError(f"output_dir={output}: already holds a run; pass --resume to continue it, or choose another output_dir")
-    output.mkdir(parents=True, exist_ok=True)
     for spec in recipe.sources.values():
         if spec.format != "hf":
             resolve_files(spec)   # a missing file stops the run now, not hours into it
+    if state.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "recipe.json").write_text(json.dumps(_recipe_dict(recipe), indent=2, default=str))
     set_seed(recipe.seed)
-    tokenizer = build_tokenizer(recipe)
+    with state.main_process_first():   # the main process trains and caches a tokenizer; the others load it
+        tokenizer = build_tokenizer(recipe)
     model = build_model(recipe, tokenizer)
     log.info("model: %.2fM parameters, %s attention; tokenizer: %d tokens",
              model.num_parameters() / 1e6, model.config._attn_implementation, len(tokenizer))
-    (output / "recipe.json").write_text(json.dumps(_recipe_dict(recipe), indent=2, default=str))
 
     phases, previous_checkpoint = [], None
     for index, phase in enumerate(recipe.phases):
@@ -283,6 +289,7 @@ def _training_arguments(recipe: Recipe, plan: PhasePlan, phase_dir: Path, accumu
         optim="adamw_torch", adam_beta1=recipe.optimizer.betas[0], adam_beta2=recipe.optimizer.betas[1],
         adam_epsilon=recipe.optimizer.eps, weight_decay=recipe.optimizer.weight_decay,
         max_grad_norm=recipe.optimizer.max_grad_norm,
+        use_cpu=not torch.cuda.is_available(),   # on CPU, several processes then talk over gloo
         bf16=precision == "bf16", fp16=precision == "fp16", seed=recipe.seed, torch_compile=recipe.model.compile,
         logging_steps=recipe.logging.steps, logging_first_step=True, report_to=recipe.logging.report_to or "none",
         save_strategy="steps", save_steps=recipe.checkpoint.every_steps, save_total_limit=recipe.checkpoint.keep,
@@ -319,11 +326,11 @@ def _write_json(trainer: Trainer, path: Path, data: dict):
 
 
 def _num_processes() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return PartialState().num_processes
 
 
 def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return PartialState().is_main_process
 
 
 def _recipe_dict(recipe: Recipe) -> dict:

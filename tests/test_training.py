@@ -1,0 +1,178 @@
+"""End to end on a tiny recipe: phases, outputs that stock transformers loads, resume after a kill,
+two processes under accelerate, and bad input stopping with one line."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, write_recipe
+
+SCRIPT = str(ROOT / "train_mlm.py")
+
+
+def _env(tmp_path):
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _train(tmp_path, *args, check=True):
+    result = subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True,
+                            env=_env(tmp_path), cwd=tmp_path, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr[-3000:])
+    return result
+
+
+def _weights(folder: Path) -> dict:
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("run")
+    _train(tmp_path, write_recipe(tmp_path))
+    return tmp_path / "out"
+
+
+def test_each_phase_leaves_a_folder_stock_transformers_loads(finished_run):
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer, pipeline
+    for phase in ("phase1", "phase2"):
+        folder = finished_run / phase
+        assert (folder / "model.safetensors").exists()
+        assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt")) and not list(folder.glob("*.pth"))
+        config = json.loads((folder / "config.json").read_text())
+        assert config["model_type"] == "modernbert" and not config.get("sparse_prediction") and "auto_map" not in config
+        mlm = AutoModelForMaskedLM.from_pretrained(folder)
+        assert type(mlm).__name__ == "ModernBertForMaskedLM"
+        assert type(AutoModel.from_pretrained(folder)).__name__ == "ModernBertModel"
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        logits = mlm(**tokenizer("patient denies chest [MASK] fever", return_tensors="pt")).logits
+        assert logits.shape[-1] == mlm.config.vocab_size and logits.dim() == 3
+        predictions = pipeline("fill-mask", model=str(folder))("patient denies chest [MASK] fever")
+        assert len(predictions) == 5 and all("token_str" in p for p in predictions)
+
+
+def test_summary_counts_tokens_and_loss_falls_in_both_phases(finished_run):
+    summary = json.loads((finished_run / "training_summary.json").read_text())
+    phase1, phase2 = summary["phases"]
+    assert phase1["steps"] == 8 and phase2["steps"] >= 10
+    assert set(phase1["tokens_per_source"]) == {"notes", "abstracts"} and all(phase1["tokens_per_source"].values())
+    assert set(phase2["tokens_per_source"]) == {"notes"}
+    assert phase1["tokens"] == sum(phase1["tokens_per_source"].values())
+    assert phase1["tokens"] <= phase1["steps"] * 8 * 128 and phase1["row_fill"] > 0.8
+    assert summary["total"]["tokens"] == phase1["tokens"] + phase2["tokens"]
+    for phase in (phase1, phase2):
+        assert phase["held_out"]["loss_end"] < phase["held_out"]["loss_start"]
+        assert phase["wall_time_s"] > 0 and phase["tokens_per_second"] > 0
+        assert phase["documents_read"] and phase["documents_held_out"]
+    assert abs(phase1["masking"]["measured"] - 0.3) < 0.03
+    assert 0.15 < phase2["masking"]["measured"] < 0.3                   # the 0.30 -> 0.15 ramp
+    assert phase2["lr"]["decay"] == "1-sqrt" and phase2["lr"]["decay_steps"] == phase2["steps"]
+    logged = [e for e in (json.loads((finished_run / "phase2" / "phase_summary.json").read_text())["log_history"]) if "loss" in e]
+    assert logged[0]["masking_rate"] > logged[-1]["masking_rate"]
+    assert logged[-1]["learning_rate"] < logged[0]["learning_rate"]
+    assert (finished_run / "training_curves.png").stat().st_size > 10_000
+
+
+def test_resume_after_a_kill_ends_with_the_same_parameters(tmp_path, finished_run):
+    """Kill the run (SIGKILL) as soon as a mid-phase checkpoint exists, resume, compare every parameter."""
+    recipe = write_recipe(tmp_path)
+    process = subprocess.Popen([sys.executable, SCRIPT, str(recipe)], env=_env(tmp_path), cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = tmp_path / "out" / "phase2" / "checkpoints" / "checkpoint-3" / "checkpoint_complete.json"
+    deadline = time.time() + 240
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert marker.exists() and not (tmp_path / "out" / "phase2" / "phase_summary.json").exists(), "killed mid-phase 2"
+    refused = _train(tmp_path, recipe, check=False)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    _train(tmp_path, recipe, "--resume")
+    for phase in ("phase1", "phase2"):
+        resumed, uninterrupted = _weights(tmp_path / "out" / phase), _weights(finished_run / phase)
+        worst = max((resumed[k] - uninterrupted[k]).abs().max().item() for k in uninterrupted)
+        assert worst <= 1e-6, f"{phase}: resumed run differs by {worst}"
+    summaries = [json.loads((root / "training_summary.json").read_text())["phases"][1] for root in (tmp_path / "out", finished_run)]
+    assert summaries[0]["tokens_per_source"] == summaries[1]["tokens_per_source"]
+    assert summaries[0]["held_out"]["loss_end"] == pytest.approx(summaries[1]["held_out"]["loss_end"], abs=1e-6)
+
+
+def test_incomplete_last_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
+    from modeling.training import last_complete_checkpoint
+    folder = tmp_path / "checkpoints"
+    for step, complete in ((3, True), (6, True), (9, False)):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+        (folder / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x")
+        if complete:
+            (folder / f"checkpoint-{step}" / "checkpoint_complete.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        assert last_complete_checkpoint(folder) == str(folder / "checkpoint-6")
+    assert "checkpoint-9 is incomplete" in caplog.text
+
+
+def test_resume_skips_an_incomplete_checkpoint_and_matches(tmp_path, finished_run):
+    """A run whose newest checkpoint was cut off while saving resumes from the one before."""
+    recipe = write_recipe(tmp_path)
+    shutil.copytree(finished_run, tmp_path / "out")
+    phase2 = tmp_path / "out" / "phase2"
+    for leftover in ("phase_summary.json", "model.safetensors"):
+        (phase2 / leftover).unlink()
+    checkpoints = sorted((phase2 / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for newer in checkpoints[-2:]:
+        shutil.rmtree(newer)   # keep the state as it was a few steps before the end
+    last = sorted((phase2 / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    broken = last.with_name("checkpoint-999")
+    shutil.copytree(last, broken)
+    (broken / "checkpoint_complete.json").unlink()
+    result = _train(tmp_path, recipe, "--resume")
+    assert "checkpoint-999 is incomplete" in result.stderr and f"resuming from {last}" in result.stderr
+    resumed, uninterrupted = _weights(phase2), _weights(finished_run / "phase2")
+    assert max((resumed[k] - uninterrupted[k]).abs().max().item() for k in uninterrupted) <= 1e-6
+
+
+def test_two_processes_under_accelerate(tmp_path):
+    recipe = write_recipe(tmp_path, **{"phases.0.length.steps": 3, "phases.1.length": {"steps": 2}, "logging.steps": 1})
+    result = subprocess.run(
+        # --multi_gpu picks accelerate's torchrun launcher; with no GPU the processes train on the CPU over gloo.
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", SCRIPT, str(recipe)],
+        capture_output=True, text=True, env=_env(tmp_path), cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 processes x 1 accumulation" in result.stderr
+    summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
+    phase1 = summary["phases"][0]
+    # The global batch is split over the processes, not repeated: tokens fit 3 steps of 8 rows.
+    assert 0.8 * 3 * 8 * 128 < phase1["tokens"] <= 3 * 8 * 128
+    assert (tmp_path / "out" / "phase2" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"sources.notes.path": "/nonexistent/notes.txt"}, "no file matches '/nonexistent/notes.txt'"),
+    ({"sources.extra": {"path": "EMPTY", "format": "text"}, "phases.0.sources.extra": 1.0}, "empty file"),
+    ({"sources.extra": {"path": "BADJSON", "format": "jsonl"}, "phases.0.sources.extra": 1.0}, "bad.jsonl:2"),
+    ({"sources.extra": {"path": "LATIN1", "format": "text"}, "phases.0.sources.extra": 1.0}, "latin1.txt:2: not valid UTF-8"),
+    ({"sources.extra": {"path": "BLANKS", "format": "jsonl"}, "phases.0.sources.extra": 1.0},
+     "phase 'phase1': source 'extra' yielded no training documents"),
+])
+def test_bad_input_stops_with_one_line(tmp_path, change, expected):
+    files = {"EMPTY": ("empty.txt", b""), "BADJSON": ("bad.jsonl", b'{"text": "fine"}\n{"text": broken\n'),
+             "LATIN1": ("latin1.txt", "fine line\nfi\u00e8vre\n".encode("latin-1")), "BLANKS": ("blank_records.jsonl", b'{"text": ""}\n{"text": "  "}\n')}
+    for key, value in list(change.items()):
+        if isinstance(value, dict) and value.get("path") in files:
+            name, data = files[value["path"]]
+            (tmp_path / name).write_bytes(data)
+            change[key] = {**value, "path": str(tmp_path / name)}
+    result = _train(tmp_path, write_recipe(tmp_path, **change), check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
