@@ -7,6 +7,7 @@ Problems stop with one line naming the key and what is allowed (ConfigError).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import typing
 from dataclasses import dataclass, field
@@ -191,6 +192,8 @@ class LoggingConfig:
         _positive(f"{key}.steps", self.steps)
         for tracker in self.report_to:
             _choice(f"{key}.report_to", tracker, ("tensorboard", "trackio"))
+            if importlib.util.find_spec(tracker) is None:
+                raise ConfigError(f"{key}.report_to: {tracker} is not installed (pip install {tracker})")
 
 
 @dataclass

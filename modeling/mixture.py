@@ -8,6 +8,7 @@ interleaved at random in proportion to the sources' sizes on disk.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 from dataclasses import dataclass, field
@@ -23,16 +24,37 @@ def is_held_out(text: str, fraction: float) -> bool:
 
 
 @dataclass
-class StreamStats:
-    """What a stream read, per source: documents used, documents held out, documents skipped and why."""
-    documents: dict[str, int] = field(default_factory=dict)
-    held_out: dict[str, int] = field(default_factory=dict)
+class SourcePass:
+    """What one pass over a source's files found. Passes over the same files find the same, so the
+    first pass is what gets reported (with how many passes were started)."""
+    documents: int = 0
+    held_out: int = 0
     skips: SkipLog = field(default_factory=SkipLog)
-    epochs_started: int = 0
+    complete: bool = False
+    passes_started: int = 0
+
+    def as_dict(self, name: str) -> dict:
+        return {"documents_per_pass": self.documents, "held_out_per_pass": self.held_out,
+                "skipped_per_pass": self.skips.as_dict().get(name, {}), "first_pass_complete": self.complete,
+                "passes_started": self.passes_started}
+
+
+@dataclass
+class StreamStats:
+    sources: dict[str, SourcePass] = field(default_factory=dict)
+
+    def begin_pass(self, name: str) -> tuple[SourcePass | None, SkipLog]:
+        """The record to fill (None after the first pass) and the skip log to use."""
+        record = self.sources.get(name)
+        if record is None:
+            record = self.sources[name] = SourcePass()
+            record.passes_started = 1
+            return record, record.skips
+        record.passes_started += 1
+        return None, SkipLog(quiet=True)
 
     def as_dict(self) -> dict:
-        return {"documents": dict(self.documents), "held_out": dict(self.held_out),
-                "skipped": self.skips.as_dict(), "epochs_started": self.epochs_started}
+        return {name: record.as_dict(name) for name, record in self.sources.items()}
 
 
 @dataclass
@@ -49,12 +71,13 @@ class PhaseMixture:
 
     def documents(self, stats: StreamStats, epochs: int | None = None) -> Iterator[tuple[int, str]]:
         """(source index, text) of the training documents; forever unless `epochs` is given."""
-        epoch = 0
-        while epochs is None or epoch < epochs:
-            stats.epochs_started += 1
-            rng = random.Random(f"{self.seed}/{self.phase}/epoch{epoch}")
-            yield from self._shuffled(self._one_epoch(rng, stats), rng)
-            epoch += 1
+        for epoch in itertools.count() if epochs is None else range(epochs):
+            yield from self.epoch_documents(stats, epoch)
+
+    def epoch_documents(self, stats: StreamStats, epoch: int) -> Iterator[tuple[int, str]]:
+        """One epoch in natural proportion; with weights, a stream without end."""
+        rng = random.Random(f"{self.seed}/{self.phase}/epoch{epoch}")
+        yield from self._shuffled(self._one_epoch(rng, stats), rng)
 
     def held_out_documents(self, max_documents: int, stats: StreamStats | None = None) -> list[tuple[int, str]]:
         """The held-out slice: the first `max_documents` held-out documents, sources read round-robin."""
@@ -74,14 +97,18 @@ class PhaseMixture:
 
     def _read(self, index: int, stats: StreamStats, held_out: bool = False) -> Iterator[tuple[int, str]]:
         spec = self.sources[index]
-        for text in iter_documents(spec, stats.skips):
-            if is_held_out(text, self.holdout_fraction) != held_out:
-                if not held_out:
-                    stats.held_out[spec.name] = stats.held_out.get(spec.name, 0) + 1
-                continue
-            if not held_out:
-                stats.documents[spec.name] = stats.documents.get(spec.name, 0) + 1
-            yield index, text
+        record, skips = stats.begin_pass(spec.name)
+        for text in iter_documents(spec, skips):
+            kept_out = is_held_out(text, self.holdout_fraction)
+            if record:
+                if kept_out:
+                    record.held_out += 1
+                else:
+                    record.documents += 1
+            if kept_out == held_out:
+                yield index, text
+        if record:
+            record.complete = True
 
     def _one_epoch(self, rng: random.Random, stats: StreamStats) -> Iterator[tuple[int, str]]:
         weights = self.weights or [source_size(s) for s in self.sources]
@@ -97,7 +124,7 @@ class PhaseMixture:
                 continue
             if produced[i] == 0:
                 name = self.sources[i].name
-                skipped = stats.skips.as_dict().get(name, {})
+                skipped = stats.sources[name].skips.as_dict().get(name, {})
                 raise DataError(f"phase '{self.phase}': source '{name}' yielded no training documents"
                                 + (f" (skipped: {skipped})" if skipped else ""))
             if self.weights is None:

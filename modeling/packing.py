@@ -36,14 +36,20 @@ class Chunker:
         self.backend.no_padding()
 
     def chunks(self, documents: Iterable[tuple[int, str]]) -> Iterator[tuple[int, list[int]]]:
-        """(source index, chunk ids) for each chunk of each document, in document order."""
+        """(source index, chunk ids) for each chunk of each document, in document order. A document's
+        first chunk is a list; its continuations are a `Continuation` (a list too), so documents stay countable."""
         body = self.max_seq_length - 2
         documents = iter(documents)
         while batch := list(itertools.islice(documents, self.batch_size)):
             encoded = self.backend.encode_batch([text for _, text in batch], add_special_tokens=False)
             for (source, _), ids in zip(batch, (e.ids for e in encoded)):
                 for start in range(0, max(len(ids), 1), body):
-                    yield source, [self.cls, *ids[start:start + body], self.sep]
+                    chunk = [self.cls, *ids[start:start + body], self.sep]
+                    yield source, chunk if start == 0 else Continuation(chunk)
+
+
+class Continuation(list):
+    """Token ids of a chunk that continues a document cut at the row length."""
 
 
 @dataclass
@@ -96,7 +102,8 @@ class BestFitPacker:
 def _finish(row: _OpenRow) -> dict:
     return {"input_ids": [t for _, ids in row.chunks for t in ids],
             "doc_lengths": [len(ids) for _, ids in row.chunks],
-            "doc_sources": [source for source, _ in row.chunks]}
+            "doc_sources": [source for source, _ in row.chunks],
+            "doc_starts": [not isinstance(ids, Continuation) for _, ids in row.chunks]}
 
 
 def pack(chunks: Iterable[tuple[int, list[int]]], max_seq_length: int, open_rows: int = 64) -> Iterator[dict]:
@@ -123,6 +130,7 @@ def collate_rows(rows: list[dict], pad_id: int, max_seq_length: int, num_sources
     doc_ids = torch.full((batch_size, max_seq_length), -1, dtype=torch.long)
     num_sources = num_sources or 1 + max((s for r in rows for s in r.get("doc_sources", [0])), default=0)
     source_tokens = torch.zeros((batch_size, num_sources), dtype=torch.long)
+    source_documents = torch.zeros((batch_size, num_sources), dtype=torch.long)
     for b, row in enumerate(rows):
         ids = row["input_ids"]
         input_ids[b, :len(ids)] = torch.tensor(ids, dtype=torch.long)
@@ -132,7 +140,10 @@ def collate_rows(rows: list[dict], pad_id: int, max_seq_length: int, num_sources
             doc_ids[b, offset:offset + length] = d
             source_tokens[b, source] += length
             offset += length
-    return {"input_ids": input_ids, "position_ids": position_ids, "doc_ids": doc_ids, "source_tokens": source_tokens}
+        for source, start in zip(row.get("doc_sources", []), row.get("doc_starts", [])):
+            source_documents[b, source] += start
+    return {"input_ids": input_ids, "position_ids": position_ids, "doc_ids": doc_ids,
+            "source_tokens": source_tokens, "source_documents": source_documents}
 
 
 class PackedRows(IterableDataset):
@@ -155,10 +166,8 @@ class PackedRows(IterableDataset):
         worker = get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
         self.stats = StreamStats()
-        documents = self.mixture.documents(self.stats, epochs=self.epochs)
-        chunks = Chunker(self.tokenizer, self.max_seq_length, self.tokenize_batch).chunks(documents)
         last_dump = 0.0
-        for index, row in enumerate(pack(chunks, self.max_seq_length, self.open_rows)):
+        for index, row in enumerate(self._rows()):
             if (index // self.batch_size) % workers == worker_id:
                 row["row_index"] = index
                 yield row
@@ -167,6 +176,14 @@ class PackedRows(IterableDataset):
                 last_dump = time.monotonic()
         if worker_id == 0:
             self.dump_stats()
+
+    def _rows(self) -> Iterator[dict]:
+        """Rows epoch after epoch; the packer is flushed at the end of each epoch, so an epoch here is
+        exactly the epoch the counting pass measured."""
+        chunker = Chunker(self.tokenizer, self.max_seq_length, self.tokenize_batch)
+        for epoch in itertools.count() if self.epochs is None else range(self.epochs):
+            documents = self.mixture.epoch_documents(self.stats, epoch)
+            yield from pack(chunker.chunks(documents), self.max_seq_length, self.open_rows)
 
     def dump_stats(self):
         """Worker processes cannot hand objects back, so the reading statistics go through a file."""
@@ -182,7 +199,7 @@ def count_rows(mixture: PhaseMixture, tokenizer, max_seq_length: int, open_rows:
                tokenize_batch: int = 256, stats: StreamStats | None = None) -> tuple[int, int]:
     """(rows, tokens) of one epoch of a natural-proportion phase: the counting pass epoch-length phases need."""
     stats = stats or StreamStats()
-    chunks = Chunker(tokenizer, max_seq_length, tokenize_batch).chunks(mixture.documents(stats, epochs=1))
+    chunks = Chunker(tokenizer, max_seq_length, tokenize_batch).chunks(mixture.epoch_documents(stats, epoch=0))
     rows = tokens = 0
     for row in pack(chunks, max_seq_length, open_rows):
         rows += 1

@@ -13,9 +13,8 @@ def write_summary(output: Path, recipe, phases: list[dict]) -> dict:
     for phase in phases:
         for name, n in phase["tokens_per_source"].items():
             tokens_per_source[name] = tokens_per_source.get(name, 0) + n
-        for name, reasons in phase["documents_skipped"].items():
-            for reason, n in reasons.items():
-                skipped.setdefault(name, {})[reason] = skipped.get(name, {}).get(reason, 0) + n
+        for name, source in phase["sources"].items():
+            skipped[name] = source["skipped_per_pass"]   # the same files skip the same documents in every phase
     wall = sum(p["wall_time_s"] for p in phases)
     tokens = sum(p["tokens"] for p in phases)
     summary = {
@@ -23,7 +22,7 @@ def write_summary(output: Path, recipe, phases: list[dict]) -> dict:
         "phases": [{k: v for k, v in p.items() if k != "log_history"} for p in phases],
         "total": {"steps": sum(p["steps"] for p in phases), "tokens": tokens, "tokens_per_source": tokens_per_source,
                   "wall_time_s": wall, "tokens_per_second": tokens / wall if wall else None,
-                  "documents_skipped": skipped},
+                  "documents_skipped_per_pass": skipped},
         "plot": "training_curves.png",
     }
     tmp = output / "training_summary.json.tmp"

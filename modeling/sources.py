@@ -152,14 +152,15 @@ class SkipLog:
     """Counts documents/records that were skipped, by (source name, reason); warns for the
     first few of each reason with where they were, then counts silently."""
 
-    def __init__(self):
+    def __init__(self, quiet: bool = False):
         self._counts: Counter[tuple[str, str]] = Counter()
+        self.quiet = quiet   # a later pass over the same files would only repeat the same warnings
 
     def add(self, source: str, reason: str, where: str = "") -> None:
         key = (source, reason)
         self._counts[key] += 1
         count = self._counts[key]
-        if count > SKIP_WARNINGS_PER_REASON:
+        if count > SKIP_WARNINGS_PER_REASON or self.quiet:
             return
         place = f" at {where}" if where else ""
         later = " (further ones are only counted)" if count == SKIP_WARNINGS_PER_REASON else ""

@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from modeling.schedules import MaskingSchedule, PhasePlan, plan_phase
 from modeling.sources import resolve_files
 
 log = logging.getLogger(__name__)
+# We give transformers' warmup-stable-decay schedule its stable length explicitly; Trainer also passes the total.
+warnings.filterwarnings("ignore", message="Both num_training_steps and num_stable_steps are specified")
 
 COMPLETE_MARKER = "checkpoint_complete.json"   # written last: a checkpoint without it is incomplete
 PHASE_DONE = "phase_summary.json"
@@ -44,7 +47,8 @@ class PretrainingTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.held_out_collator, self.source_names, self.phase = held_out_collator, source_names, phase
         self.carry_optimizer_from = carry_optimizer_from
-        self.counts = torch.zeros(len(source_names) + 2, dtype=torch.float64)   # tokens per source, masked, maskable
+        # tokens per source, documents per source, masked positions, maskable positions
+        self.counts = torch.zeros(2 * len(source_names) + 2, dtype=torch.float64)
         self._last_log = (time.monotonic(), self.counts.clone())
         self.wall_time_before, self.session_start = 0.0, time.monotonic()
 
@@ -65,6 +69,7 @@ class PretrainingTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         doc_ids = inputs.pop("doc_ids")
         inputs.pop("source_tokens", None)
+        inputs.pop("source_documents", None)
         config = self.accelerator.unwrap_model(model).config
         inputs.update(packed_attention_kwargs(doc_ids, config._attn_implementation, config.sliding_window, model.dtype))
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -73,7 +78,7 @@ class PretrainingTrainer(Trainer):
         doc_ids = inputs["doc_ids"]
         chunks = (doc_ids.max(dim=1).values + 1).sum()
         masked, maskable = (inputs["labels"] != -100).sum(), (doc_ids >= 0).sum() - 2 * chunks   # [CLS]/[SEP] never masked
-        self.counts += torch.cat([inputs["source_tokens"].sum(0).cpu().double(),
+        self.counts += torch.cat([inputs["source_tokens"].sum(0).cpu().double(), inputs["source_documents"].sum(0).cpu().double(),
                                   torch.stack([masked, maskable]).cpu().double()])
         return super().training_step(model, inputs, num_items_in_batch)
 
@@ -105,7 +110,7 @@ class PretrainingTrainer(Trainer):
             then, counts_then = self._last_log
             delta = counts - counts_then
             tokens = float(counts[: len(self.source_names)].sum())
-            logs.update(phase=self.phase, tokens_seen=tokens,
+            logs.update(tokens_seen=tokens,
                         masking_rate=float(delta[-2] / max(delta[-1], 1)),   # over the logging interval
                         tokens_per_second=float(delta[: len(self.source_names)].sum()) / max(now - then, 1e-9))
             self._last_log = (now, counts)
@@ -240,10 +245,11 @@ def run_phase(recipe: Recipe, index: int, model, tokenizer, previous_checkpoint:
     save_for_transformers(trainer, tokenizer, phase_dir)
     stream = json.loads((phase_dir / "stream_stats.json").read_text()) if (phase_dir / "stream_stats.json").exists() else {}
     tokens_per_source = {n: int(counts[i]) for i, n in enumerate(names)}
+    documents_per_source = {n: int(counts[len(names) + i]) for i, n in enumerate(names)}
     tokens = sum(tokens_per_source.values())
     summary = {
         "phase": phase.name, "index": index, "steps": plan.steps, "rows": plan.steps * plan.rows_per_step,
-        "tokens": tokens, "tokens_per_source": tokens_per_source,
+        "tokens": tokens, "tokens_per_source": tokens_per_source, "documents_trained": documents_per_source,
         "row_fill": tokens / (plan.steps * plan.tokens_per_step),
         "masking": {"start": plan.masking.start, "end": plan.masking.end, "measured": float(counts[-2] / max(counts[-1], 1))},
         "lr": {"peak": plan.lr, "warmup_steps": plan.warmup_steps, "stable_steps": plan.stable_steps,
@@ -252,8 +258,7 @@ def run_phase(recipe: Recipe, index: int, model, tokenizer, previous_checkpoint:
         "held_out": {"rows": len(eval_rows), "chunks": sum(len(row["doc_lengths"]) for row in eval_rows), "masking": plan.masking.end,
                      "loss_start": state["held_out_loss_start"], "loss_end": held_out_end},
         "wall_time_s": wall, "tokens_per_second": tokens / wall if wall else None,
-        "documents_read": stream.get("documents", {}), "documents_held_out": stream.get("held_out", {}),
-        "documents_skipped": stream.get("skipped", {}),
+        "sources": stream,   # per source, per pass over its files: documents, held out, skipped and why
         "log_history": [entry for entry in trainer.state.log_history if "loss" in entry or "held_out_loss" in entry],
         "final_checkpoint": final_checkpoint, "model_dir": str(phase_dir),
     }
@@ -280,8 +285,10 @@ def _training_arguments(recipe: Recipe, plan: PhasePlan, phase_dir: Path, accumu
     precision = recipe.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    # transformers 5 takes the TensorBoard folder from the environment only.
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(phase_dir.parent / "tensorboard" / plan.name)
     return TrainingArguments(
-        output_dir=str(phase_dir / "checkpoints"), max_steps=plan.steps,
+        output_dir=str(phase_dir / "checkpoints"), max_steps=plan.steps, run_name=f"{recipe.name}/{plan.name}",
         per_device_train_batch_size=recipe.batch.per_device, per_device_eval_batch_size=recipe.batch.per_device,
         gradient_accumulation_steps=accumulation,
         learning_rate=plan.lr, warmup_steps=plan.warmup_steps,

@@ -100,5 +100,6 @@ def test_held_out_documents_never_reach_training(tmp_path, tiny_tokenizer):
     trained = [text for _, text in mixture.documents(stats, epochs=1)]
     assert held and trained and not set(held) & set(trained)
     assert len(held) + len(trained) == 400
-    assert stats.held_out["docs"] == len(held) and stats.documents["docs"] == len(trained)
+    assert stats.sources["docs"].held_out == len(held) and stats.sources["docs"].documents == len(trained)
+    assert stats.sources["docs"].complete
     assert len(held) / 400 < 0.15

@@ -38,7 +38,7 @@ def _weights(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("run")
-    _train(tmp_path, write_recipe(tmp_path))
+    _train(tmp_path, write_recipe(tmp_path, **{"logging.report_to": ["tensorboard"]}))
     return tmp_path / "out"
 
 
@@ -72,7 +72,13 @@ def test_summary_counts_tokens_and_loss_falls_in_both_phases(finished_run):
     for phase in (phase1, phase2):
         assert phase["held_out"]["loss_end"] < phase["held_out"]["loss_start"]
         assert phase["wall_time_s"] > 0 and phase["tokens_per_second"] > 0
-        assert phase["documents_read"] and phase["documents_held_out"]
+        for name, source in phase["sources"].items():
+            assert source["first_pass_complete"] and source["held_out_per_pass"] > 0
+            assert 0 < phase["documents_trained"][name]
+    # One epoch of notes, cut to whole steps: nearly every document of a pass, and never more.
+    notes = phase2["sources"]["notes"]
+    assert 0.8 * notes["documents_per_pass"] <= phase2["documents_trained"]["notes"] <= notes["documents_per_pass"]
+    assert notes["documents_per_pass"] + notes["held_out_per_pass"] == 400
     assert abs(phase1["masking"]["measured"] - 0.3) < 0.03
     assert 0.15 < phase2["masking"]["measured"] < 0.3                   # the 0.30 -> 0.15 ramp
     assert phase2["lr"]["decay"] == "1-sqrt" and phase2["lr"]["decay_steps"] == phase2["steps"]
@@ -80,6 +86,16 @@ def test_summary_counts_tokens_and_loss_falls_in_both_phases(finished_run):
     assert logged[0]["masking_rate"] > logged[-1]["masking_rate"]
     assert logged[-1]["learning_rate"] < logged[0]["learning_rate"]
     assert (finished_run / "training_curves.png").stat().st_size > 10_000
+
+
+def test_tensorboard_gets_loss_lr_masking_rate_and_tokens(finished_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(next((finished_run / "tensorboard" / "phase2").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/learning_rate", "train/masking_rate", "train/tokens_seen", "train/tokens_per_second"} <= tags
+    rates = [e.value for e in events.Scalars("train/masking_rate")]
+    assert rates[0] > rates[-1]   # phase 2 ramps masking down
 
 
 def test_resume_after_a_kill_ends_with_the_same_parameters(tmp_path, finished_run):
@@ -153,6 +169,22 @@ def test_two_processes_under_accelerate(tmp_path):
     # The global batch is split over the processes, not repeated: tokens fit 3 steps of 8 rows.
     assert 0.8 * 3 * 8 * 128 < phase1["tokens"] <= 3 * 8 * 128
     assert (tmp_path / "out" / "phase2" / "model.safetensors").exists()
+
+
+def test_skipped_records_are_counted_and_reported(tmp_path):
+    lines = [line for day in range(5) for line in
+             ('{"text": "fever and cough for %d days"}' % day, '{"text": broken', '{"text": ""}', '{"note": "no text"}')]
+    (tmp_path / "mixed.jsonl").write_text("\n".join(lines) + "\n")
+    recipe = write_recipe(tmp_path, **{
+        "sources.mixed": {"path": str(tmp_path / "mixed.jsonl"), "format": "jsonl", "on_bad_record": "skip"},
+        "phases.0.sources.mixed": 1.0, "phases.0.length.steps": 2, "phases.1.length": {"steps": 1}})
+    result = _train(tmp_path, recipe)
+    assert "skipped, bad record at" in result.stderr and "mixed.jsonl:2" in result.stderr
+    summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
+    mixed = summary["phases"][0]["sources"]["mixed"]
+    assert mixed["skipped_per_pass"] == {"bad record": 10, "empty document": 5}
+    assert mixed["documents_per_pass"] + mixed["held_out_per_pass"] == 5
+    assert summary["total"]["documents_skipped_per_pass"]["mixed"] == {"bad record": 10, "empty document": 5}
 
 
 @pytest.mark.parametrize("change, expected", [
