@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+from tqdm.auto import tqdm
 
 from modeling.mixture import PhaseMixture, StreamStats
 
@@ -201,9 +202,11 @@ def count_rows(mixture: PhaseMixture, tokenizer, max_seq_length: int, open_rows:
     stats = stats or StreamStats()
     chunks = Chunker(tokenizer, max_seq_length, tokenize_batch).chunks(mixture.epoch_documents(stats, epoch=0))
     rows = tokens = 0
-    for row in pack(chunks, max_seq_length, open_rows):
-        rows += 1
-        tokens += len(row["input_ids"])
+    with tqdm(desc="counting one epoch", unit=" rows") as progress:
+        for row in pack(chunks, max_seq_length, open_rows):
+            rows += 1
+            tokens += len(row["input_ids"])
+            progress.update()
     return rows, tokens
 
 

@@ -87,6 +87,9 @@ class PretrainingTrainer(Trainer):
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
         if self.carry_optimizer_from and not getattr(self, "_carried", False):
+            if not os.path.isfile(os.path.join(self.carry_optimizer_from, "optimizer.pt")):
+                raise ConfigError(f"phase {self.phase}: the previous phase's optimizer state ({self.carry_optimizer_from}) is gone; "
+                                  f"restore it, or start this phase with a fresh optimizer (--phases.{self.phase}.reset_optimizer true)")
             state = torch.load(os.path.join(self.carry_optimizer_from, "optimizer.pt"), weights_only=True, map_location="cpu")
             optimizer.load_state_dict(state)
             for group in optimizer.param_groups:   # keep the moments, take this phase's hyperparameters
@@ -272,13 +275,13 @@ def _rows_per_epoch(recipe, phase, mixture, tokenizer, phase_dir: Path) -> int |
     if "epochs" not in phase.length:
         return None
     cache = phase_dir / "epoch_rows.json"
-    if cache.exists():
-        return json.loads(cache.read_text())["rows"]
-    log.info("phase %s: counting the rows of one epoch (a pass over its sources)", phase.name)
-    rows, tokens = count_rows(mixture, tokenizer, recipe.max_seq_length, recipe.data.pack_open_rows, recipe.data.tokenize_batch)
-    if _is_main():
+    with PartialState().main_process_first():   # one process counts; the others read its answer
+        if cache.exists():
+            return json.loads(cache.read_text())["rows"]
+        log.info("phase %s: counting the rows of one epoch (a pass over its sources)", phase.name)
+        rows, tokens = count_rows(mixture, tokenizer, recipe.max_seq_length, recipe.data.pack_open_rows, recipe.data.tokenize_batch)
         cache.write_text(json.dumps({"rows": rows, "tokens": tokens}))
-    return rows
+        return rows
 
 
 def _training_arguments(recipe: Recipe, plan: PhasePlan, phase_dir: Path, accumulation: int) -> TrainingArguments:

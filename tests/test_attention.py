@@ -26,7 +26,7 @@ def _each_document_alone(model, rows):
             offset += length
 
 
-@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("implementation", ["sdpa", "eager", "flex_attention"])   # flex: forward only on CPU
 def test_packed_logits_equal_documents_alone(tiny_tokenizer, implementation):
     torch.manual_seed(0)
     model = ModernBertForMaskedLM._from_config(tiny_model_config(tiny_tokenizer), attn_implementation=implementation).eval()

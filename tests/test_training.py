@@ -122,6 +122,18 @@ def test_resume_after_a_kill_ends_with_the_same_parameters(tmp_path, finished_ru
     assert summaries[0]["held_out"]["loss_end"] == pytest.approx(summaries[1]["held_out"]["loss_end"], abs=1e-6)
 
 
+def test_dataloader_workers_train_exactly_as_the_main_process(tmp_path):
+    """Rows and masks come from the data position, not from who reads it: 2 workers give the same weights."""
+    changes = {"phases.0.length.steps": 4, "phases.1.length": {"steps": 3}}
+    runs = {}
+    for workers in (0, 2):
+        folder = tmp_path / f"workers{workers}"
+        folder.mkdir()
+        _train(folder, write_recipe(folder, **changes, **{"data.workers": workers}))
+        runs[workers] = _weights(folder / "out" / "phase2")
+    assert max((runs[0][k] - runs[2][k]).abs().max().item() for k in runs[0]) == 0.0
+
+
 def test_incomplete_last_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     from modeling.training import last_complete_checkpoint
     folder = tmp_path / "checkpoints"
