@@ -116,6 +116,7 @@ def test_resume_after_a_kill_ends_with_the_same_parameters(tmp_path, finished_ru
     for phase in ("phase1", "phase2"):
         resumed, uninterrupted = _weights(tmp_path / "out" / phase), _weights(finished_run / phase)
         worst = max((resumed[k] - uninterrupted[k]).abs().max().item() for k in uninterrupted)
+        print(f"killed and resumed vs uninterrupted, {phase}: max abs parameter difference {worst:.2e}")
         assert worst <= 1e-6, f"{phase}: resumed run differs by {worst}"
     summaries = [json.loads((root / "training_summary.json").read_text())["phases"][1] for root in (tmp_path / "out", finished_run)]
     assert summaries[0]["tokens_per_source"] == summaries[1]["tokens_per_source"]
