@@ -103,3 +103,22 @@ def test_held_out_documents_never_reach_training(tmp_path, tiny_tokenizer):
     assert stats.sources["docs"].held_out == len(held) and stats.sources["docs"].documents == len(trained)
     assert stats.sources["docs"].complete
     assert len(held) / 400 < 0.15
+
+
+def test_memory_does_not_grow_with_the_corpus(tmp_path, tiny_tokenizer):
+    """Reading, shuffling, tokenizing and packing a corpus 10x larger peaks at about the same memory."""
+    import tracemalloc
+    peaks = {}
+    for n in (3_000, 30_000):
+        path = tmp_path / f"docs{n}.txt"
+        path.write_text("\n".join(synthetic_documents(n, seed=n)) + "\n")
+        mixture = PhaseMixture([SourceSpec("docs", str(path), "text")], None, holdout_fraction=0.01, seed=1,
+                               phase="p", shuffle_buffer=500)
+        rows = PackedRows(mixture, tiny_tokenizer, max_seq_length=256, batch_size=4, epochs=1)
+        tracemalloc.start()
+        count = sum(1 for _ in rows)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert count > n / 10
+    print(f"peak traced memory: {peaks}")
+    assert peaks[30_000] < 1.3 * peaks[3_000], peaks
