@@ -243,32 +243,38 @@ def run_phase(recipe: Recipe, index: int, model, tokenizer, previous_checkpoint:
     wall = trainer.wall_time()
     held_out_end = trainer.evaluate(metric_key_prefix="held_out")["held_out_loss"]
 
-    counts = trainer.global_counts()
     final_checkpoint = last_complete_checkpoint(phase_dir / "checkpoints")
     save_for_transformers(trainer, tokenizer, phase_dir)
-    stream = json.loads((phase_dir / "stream_stats.json").read_text()) if (phase_dir / "stream_stats.json").exists() else {}
+    summary = _phase_summary(recipe, plan, trainer, names, eval_rows, state["held_out_loss_start"], held_out_end, wall)
+    summary.update(final_checkpoint=final_checkpoint, model_dir=str(phase_dir))
+    _write_json(trainer, phase_dir / PHASE_DONE, summary)
+    log.info("phase %s done: held-out loss %.4f -> %.4f, %d tokens in %.0f s (%.0f tokens/s)",
+             phase.name, state["held_out_loss_start"], held_out_end, summary["tokens"], wall, summary["tokens"] / max(wall, 1e-9))
+    return summary, final_checkpoint
+
+
+def _phase_summary(recipe, plan: PhasePlan, trainer: PretrainingTrainer, names: list[str], eval_rows: list[dict],
+                   loss_start: float, loss_end: float, wall: float) -> dict:
+    counts = trainer.global_counts()
     tokens_per_source = {n: int(counts[i]) for i, n in enumerate(names)}
-    documents_per_source = {n: int(counts[len(names) + i]) for i, n in enumerate(names)}
     tokens = sum(tokens_per_source.values())
-    summary = {
-        "phase": phase.name, "index": index, "steps": plan.steps, "rows": plan.steps * plan.rows_per_step,
-        "tokens": tokens, "tokens_per_source": tokens_per_source, "documents_trained": documents_per_source,
+    stats_file = Path(trainer.train_dataset.stats_path)
+    return {
+        "phase": plan.name, "index": plan.index, "steps": plan.steps, "rows": plan.steps * plan.rows_per_step,
+        "tokens": tokens, "tokens_per_source": tokens_per_source,
+        "documents_trained": {n: int(counts[len(names) + i]) for i, n in enumerate(names)},
         "row_fill": tokens / (plan.steps * plan.tokens_per_step),
         "masking": {"start": plan.masking.start, "end": plan.masking.end, "measured": float(counts[-2] / max(counts[-1], 1))},
         "lr": {"peak": plan.lr, "warmup_steps": plan.warmup_steps, "stable_steps": plan.stable_steps,
                "decay_steps": plan.decay_steps, "decay": plan.decay_type, "min_lr_ratio": plan.min_lr_ratio},
-        "reset_optimizer": recipe.phases[index].reset_optimizer,
-        "held_out": {"rows": len(eval_rows), "chunks": sum(len(row["doc_lengths"]) for row in eval_rows), "masking": plan.masking.end,
-                     "loss_start": state["held_out_loss_start"], "loss_end": held_out_end},
+        "reset_optimizer": recipe.phases[plan.index].reset_optimizer,
+        "held_out": {"rows": len(eval_rows), "chunks": sum(len(row["doc_lengths"]) for row in eval_rows),
+                     "masking": plan.masking.end, "loss_start": loss_start, "loss_end": loss_end},
         "wall_time_s": wall, "tokens_per_second": tokens / wall if wall else None,
-        "sources": stream,   # per source, per pass over its files: documents, held out, skipped and why
+        # per source, per pass over its files: documents, held out, skipped and why
+        "sources": json.loads(stats_file.read_text()) if stats_file.exists() else {},
         "log_history": [entry for entry in trainer.state.log_history if "loss" in entry or "held_out_loss" in entry],
-        "final_checkpoint": final_checkpoint, "model_dir": str(phase_dir),
     }
-    _write_json(trainer, phase_dir / PHASE_DONE, summary)
-    log.info("phase %s done: held-out loss %.4f -> %.4f, %d tokens in %.0f s (%.0f tokens/s)",
-             phase.name, summary["held_out"]["loss_start"], held_out_end, tokens, wall, tokens / max(wall, 1e-9))
-    return summary, final_checkpoint
 
 
 def _rows_per_epoch(recipe, phase, mixture, tokenizer, phase_dir: Path) -> int | None:

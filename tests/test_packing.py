@@ -1,6 +1,9 @@
 """Tokenize + chunk + best-fit pack: nothing lost, nothing over length, rows nearly full."""
+import itertools
 import random
 from collections import Counter
+
+import pytest
 
 from torch.utils.data import DataLoader
 
@@ -122,3 +125,38 @@ def test_memory_does_not_grow_with_the_corpus(tmp_path, tiny_tokenizer):
         assert count > n / 10
     print(f"peak traced memory: {peaks}")
     assert peaks[30_000] < 1.3 * peaks[3_000], peaks
+
+
+def _source(tmp_path, name, n, seed):
+    path = tmp_path / f"{name}.txt"
+    path.write_text("\n".join(f"{name} {text}" for text in synthetic_documents(n, seed=seed)) + "\n")
+    return SourceSpec(name, str(path), "text")
+
+
+def test_weighted_sources_are_sampled_by_weight_and_restart(tmp_path):
+    from modeling.mixture import StreamStats
+    mixture = PhaseMixture([_source(tmp_path, "big", 300, 1), _source(tmp_path, "small", 30, 2)], [1.0, 3.0],
+                           holdout_fraction=0.01, seed=3, phase="p", shuffle_buffer=50)
+    stats = StreamStats()
+    picked = [source for source, _ in itertools.islice(mixture.documents(stats), 2000)]
+    assert 0.72 < picked.count(1) / len(picked) < 0.78          # weight 3 of 4
+    assert stats.sources["small"].passes_started > 10            # the small source starts again and again
+
+
+def test_natural_proportion_reads_each_source_once_per_epoch(tmp_path):
+    from modeling.mixture import StreamStats
+    mixture = PhaseMixture([_source(tmp_path, "a", 200, 1), _source(tmp_path, "b", 50, 2)], None,
+                           holdout_fraction=0.01, seed=3, phase="p", shuffle_buffer=50)
+    stats = StreamStats()
+    texts = [text for _, text in mixture.documents(stats, epochs=2)]
+    per_epoch = stats.sources["a"].documents + stats.sources["b"].documents
+    assert len(texts) == 2 * per_epoch and sorted(texts[:per_epoch]) == sorted(texts[per_epoch:])
+    assert texts[:per_epoch] != texts[per_epoch:]                 # each epoch shuffled on its own
+
+
+def test_natural_proportion_of_a_hub_dataset_needs_weights():
+    from modeling.mixture import StreamStats
+    from modeling.sources import DataError
+    mixture = PhaseMixture([SourceSpec("hub", "some-org/notes", "hf")], None, holdout_fraction=0.01, seed=1, phase="p")
+    with pytest.raises(DataError, match="give the phase's sources explicit weights"):
+        next(mixture.epoch_documents(StreamStats(), 0))
