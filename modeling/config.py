@@ -211,12 +211,14 @@ class DataConfig:
     workers: int = _help("DataLoader worker processes (masking stays identical for any number)", 0)
     pack_open_rows: int = _help("Rows kept open by the best-fit packer (more = fuller rows, more memory)", 64)
     tokenize_batch: int = _help("Documents tokenized per call to the fast tokenizer", 256)
+    shuffle_buffer: int = _help("Documents in the seeded shuffle buffer (1 = read in file order)", 10_000)
 
     def validate(self, key: str):
         if self.workers < 0:
             raise ConfigError(f"{key}.workers={self.workers}: must be >= 0")
         _positive(f"{key}.pack_open_rows", self.pack_open_rows)
         _positive(f"{key}.tokenize_batch", self.tokenize_batch)
+        _positive(f"{key}.shuffle_buffer", self.shuffle_buffer)
 
 
 @dataclass

@@ -66,9 +66,6 @@ class PhaseMixture:
     phase: str
     shuffle_buffer: int = 10_000
 
-    def source_names(self) -> list[str]:
-        return [s.name for s in self.sources]
-
     def documents(self, stats: StreamStats, epochs: int | None = None) -> Iterator[tuple[int, str]]:
         """(source index, text) of the training documents; forever unless `epochs` is given."""
         for epoch in itertools.count() if epochs is None else range(epochs):
@@ -79,9 +76,9 @@ class PhaseMixture:
         rng = random.Random(f"{self.seed}/{self.phase}/epoch{epoch}")
         yield from self._shuffled(self._one_epoch(rng, stats), rng)
 
-    def held_out_documents(self, max_documents: int, stats: StreamStats | None = None) -> list[tuple[int, str]]:
+    def held_out_documents(self, max_documents: int) -> list[tuple[int, str]]:
         """The held-out slice: the first `max_documents` held-out documents, sources read round-robin."""
-        stats = stats or StreamStats()
+        stats = StreamStats()
         streams = [self._read(i, stats, held_out=True) for i in range(len(self.sources))]
         picked = []
         while streams and len(picked) < max_documents:

@@ -201,7 +201,8 @@ def run_phase(recipe: Recipe, index: int, model, tokenizer, previous_checkpoint:
     names = phase.sources if isinstance(phase.sources, list) else list(phase.sources)
     mixture = PhaseMixture(sources=[recipe.sources[n] for n in names],
                            weights=None if isinstance(phase.sources, list) else [float(phase.sources[n]) for n in names],
-                           holdout_fraction=recipe.holdout.fraction, seed=recipe.seed, phase=phase.name)
+                           holdout_fraction=recipe.holdout.fraction, seed=recipe.seed, phase=phase.name,
+                           shuffle_buffer=recipe.data.shuffle_buffer)
     plan = plan_phase(recipe, index, _rows_per_epoch(recipe, phase, mixture, tokenizer, phase_dir))
     num_processes = _num_processes()
     accumulation = recipe.batch.accumulation_steps(recipe.max_seq_length, num_processes)
