@@ -179,12 +179,9 @@ class PackedRows(IterableDataset):
             self.dump_stats()
 
     def _rows(self) -> Iterator[dict]:
-        """Rows epoch after epoch; the packer is flushed at the end of each epoch, so an epoch here is
-        exactly the epoch the counting pass measured."""
         chunker = Chunker(self.tokenizer, self.max_seq_length, self.tokenize_batch)
         for epoch in itertools.count() if self.epochs is None else range(self.epochs):
-            documents = self.mixture.epoch_documents(self.stats, epoch)
-            yield from pack(chunker.chunks(documents), self.max_seq_length, self.open_rows)
+            yield from epoch_rows(self.mixture, self.stats, epoch, chunker, self.open_rows)
 
     def dump_stats(self):
         """Worker processes cannot hand objects back, so the reading statistics go through a file."""
@@ -196,14 +193,20 @@ class PackedRows(IterableDataset):
         os.replace(tmp, self.stats_path)
 
 
+def epoch_rows(mixture: PhaseMixture, stats: StreamStats, epoch: int, chunker: Chunker, open_rows: int) -> Iterator[dict]:
+    """The rows of one epoch; the packer is flushed at its end. Training and the counting pass both
+    read epochs through here, so an epoch trained is exactly the epoch counted."""
+    documents = mixture.epoch_documents(stats, epoch)
+    yield from pack(chunker.chunks(documents), chunker.max_seq_length, open_rows)
+
+
 def count_rows(mixture: PhaseMixture, tokenizer, max_seq_length: int, open_rows: int = 64,
-               tokenize_batch: int = 256, stats: StreamStats | None = None) -> tuple[int, int]:
+               tokenize_batch: int = 256) -> tuple[int, int]:
     """(rows, tokens) of one epoch of a natural-proportion phase: the counting pass epoch-length phases need."""
-    stats = stats or StreamStats()
-    chunks = Chunker(tokenizer, max_seq_length, tokenize_batch).chunks(mixture.epoch_documents(stats, epoch=0))
+    chunker = Chunker(tokenizer, max_seq_length, tokenize_batch)
     rows = tokens = 0
     with tqdm(desc="counting one epoch", unit=" rows") as progress:
-        for row in pack(chunks, max_seq_length, open_rows):
+        for row in epoch_rows(mixture, StreamStats(), 0, chunker, open_rows):
             rows += 1
             tokens += len(row["input_ids"])
             progress.update()

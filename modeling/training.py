@@ -204,7 +204,7 @@ def run_phase(recipe: Recipe, index: int, model, tokenizer, previous_checkpoint:
                            holdout_fraction=recipe.holdout.fraction, seed=recipe.seed, phase=phase.name,
                            shuffle_buffer=recipe.data.shuffle_buffer)
     plan = plan_phase(recipe, index, _rows_per_epoch(recipe, phase, mixture, tokenizer, phase_dir))
-    num_processes = _num_processes()
+    num_processes = PartialState().num_processes
     accumulation = recipe.batch.accumulation_steps(recipe.max_seq_length, num_processes)
     log.info("phase %s: %d steps of %d rows x %d tokens (%d per device x %d processes x %d accumulation); "
              "lr %.2e, warmup %d / stable %d / decay %d (%s); masking %.2f -> %.2f",
@@ -234,7 +234,7 @@ def run_phase(recipe: Recipe, index: int, model, tokenizer, previous_checkpoint:
         trainer.restore_progress(checkpoint)
         log.info("phase %s: resuming from %s", phase.name, checkpoint)
     else:
-        if (phase_dir / "checkpoints").exists() and _is_main():
+        if (phase_dir / "checkpoints").exists() and PartialState().is_main_process:
             shutil.rmtree(phase_dir / "checkpoints")   # a phase killed before its first checkpoint starts over
         state = {"held_out_loss_start": trainer.evaluate(metric_key_prefix="held_out")["held_out_loss"]}
         _write_json(trainer, state_file, state)
@@ -340,14 +340,6 @@ def _write_json(trainer: Trainer, path: Path, data: dict):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2, default=str))
         os.replace(tmp, path)
-
-
-def _num_processes() -> int:
-    return PartialState().num_processes
-
-
-def _is_main() -> bool:
-    return PartialState().is_main_process
 
 
 def _recipe_dict(recipe: Recipe) -> dict:
