@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from seqeval.metrics.sequence_labeling import get_entities
+from torch.utils.data import SequentialSampler
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification,
                           DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed)
 
@@ -40,6 +41,11 @@ class TaskTrainer(Trainer):
     def __init__(self, *args, task: TaskConfig, **kwargs):
         super().__init__(*args, **kwargs)
         self.task = task
+
+    def _get_eval_sampler(self, eval_dataset):
+        # transformers applies train_sampling_strategy="group_by_length" to evaluation too, which shuffles the
+        # predictions; windows are mapped back to documents by position (and are already sorted by length).
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         split = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -140,7 +146,10 @@ def max_length_for(task: TaskConfig, tokenizer) -> int:
     limit = min(positions, tokenizer.model_max_length) if tokenizer.model_max_length < 10**9 else positions
     if task.max_length and task.max_length > positions:
         raise ConfigError(f"max_length={task.max_length}: above the model's {positions} positions")
-    return task.max_length or limit
+    length = task.max_length or limit
+    if task.window_stride >= length // 2:
+        raise ConfigError(f"window_stride={task.window_stride}: must be below half of the max length ({length})")
+    return length
 
 
 # ------------------------------------------------------------------------------------ runs

@@ -156,7 +156,7 @@ class SkipLog:
         self._counts: Counter[tuple[str, str]] = Counter()
         self.quiet = quiet   # a later pass over the same files would only repeat the same warnings
 
-    def add(self, source: str, reason: str, where: str = "") -> None:
+    def add(self, source: str, reason: str, where: str = "", expected: bool = False) -> None:
         key = (source, reason)
         self._counts[key] += 1
         count = self._counts[key]
@@ -165,7 +165,7 @@ class SkipLog:
         place = f" at {where}" if where else ""
         later = " (further ones are only counted)" if count == SKIP_WARNINGS_PER_REASON else ""
         # Filters and citations without abstracts are expected: counted and reported, not warned about.
-        level = logging.DEBUG if reason.startswith(EXPECTED_SKIPS) else logging.WARNING
+        level = logging.DEBUG if expected or reason.startswith(EXPECTED_SKIPS) else logging.WARNING
         log.log(level, "source '%s': skipped, %s%s%s", source, reason, place, later)
 
     def as_dict(self) -> dict[str, dict[str, int]]:

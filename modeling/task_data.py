@@ -13,12 +13,12 @@ import json
 import logging
 import random
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from modeling.sources import DataError, SkipLog, SourceSpec, iter_documents, resolve_files
+from modeling.sources import DataError, SkipLog, SourceSpec, resolve_files
 from modeling.tasks import SPLITS, DataSpec, Example, TaskConfig
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def _examples_from_records(records, spec: DataSpec, config: TaskConfig, skips: S
             if missing:
                 bad_record(spec, skips, config.name, where, f"missing field '{missing[0]}'")
                 continue
-            words, tags = list(record[spec.words_field]), list(record[spec.tags_field])
+            words, tags = _plain(record[spec.words_field]), _plain(record[spec.tags_field])
             if len(words) != len(tags):
                 bad_record(spec, skips, config.name, where, f"{len(words)} words but {len(tags)} tags")
                 continue
@@ -162,14 +162,19 @@ def _examples_from_records(records, spec: DataSpec, config: TaskConfig, skips: S
             if spec.text_field not in record:
                 bad_record(spec, skips, config.name, where, f"missing field '{spec.text_field}'")
                 continue
-            label = record.get(spec.label_field)
+            label = _plain(record.get(spec.label_field))
             if isinstance(label, int) and not isinstance(label, bool) and config.task == "single_label":
                 label = config.labels[label] if 0 <= label < len(config.labels) else label
             example = Example(id=str(record[spec.id_field]) if spec.id_field else where, text=str(record[spec.text_field]),
-                              labels=as_label_list(label if not hasattr(label, "tolist") else label.tolist(), spec, where))
+                              labels=as_label_list(label, spec, where))
         example.split = None if split == "all" else split
         examples.append(example)
     return examples
+
+
+def _plain(value):
+    """numpy arrays and scalars (Parquet, datasets) as Python lists and numbers."""
+    return value.tolist() if hasattr(value, "tolist") else list(value) if isinstance(value, tuple) else value
 
 
 def join_words(words: list[str]) -> tuple[str, list[tuple[int, int]]]:
@@ -226,7 +231,7 @@ def _citations(spec: DataSpec, skips: SkipLog, task: str):
     for file in files:
         for citation in pubmed_parser.parse_medline_xml(file):
             if not (citation.get("abstract") or "").strip():
-                skips.add(task, "no abstract", file)
+                skips.add(task, "no abstract", file, expected=True)
                 continue
             yield file, citation
 
@@ -242,7 +247,7 @@ def load_pubmed_mesh(spec, config, skips):
     wanted, examples = set(config.labels), []
     for file, citation in _citations(spec, skips, config.name):
         if not citation["mesh_terms"]:
-            skips.add(config.name, "no MeSH terms", file)
+            skips.add(config.name, "no MeSH terms", file, expected=True)
             continue
         labels = [name for name in _mesh_names(citation["mesh_terms"]) if name in wanted]
         examples.append(Example(id=f"PMID:{citation['pmid']}", text=f"{citation['title']}\n{citation['abstract']}",
@@ -265,7 +270,7 @@ def load_pubmed_chemicals(spec, config, skips):
         entities = [(m.start(), m.end(), kind) for name in names
                     for m in re.finditer(r"(?<!\w)" + re.escape(name) + r"(?!\w)", text, re.IGNORECASE)]
         if not entities:
-            skips.add(config.name, "no chemical-list substance in the text", file)
+            skips.add(config.name, "no chemical-list substance in the text", file, expected=True)
             continue
         words = word_spans(text, spec.word_pattern)
         examples.append(Example(id=f"PMID:{citation['pmid']}", text=text, words=words,

@@ -1,0 +1,202 @@
+"""Real fine-tuning runs of tiny models (ModernBERT and BERT) on easy fixture tasks, offline."""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+from conftest import ROOT, WORDS, tiny_model_config
+from modeling import finetuning
+from modeling.encoding import encode_split, load_task_tokenizer
+from modeling.task_data import load_task_examples
+from modeling.tasks import task_from_dict
+
+DRUGS = ["insulin", "metformin", "antibiotics"]
+FILLER = [w for w in WORDS if w not in DRUGS]
+
+
+@pytest.fixture(scope="module")
+def modernbert_dir(tmp_path_factory, tiny_tokenizer):
+    from transformers import ModernBertForMaskedLM
+    folder = tmp_path_factory.mktemp("modernbert")
+    torch.manual_seed(0)
+    ModernBertForMaskedLM(tiny_model_config(tiny_tokenizer)).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """A tiny BERT with a WordPiece tokenizer trained here: the non-ModernBERT encoder."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
+    folder = tmp_path_factory.mktemp("bert")
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    backend.train_from_iterator([" ".join(WORDS)] * 20, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                        sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=128, pad_token_id=0)
+    BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def sentence(rng, drugs=()):
+    words = [rng.choice(FILLER) for _ in range(rng.randint(4, 10))]
+    for drug in drugs:
+        words.insert(rng.randrange(len(words) + 1), drug)
+    return words
+
+
+def write_task(folder, task: str, n: int = 200):
+    """Easy tasks: the label is which drug words appear; NER tags the drug words."""
+    rng, rows = random.Random(0), []
+    for i in range(n):
+        if task == "single_label":
+            drug = DRUGS[i % 3]
+            rows.append({"text": " ".join(sentence(rng, [drug])), "label": drug})
+        elif task == "multi_label":
+            present = [d for d in DRUGS[:2] if rng.random() < 0.5]
+            rows.append({"text": " ".join(sentence(rng, present)), "label": present})
+        else:
+            words = sentence(rng, rng.sample(DRUGS, rng.randint(0, 2)))
+            rows.append({"tokens": words, "ner_tags": ["B-Drug" if w in DRUGS else "O" for w in words]})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder / "data.jsonl"
+
+
+def make_task(tmp_path, model, task, **extra):
+    labels = {"single_label": DRUGS, "multi_label": DRUGS[:2], "ner": ["Drug"]}[task]
+    raw = {"name": f"easy_{task}", "task": task, "model": model, "labels": labels, "output_dir": str(tmp_path / "results"),
+           "data": {"loader": "jsonl", "path": str(write_task(tmp_path / "data", task))},
+           "split": {"seed": 0, "validation": 0.2, "test": 0.2}, "max_length": 64, "window_stride": 16, "seeds": [3],
+           "training": {"lr": 5e-3, "epochs": 6, "batch_size": 8, "logging_steps": 5}}
+    if task != "ner" and "modernbert" in model:   # mean pooling: presence of a word is learnt in a few steps
+        raw["classifier_pooling"] = "mean"
+    raw.update(extra)
+    return task_from_dict(raw)
+
+
+def untrained_validation(task, seed):
+    """The validation score of the model a run starts from (same seed -> same head initialisation)."""
+    splits, _ = load_task_examples(task)
+    tokenizer = load_task_tokenizer(task.model, task.task)
+    split = encode_split("validation", splits["validation"], tokenizer, task, task.max_length, sort_by_length=True)
+    model = finetuning.build_task_model(task, seed).eval()
+    batches = []
+    for start in range(0, len(split.features), 16):
+        features = split.features[start:start + 16]
+        padded = tokenizer.pad([{k: f[k] for k in ("input_ids", "attention_mask")} for f in features], return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**padded).logits.numpy()
+        if logits.ndim == 3:   # pad the token axis to the longest window overall
+            logits = np.pad(logits, ((0, 0), (0, task.max_length - logits.shape[1]), (0, 0)))
+        batches.append(logits)
+    scores, _ = finetuning.score_split(task, split, np.concatenate(batches))
+    return scores[task.metric_for_selection]
+
+
+@pytest.mark.parametrize("task_type", ["single_label", "multi_label", "ner"])
+def test_tiny_modernbert_learns_each_task_type(tmp_path, modernbert_dir, task_type):
+    task = make_task(tmp_path, modernbert_dir, task_type)
+    before = untrained_validation(task, seed=3)
+    summary = finetuning.run(task)
+    record = json.loads((tmp_path / "results" / "seed3" / "results.json").read_text())
+    after = record["metrics"]["validation"][task.metric_for_selection]
+    print(f"{task_type}: validation {task.metric_for_selection} {before:.3f} untrained -> {after:.3f}")
+    assert after > before + 0.2 and after > 0.6
+    # the best epoch is the one whose validation score is highest, and it is the model that was tested
+    by_epoch = {row["epoch"]: row[task.metric_for_selection] for row in record["validation_by_epoch"]}
+    assert by_epoch[record["best_epoch"]] == max(by_epoch.values()) == pytest.approx(after)
+    assert set(record["metric_descriptions"]) <= set(record["metrics"]["test"])
+    assert summary["test"][task.metric_for_selection]["n"] == 1
+    # the saved model is the best epoch's: reloaded, it scores the same on validation
+    auto = AutoModelForTokenClassification if task_type == "ner" else AutoModelForSequenceClassification
+    reloaded = auto.from_pretrained(record["saved"]["model"])
+    assert reloaded.config.id2label[1] == task.tag_names[1]
+    reloaded_task = make_task(tmp_path / "again", record["saved"]["model"], task_type)
+    assert untrained_validation(reloaded_task, seed=3) == pytest.approx(after, abs=1e-6)
+
+
+def test_ner_predictions_are_spans_with_character_offsets(tmp_path, modernbert_dir):
+    task = make_task(tmp_path, modernbert_dir, "ner", save_model=False)
+    finetuning.run(task)
+    rows = [json.loads(line) for line in (tmp_path / "results" / "seed3" / "predictions_test.jsonl").open()]
+    splits, _ = load_task_examples(task)
+    texts = {e.id: e.text for e in splits["test"]}
+    assert len(rows) == len(texts)
+    for row in rows:
+        for entity in row["entities"] + row["gold_entities"]:
+            assert texts[row["id"]][entity["start"]:entity["end"]] == entity["text"]
+    assert sum(len(r["gold_entities"]) for r in rows) > 0
+    assert not (tmp_path / "results" / "seed3" / "model").exists()
+
+
+def test_non_modernbert_encoder_with_two_seeds_aggregated(tmp_path, bert_dir):
+    task = make_task(tmp_path, bert_dir, "single_label", seeds=[3, 4])
+    before = untrained_validation(task, seed=3)
+    summary = finetuning.run(task)
+    records = [json.loads((tmp_path / "results" / f"seed{s}" / "results.json").read_text()) for s in (3, 4)]
+    values = [r["metrics"]["test"]["accuracy"] for r in records]
+    assert summary["test"]["accuracy"]["mean"] == pytest.approx(np.mean(values))
+    assert summary["test"]["accuracy"]["std"] == pytest.approx(np.std(values, ddof=1))
+    assert summary["test"]["accuracy"]["min"] == min(values)
+    assert records[0]["metrics"]["validation"]["weighted_f1"] > before + 0.2
+    rows = [json.loads(line) for line in (tmp_path / "results" / "seed3" / "predictions_test.jsonl").open()]
+    assert rows[0]["label"] in DRUGS and sum(rows[0]["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    saved = json.loads((tmp_path / "results" / "aggregate.json").read_text())
+    assert saved["seeds"] == [3, 4] and "| accuracy |" in (tmp_path / "results" / "aggregate.md").read_text()
+    # the aggregate command rebuilds the same figures from the results.json files
+    out = subprocess.run([sys.executable, "finetune.py", "aggregate", str(tmp_path / "results")], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert f"{summary['test']['accuracy']['mean']:.4f} +- {summary['test']['accuracy']['std']:.4f}" in out
+
+
+def test_lora_adapter_saved_alone_reloads_and_merges(tmp_path, modernbert_dir):
+    from peft import PeftModel
+    task = make_task(tmp_path, modernbert_dir, "single_label", peft={"r": 4, "alpha": 8, "dropout": 0.0, "merge": True})
+    model = finetuning.build_task_model(task, seed=3)
+    trainable = {n.split(".")[-2] if "lora" in n else n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n, _ in model.named_parameters()) and not any("embeddings" in n for n in trainable)
+    finetuning.run(task)
+    record = json.loads((tmp_path / "results" / "seed3" / "results.json").read_text())
+    adapter, merged = record["saved"]["adapter"], record["saved"]["model"]
+    assert sorted(p.name for p in (tmp_path / "results" / "seed3" / "adapter").glob("adapter_*")) == [
+        "adapter_config.json", "adapter_model.safetensors"]
+    base = AutoModelForSequenceClassification.from_pretrained(modernbert_dir, num_labels=3, classifier_pooling=task.classifier_pooling)
+    with_adapter = PeftModel.from_pretrained(base, adapter).eval()
+    plain = AutoModelForSequenceClassification.from_pretrained(merged).eval()
+    tokenizer = load_task_tokenizer(modernbert_dir, "single_label")
+    batch = tokenizer(["patient took insulin", "metformin at discharge home"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(with_adapter(**batch).logits, plain(**batch).logits, atol=1e-5)
+    assert record["metrics"]["validation"]["weighted_f1"] > 0.5
+
+
+def test_learning_rate_grid_picks_the_best_mean_validation(tmp_path, modernbert_dir):
+    task = make_task(tmp_path, modernbert_dir, "single_label", training={"lr_grid": [1e-7, 3e-3], "epochs": 3},
+                     save_model=False)
+    summary = finetuning.run(task)
+    assert summary["lr"] == 3e-3 and set(summary["by_lr"]) == {"1e-07", "0.003"}
+    assert summary["by_lr"]["0.003"]["validation"]["weighted_f1"]["mean"] > summary["by_lr"]["1e-07"]["validation"]["weighted_f1"]["mean"]
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntask: ner\nlabels: [A]\ndata: {loader: brat, path: /nowhere, unit: sentence}\n")
+    result = subprocess.run([sys.executable, "finetune.py", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: bad.yaml: data.unit='sentence': allowed values are file, snippet"
