@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if main_process:
         from modeling.results import markdown_table
         print("\n" + markdown_table(summary))
-        print(f"results: {task.results_dir()}/aggregate.json, aggregate.md and one folder per run")
+        print(f"results: {task.results_dir()}/ aggregate.json, aggregate.md, curves.png and one folder per run")
     return 0
 
 

@@ -140,6 +140,14 @@ def _with_lora(model, task: TaskConfig):
                           f"model type '{model.config.model_type}')") from None
 
 
+def _check_model_exists(model: str) -> None:
+    """A missing local folder gets a clear message instead of a failed Hub lookup."""
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") != 1
+    if looks_local and not Path(model).expanduser().exists():
+        hint = " (the demo configs use the demo checkpoint: run `python train_mlm.py` first)" if "out/demo" in model else ""
+        raise ConfigError(f"model: folder '{model}' not found{hint}; pass --model a folder or Hub id")
+
+
 def max_length_for(task: TaskConfig, tokenizer) -> int:
     """The config's max_length, else the model's (8192 for ModernBERT)."""
     positions = AutoConfig.from_pretrained(task.model).max_position_embeddings
@@ -157,6 +165,7 @@ def max_length_for(task: TaskConfig, tokenizer) -> int:
 def run(task: TaskConfig) -> dict:
     """All runs of a task (seeds x learning rates); returns the aggregate over seeds."""
     out = task.results_dir()
+    _check_model_exists(task.model)
     splits, skips = load_task_examples(task)
     tokenizer = load_task_tokenizer(task.model, task.task)
     max_length = max_length_for(task, tokenizer)
@@ -176,11 +185,29 @@ def run(task: TaskConfig) -> dict:
     for lr in task.training.lr_grid or [task.training.lr]:
         for seed in task.seeds:
             folder = out / (f"lr{lr:g}-seed{seed}" if task.training.lr_grid else f"seed{seed}")
-            runs.append(run_one(task, encoded, tokenizer, seed, lr, folder, data_summary))
+            runs.append(_finished_run(task, folder) or run_one(task, encoded, tokenizer, seed, lr, folder, data_summary))
     summary = aggregate_runs(runs, task.metric_for_selection)
     if _is_main_process():
-        write_aggregate(summary, out)
+        write_aggregate(summary, out, runs)
     return summary
+
+
+def _comparable(config: dict) -> dict:
+    """A run's settings, less those that do not change the run itself."""
+    return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ("seeds", "output_dir")}
+
+
+def _finished_run(task: TaskConfig, folder: Path) -> dict | None:
+    """A run whose results.json exists is not repeated (an interrupted seed sweep goes on where it stopped),
+    unless it was made with other settings: then stop rather than mix results."""
+    path = folder / "results.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if _comparable(record["config"]) != _comparable(dataclasses.asdict(task)):
+        raise ConfigError(f"{path} holds a run with other settings; choose another --output_dir or delete that folder")
+    log.info("%s: finished earlier, reusing %s (delete it to run again)", folder.name, path)
+    return record
 
 
 def run_one(task: TaskConfig, encoded: dict[str, EncodedSplit], tokenizer, seed: int, lr: float, folder: Path,
@@ -200,6 +227,8 @@ def run_one(task: TaskConfig, encoded: dict[str, EncodedSplit], tokenizer, seed:
         "peft": dataclasses.asdict(task.peft) if task.peft else None, "seed": seed, "lr": lr,
         "selection_metric": task.metric_for_selection, "best_epoch": best["epoch"], "validation_by_epoch": epochs,
         "metrics": results, "metric_descriptions": {k: v for k, v in DESCRIPTIONS.items() if k in results["test"]},
+        "train_loss": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
+        "steps_per_epoch": math.ceil(trainer.state.max_steps / max(trainer.args.num_train_epochs, 1e-9)),
         **data_summary, "train_runtime_s": round(trainer.state.log_history[-1].get("train_runtime", math.nan), 1),
         "config": dataclasses.asdict(task),
     }
@@ -252,8 +281,12 @@ def save_task_model(model, tokenizer, folder: Path, task: TaskConfig) -> dict:
 def _training_arguments(task: TaskConfig, seed: int, lr: float, folder: Path) -> TrainingArguments:
     spec = task.training
     world = max(1, torch.distributed.get_world_size() if torch.distributed.is_initialized() else _env_world_size())
-    per_device = spec.per_device_batch_size or spec.batch_size
-    accumulation = max(1, spec.batch_size // (per_device * world))
+    # batch_size is the global batch: split over processes, the rest made up by gradient accumulation
+    per_device = spec.per_device_batch_size or max(1, spec.batch_size // world)
+    if spec.batch_size % (per_device * world):
+        raise ConfigError(f"training.batch_size={spec.batch_size} is not divisible by per-device batch {per_device} x "
+                          f"{world} processes; set training.per_device_batch_size")
+    accumulation = spec.batch_size // (per_device * world)
     bf16 = spec.precision == "bf16" or (spec.precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     return TrainingArguments(
         output_dir=str(folder / "checkpoints"), seed=seed, data_seed=seed, learning_rate=lr,

@@ -187,7 +187,7 @@ class PackedRows(IterableDataset):
         """Worker processes cannot hand objects back, so the reading statistics go through a file."""
         if not self.stats_path:
             return
-        tmp = f"{self.stats_path}.tmp"
+        tmp = f"{self.stats_path}.{os.getpid()}.tmp"   # unique per process: concurrent writers never share it
         with open(tmp, "w") as f:
             json.dump(self.stats.as_dict(), f)
         os.replace(tmp, self.stats_path)

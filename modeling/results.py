@@ -54,10 +54,39 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_aggregate(summary: dict, folder: Path) -> None:
+def write_aggregate(summary: dict, folder: Path, runs: list[dict]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    summary["plot"] = plot_runs(runs, summary["selection_metric"], folder).name
     (folder / "aggregate.json").write_text(json.dumps(summary, indent=2) + "\n")
     (folder / "aggregate.md").write_text(markdown_table(summary))
+
+
+def plot_runs(runs: list[dict], metric: str, folder: Path) -> Path:
+    """Training loss and the validation selection metric per epoch, one line per run (seed, lr)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for record in sorted(runs, key=lambda r: (r["lr"], r["seed"])):
+        label = f"seed {record['seed']}" + (f", lr {record['lr']:g}" if len({r["lr"] for r in runs}) > 1 else "")
+        per_epoch = max(1, record.get("steps_per_epoch", 1))
+        loss = record.get("train_loss", [])
+        line, = loss_ax.plot([step / per_epoch for step, _ in loss], [value for _, value in loss], label=label)
+        epochs = record["validation_by_epoch"]
+        metric_ax.plot([e["epoch"] for e in epochs], [e[metric] for e in epochs], "o-", color=line.get_color(), label=label)
+        metric_ax.plot([record["best_epoch"]], [record["metrics"]["validation"][metric]], "*", markersize=14,
+                       color=line.get_color())
+    loss_ax.set(xlabel="epoch", ylabel="training loss", title=f"{runs[0]['task']}: training loss")
+    metric_ax.set(xlabel="epoch", ylabel=f"validation {metric}", title="validation (star: the epoch kept)")
+    for ax in (loss_ax, metric_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = folder / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def aggregate_folder(folder: str | Path) -> dict:
@@ -71,5 +100,5 @@ def aggregate_folder(folder: str | Path) -> dict:
     if len(kinds) > 1:
         raise DataError(f"{folder}: results of several tasks or models {sorted(kinds)}; aggregate one at a time")
     summary = aggregate_runs(runs, runs[0]["selection_metric"])
-    write_aggregate(summary, folder)
+    write_aggregate(summary, folder, runs)
     return summary

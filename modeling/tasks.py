@@ -12,17 +12,11 @@ from pathlib import Path
 
 import yaml
 
-from modeling.config import ConfigError, _build, _choice, _positive, apply_override, describe_fields
+from modeling.config import ConfigError, _build, _choice, _help, _positive, apply_override, describe_fields
 
 EVAL_CONFIGS_DIR = Path(__file__).resolve().parent.parent / "eval_configs"
 TASK_TYPES = ("single_label", "multi_label", "ner")
 PAPER_SEEDS = [42, 43, 44, 45, 46]
-
-
-def _help(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
-    if factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=factory, metadata={"help": text})
-    return dataclasses.field(default=default, metadata={"help": text})
 
 
 # ------------------------------------------------------------------------------------ examples

@@ -189,8 +189,10 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
         else:
             summary, previous_checkpoint = run_phase(recipe, index, model, tokenizer, previous_checkpoint, resume)
         phases.append(summary)
-        write_summary(output, recipe, phases)
-        plot_training(output, phases)
+        if state.is_main_process:   # one writer: several processes renaming the same temporary file race
+            write_summary(output, recipe, phases)
+            plot_training(output, phases)
+        state.wait_for_everyone()
     return json.loads((output / "training_summary.json").read_text())
 
 

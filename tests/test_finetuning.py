@@ -200,3 +200,35 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, "finetune.py", str(bad)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: bad.yaml: data.unit='sentence': allowed values are file, snippet"
+
+
+def test_two_processes_under_accelerate_write_one_result_with_every_test_example(tmp_path, modernbert_dir):
+    import yaml
+    task = make_task(tmp_path, modernbert_dir, "ner", save_model=False, training={"epochs": 2, "batch_size": 8})
+    path = tmp_path / "task.yaml"
+    raw = json.loads(json.dumps(__import__("dataclasses").asdict(task)))
+    path.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "finetune.py", str(path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "results" / "seed3" / "results.json").read_text())
+    rows = (tmp_path / "results" / "seed3" / "predictions_test.jsonl").read_text().splitlines()
+    assert len(rows) == record["examples"]["test"] and len({json.loads(r)["id"] for r in rows}) == len(rows)
+    # 2 processes x 4 rows = the global batch of 8: steps per epoch as with one process
+    assert record["validation_by_epoch"][0]["step"] == -(-record["windows"]["train"] // 8)
+
+
+def test_finished_runs_are_reused_and_other_settings_refused(tmp_path, modernbert_dir):
+    from modeling.config import ConfigError
+    task = make_task(tmp_path, modernbert_dir, "multi_label", save_model=False, training={"epochs": 1})
+    finetuning.run(task)
+    results = tmp_path / "results" / "seed3" / "results.json"
+    first = results.stat().st_mtime_ns
+    again = make_task(tmp_path, modernbert_dir, "multi_label", save_model=False, training={"epochs": 1}, seeds=[3, 5])
+    summary = finetuning.run(again)
+    assert results.stat().st_mtime_ns == first and summary["seeds"] == [3, 5]
+    assert (tmp_path / "results" / "curves.png").stat().st_size > 10_000
+    changed = make_task(tmp_path, modernbert_dir, "multi_label", save_model=False, training={"epochs": 2})
+    with pytest.raises(ConfigError, match="seed3/results.json holds a run with other settings"):
+        finetuning.run(changed)
