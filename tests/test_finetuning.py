@@ -232,3 +232,22 @@ def test_finished_runs_are_reused_and_other_settings_refused(tmp_path, modernber
     changed = make_task(tmp_path, modernbert_dir, "multi_label", save_model=False, training={"epochs": 2})
     with pytest.raises(ConfigError, match="seed3/results.json holds a run with other settings"):
         finetuning.run(changed)
+
+
+def test_shipped_chemprot_config_runs_from_the_command_line(tmp_path, modernbert_dir):
+    """The documented command on BLUE-format files: official splits, positive-class F1 reported."""
+    rng = random.Random(1)
+    labels = ["CPR:3", "CPR:4", "CPR:5", "CPR:6", "CPR:9", "false"]
+    for name, n in (("train", 40), ("dev", 12), ("test", 12)):
+        rows = ["index\tsentence\tlabel"] + [
+            f"{i}.T1.T2\t@CHEMICAL$ {' '.join(sentence(rng))} @GENE$ .\t{labels[i % 6]}" for i in range(n)]
+        (tmp_path / f"{name}.tsv").write_text("\n".join(rows) + "\n")
+    command = [sys.executable, "finetune.py", "eval_configs/chemprot.yaml", "--model", modernbert_dir, "--data_dir",
+               str(tmp_path), "--seeds", "7", "--output_dir", str(tmp_path / "out"), "--training.epochs", "1"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / "seed7" / "results.json").read_text())
+    assert record["examples"] == {"train": 40, "validation": 12, "test": 12}
+    assert record["max_length"] == 512   # the model's maximum when the config leaves it open
+    assert {"positive_micro_f1", "micro_f1", "weighted_f1"} <= set(record["metrics"]["test"])
+    assert "| positive_micro_f1 |" in result.stdout
