@@ -31,12 +31,25 @@ def write_summary(output: Path, recipe, phases: list[dict]) -> dict:
     return summary
 
 
-def plot_training(output: Path, phases: list[dict]) -> Path:
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (training machines have no display)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
-    fig, (loss_ax, lr_ax, mask_ax) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+
+def save_figure(fig, axes, path: Path) -> Path:
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
+def plot_training(output: Path, phases: list[dict]) -> Path:
+    fig, (loss_ax, lr_ax, mask_ax) = pyplot().subplots(3, 1, figsize=(9, 8), sharex=True)
     offset = 0.0
     for phase in phases:
         train = [e for e in phase["log_history"] if "loss" in e and "tokens_seen" in e]
@@ -56,10 +69,4 @@ def plot_training(output: Path, phases: list[dict]) -> Path:
     lr_ax.set_ylabel("learning rate")
     mask_ax.set_ylabel("masking rate")
     mask_ax.set_xlabel("tokens seen (millions); dotted lines end each phase")
-    for ax in (loss_ax, lr_ax, mask_ax):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = output / "training_curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, (loss_ax, lr_ax, mask_ax), output / "training_curves.png")

@@ -63,11 +63,9 @@ def write_aggregate(summary: dict, folder: Path, runs: list[dict]) -> None:
 
 def plot_runs(runs: list[dict], metric: str, folder: Path) -> Path:
     """Training loss and the validation selection metric per epoch, one line per run (seed, lr)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from modeling.report import pyplot, save_figure
 
-    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (loss_ax, metric_ax) = pyplot().subplots(1, 2, figsize=(11, 4))
     for record in sorted(runs, key=lambda r: (r["lr"], r["seed"])):
         label = f"seed {record['seed']}" + (f", lr {record['lr']:g}" if len({r["lr"] for r in runs}) > 1 else "")
         per_epoch = max(1, record.get("steps_per_epoch", 1))
@@ -79,14 +77,9 @@ def plot_runs(runs: list[dict], metric: str, folder: Path) -> Path:
                        color=line.get_color())
     loss_ax.set(xlabel="epoch", ylabel="training loss", title=f"{runs[0]['task']}: training loss")
     metric_ax.set(xlabel="epoch", ylabel=f"validation {metric}", title="validation (star: the epoch kept)")
-    for ax in (loss_ax, metric_ax):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = folder / "curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    loss_ax.legend(fontsize=8)
+    metric_ax.legend(fontsize=8)
+    return save_figure(fig, (loss_ax, metric_ax), folder / "curves.png")
 
 
 def aggregate_folder(folder: str | Path) -> dict:
