@@ -419,8 +419,8 @@ def _text_file_records(spec: SourceSpec, path: str, skips: SkipLog):
         raise DataError(f"{where}: {_describe_utf8_error(error, column)}") from None
 
 
-def _jsonl_records(spec: SourceSpec, path: str, skips: SkipLog):
-    column = spec.text_column or "text"
+def jsonl_objects(spec: SourceSpec, path: str, skips: SkipLog):
+    """(where, object) for each well-formed JSON object line (fine-tuning loaders read whole records)."""
     for line_number, line in _good_lines(spec, path, skips):
         if not line.strip():
             continue  # blank lines separate nothing and are not records
@@ -433,6 +433,12 @@ def _jsonl_records(spec: SourceSpec, path: str, skips: SkipLog):
         if not isinstance(record, dict):
             _bad_record(spec, skips, where, f"expected a JSON object, got {type(record).__name__}")
             continue
+        yield where, record
+
+
+def _jsonl_records(spec: SourceSpec, path: str, skips: SkipLog):
+    column = spec.text_column or "text"
+    for where, record in jsonl_objects(spec, path, skips):
         if column not in record:
             found = ", ".join(map(repr, record)) or "none"
             _bad_record(spec, skips, where, f"no field '{column}' (fields: {found})")
@@ -448,7 +454,7 @@ def _jsonl_records(spec: SourceSpec, path: str, skips: SkipLog):
 # --------------------------------------------------------------------------- csv
 
 
-def _csv_rows(spec: SourceSpec, path: str, skips: SkipLog, required: list[str]):
+def csv_rows(spec: SourceSpec, path: str, skips: SkipLog, required: list[str]):
     """(where, row dict) for each well-formed record; `where` is the line the record starts
     on, since quoted fields (MIMIC notes) span many lines."""
     csv.field_size_limit(CSV_FIELD_SIZE_LIMIT)
@@ -500,7 +506,7 @@ def _csv_header(path: str, lines: _DecodedLines, reader, required: list[str]) ->
 
 def _csv_records(spec: SourceSpec, path: str, skips: SkipLog):
     column = spec.text_column or "text"
-    for where, row in _csv_rows(spec, path, skips, required=[column]):
+    for where, row in csv_rows(spec, path, skips, required=[column]):
         yield where, row[column]
 
 
@@ -512,7 +518,7 @@ def _mimic3_records(spec: SourceSpec, path: str, skips: SkipLog):
     column = spec.text_column or "TEXT"
     wanted = _casefolded(spec.categories)
     required = [column] + (["CATEGORY"] if wanted else [])
-    for where, row in _csv_rows(spec, path, skips, required):
+    for where, row in csv_rows(spec, path, skips, required):
         # MIMIC-III marks notes a physician flagged as wrong with ISERROR = 1.
         if row.get("ISERROR", "").strip() == "1":
             skips.add(spec.name, "ISERROR=1", where)
@@ -526,7 +532,7 @@ def _mimic3_records(spec: SourceSpec, path: str, skips: SkipLog):
 def _mimic4_records(spec: SourceSpec, path: str, skips: SkipLog):
     column = spec.text_column or "text"
     wanted = _casefolded(spec.categories)
-    for where, row in _csv_rows(spec, path, skips, required=[column]):
+    for where, row in csv_rows(spec, path, skips, required=[column]):
         if wanted and "note_type" not in row:
             # Only some MIMIC-IV note files have note_type; say once that this one is unfiltered.
             log.warning("%s: no note_type column, so 'categories' cannot filter this file", path)
@@ -557,7 +563,7 @@ def _code_records(spec: SourceSpec, path: str, skips: SkipLog):
 
 def _code_table_entries(spec: SourceSpec, path: str, skips: SkipLog):
     columns = [spec.code_column, spec.description_column]
-    for where, row in _csv_rows(spec, path, skips, required=columns):
+    for where, row in csv_rows(spec, path, skips, required=columns):
         yield where, row[spec.code_column], row[spec.description_column]
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from modeling.sources import DataError, SkipLog, SourceSpec, resolve_files
+from modeling.sources import DataError, SkipLog, SourceSpec, csv_rows, jsonl_objects, resolve_files
 from modeling.tasks import SPLITS, DataSpec, Example, TaskConfig
 
 log = logging.getLogger(__name__)
@@ -116,35 +116,29 @@ def as_label_list(value, spec: DataSpec, where: str) -> list[str]:
 
 # ------------------------------------------------------------------------------ generic loaders
 
-def _records(spec: DataSpec, fmt: str):
-    """(split, 'file:line', record) from JSONL/CSV/Parquet files, split from data.files when given."""
+def _records(spec: DataSpec, config: TaskConfig, fmt: str, skips: SkipLog):
+    """(split, 'file:line', record) from JSONL/CSV/Parquet files (the pretraining readers, so malformed lines
+    and bytes that are not UTF-8 are reported the same way); the split comes from data.files when given."""
     import pandas as pd
 
     for split, path in split_files(spec).items():
-        paths = sorted(glob.glob(str(path / "*"))) if path.is_dir() else [str(path)]
-        for file in paths:
+        for file in sorted(glob.glob(str(path / "*"))) if path.is_dir() else [str(path)]:
+            reader = SourceSpec(name=config.name, path=file, on_bad_record=spec.on_bad_record)
             if fmt == "jsonl":
-                with open(file, encoding="utf-8") as handle:
-                    for number, line in enumerate(handle, 1):
-                        if not line.strip():
-                            continue
-                        try:
-                            record = json.loads(line)
-                        except json.JSONDecodeError as e:
-                            raise DataError(f"{file}:{number}: malformed JSON ({e.msg})") from None
-                        yield split, f"{file}:{number}", record
-                continue
-            frame = pd.read_parquet(file) if fmt == "parquet" else pd.read_csv(
-                file, sep="\t" if file.endswith(".tsv") else ",", dtype=str, keep_default_na=False)
-            first_line = 1 if fmt == "parquet" else 2   # csv: line 1 is the header
-            for offset, record in enumerate(frame.to_dict("records")):
-                yield split, f"{file}:{offset + first_line}", record
+                rows = jsonl_objects(reader, file, skips)
+            elif fmt == "csv":
+                rows = csv_rows(reader, file, skips, required=[])
+            else:
+                rows = ((f"{file}:row {i}", row) for i, row in enumerate(pd.read_parquet(file).to_dict("records")))
+            for where, record in rows:
+                yield split, where, record
 
 
 def _examples_from_records(records, spec: DataSpec, config: TaskConfig, skips: SkipLog) -> list[Example]:
     examples = []
     tag_names = config.tag_names
     for split, where, record in records:
+        example_id = str(record[spec.id_field]) if spec.id_field in record else where
         if config.task == "ner":
             missing = [f for f in (spec.words_field, spec.tags_field) if f not in record]
             if missing:
@@ -156,8 +150,7 @@ def _examples_from_records(records, spec: DataSpec, config: TaskConfig, skips: S
                 continue
             tags = [tag_names[t] if isinstance(t, int) and 0 <= t < len(tag_names) else str(t) for t in tags]
             text, spans = join_words([str(w) for w in words])
-            example = Example(id=str(record.get(spec.id_field, where)) if spec.id_field else where,
-                              text=text, words=spans, tags=tags)
+            example = Example(id=example_id, text=text, words=spans, tags=tags)
         else:
             if spec.text_field not in record:
                 bad_record(spec, skips, config.name, where, f"missing field '{spec.text_field}'")
@@ -165,8 +158,7 @@ def _examples_from_records(records, spec: DataSpec, config: TaskConfig, skips: S
             label = _plain(record.get(spec.label_field))
             if isinstance(label, int) and not isinstance(label, bool) and config.task == "single_label":
                 label = config.labels[label] if 0 <= label < len(config.labels) else label
-            example = Example(id=str(record[spec.id_field]) if spec.id_field else where, text=str(record[spec.text_field]),
-                              labels=as_label_list(label, spec, where))
+            example = Example(id=example_id, text=str(record[spec.text_field]), labels=as_label_list(label, spec, where))
         example.split = None if split == "all" else split
         examples.append(example)
     return examples
@@ -191,17 +183,17 @@ _GENERIC_READS = {"path", "files", "text_field", "label_field", "id_field", "lab
 
 @register_loader("jsonl", _GENERIC_READS)
 def load_jsonl(spec, config, skips):
-    return _examples_from_records(_records(spec, "jsonl"), spec, config, skips)
+    return _examples_from_records(_records(spec, config, "jsonl", skips), spec, config, skips)
 
 
 @register_loader("csv", _GENERIC_READS - {"words_field", "tags_field"})
 def load_csv(spec, config, skips):
-    return _examples_from_records(_records(spec, "csv"), spec, config, skips)
+    return _examples_from_records(_records(spec, config, "csv", skips), spec, config, skips)
 
 
 @register_loader("parquet", _GENERIC_READS)
 def load_parquet(spec, config, skips):
-    return _examples_from_records(_records(spec, "parquet"), spec, config, skips)
+    return _examples_from_records(_records(spec, config, "parquet", skips), spec, config, skips)
 
 
 @register_loader("hf", _GENERIC_READS - {"files"} | {"subset"})

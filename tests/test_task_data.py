@@ -98,3 +98,15 @@ def test_bio_from_character_spans_keeps_the_longest_overlap():
 def test_missing_folder_is_one_line(tmp_path):
     with pytest.raises(DataError, match=r"missing.*not found \(data.files.train\)"):
         load_task_examples(config(tmp_path / "missing", files={"train": "train.jsonl", "test": "test.jsonl"}))
+
+
+def test_malformed_records_name_file_and_line_or_are_counted(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "a", "label": "yes"}\n{"text": "b", "label": \n')
+    with pytest.raises(DataError, match=r"d.jsonl:2: malformed JSON"):
+        load_task_examples(config(tmp_path / "d.jsonl"))
+    rows = [{"text": f"note {i}", "label": "yes"} for i in range(20)]
+    write_jsonl(tmp_path / "e.jsonl", rows)
+    with open(tmp_path / "e.jsonl", "a") as handle:
+        handle.write("not json\n")
+    splits, skips = load_task_examples(config(tmp_path / "e.jsonl", on_bad_record="skip"))
+    assert sum(map(len, splits.values())) == 20 and skips.as_dict()["t"] == {"bad record": 1}
