@@ -9,7 +9,6 @@ loaders are here.
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import random
 import re

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from modeling.sources import CSV_FIELD_SIZE_LIMIT, DataError, SkipLog
+from modeling.sources import DataError, SkipLog, SourceSpec, csv_rows
 from modeling.task_data import bad_record, bio_tags, data_path, join_words, register_loader, split_files, word_spans
 from modeling.tasks import DataSpec, Example, TaskConfig
 
@@ -140,29 +140,22 @@ def _noteevents_file(spec: DataSpec, folder: Path) -> Path:
 def _annotator_votes(path: Path, spec: DataSpec, config: TaskConfig, skips: SkipLog) -> dict[str, tuple[str, list[set[str]]]]:
     """ROW_ID -> (where its first row is, the set of labels each of its annotator rows marks), in file order."""
     votes: dict[str, tuple[str, list[set[str]]]] = {}
-    with _reading(path), open(path, encoding="utf-8", newline="") as handle:
-        rows = csv.DictReader(handle)
-        missing = [c for c in ("ROW_ID", NO_PHENOTYPE, *config.labels) if c not in (rows.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}:1: no column '{missing[0]}' (the label columns are the config's labels)")
-        for row in rows:
-            row_id = (row["ROW_ID"] or "").strip()
-            where = f"{path}:{rows.line_num} (ROW_ID {row_id})"
-            if None in row or None in row.values():   # DictReader's marks for extra or missing fields
-                bad_record(spec, skips, config.name, where, f"wrong number of columns: expected {len(rows.fieldnames)}")
-                continue
-            if not row_id.isdigit():
-                bad_record(spec, skips, config.name, where, f"ROW_ID is not a number: {row_id!r}")
-                continue
-            unreadable = [c for c in (NO_PHENOTYPE, *config.labels) if _flag(row[c]) is None]
-            if unreadable:
-                bad_record(spec, skips, config.name, where, f"not 0, 1 or blank: {unreadable[0]}={row[unreadable[0]]!r}")
-                continue
-            marked = {label for label in config.labels if _flag(row[label])}
-            if _flag(row[NO_PHENOTYPE]) and marked:
-                bad_record(spec, skips, config.name, where, f"NONE=1 but phenotypes set: {', '.join(sorted(marked))}")
-                continue
-            votes.setdefault(row_id, (where, []))[1].append(marked)
+    reader = SourceSpec(name=config.name, path=str(path), on_bad_record=spec.on_bad_record)
+    for line, row in csv_rows(reader, str(path), skips, required=["ROW_ID", NO_PHENOTYPE, *config.labels]):
+        row_id = row["ROW_ID"].strip()
+        where = f"{line} (ROW_ID {row_id})"
+        if not row_id.isdigit():
+            bad_record(spec, skips, config.name, where, f"ROW_ID is not a number: {row_id!r}")
+            continue
+        unreadable = [c for c in (NO_PHENOTYPE, *config.labels) if _flag(row[c]) is None]
+        if unreadable:
+            bad_record(spec, skips, config.name, where, f"not 0, 1 or blank: {unreadable[0]}={row[unreadable[0]]!r}")
+            continue
+        marked = {label for label in config.labels if _flag(row[label])}
+        if _flag(row[NO_PHENOTYPE]) and marked:
+            bad_record(spec, skips, config.name, where, f"NONE=1 but phenotypes set: {', '.join(sorted(marked))}")
+            continue
+        votes.setdefault(row_id, (where, []))[1].append(marked)
     return votes
 
 
@@ -182,24 +175,13 @@ def _combined(votes: int, annotators: int, rule: str) -> bool:
 def _note_texts(path: Path, wanted: set[str], spec: DataSpec, task: str, skips: SkipLog) -> dict[str, str]:
     """TEXT of the wanted ROW_IDs. NOTEEVENTS is about 4 GB: streamed, only wanted texts kept, and the
     reading stops once all are found."""
-    csv.field_size_limit(CSV_FIELD_SIZE_LIMIT)   # notes are longer than csv's default field limit
     texts: dict[str, str] = {}
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with _reading(path), opener(path, "rt", encoding="utf-8", newline="") as handle:
-        rows = csv.reader(handle)   # TEXT fields are quoted and span many lines
-        header = next(rows, [])
-        if "ROW_ID" not in header or "TEXT" not in header:
-            raise DataError(f"{path}:1: expected NOTEEVENTS columns including ROW_ID and TEXT, found {header[:12]}")
-        id_column, text_column = header.index("ROW_ID"), header.index("TEXT")
-        for row in rows:
-            if len(row) != len(header):
-                bad_record(spec, skips, task, f"{path}:{rows.line_num}",
-                           f"wrong number of columns: {len(row)} instead of {len(header)}")
-                continue
-            if row[id_column] in wanted:
-                texts[row[id_column]] = row[text_column]
-                if len(texts) == len(wanted):
-                    break
+    reader = SourceSpec(name=task, path=str(path), on_bad_record=spec.on_bad_record)
+    for _, row in csv_rows(reader, str(path), skips, required=["ROW_ID", "TEXT"]):   # quoted TEXT spans many lines
+        if row["ROW_ID"] in wanted:
+            texts[row["ROW_ID"]] = row["TEXT"]
+            if len(texts) == len(wanted):
+                break
     return texts
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -23,7 +22,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from modeling.attention import packed_attention_kwargs
 from modeling.config import ConfigError, Recipe
 from modeling.masking import MLMCollator
-from modeling.mixture import PhaseMixture, StreamStats
+from modeling.mixture import PhaseMixture
 from modeling.model import build_model, build_tokenizer
 from modeling.packing import PackedRows, count_rows, held_out_rows
 from modeling.report import plot_training, write_summary
