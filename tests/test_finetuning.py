@@ -204,7 +204,7 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
 
 def test_two_processes_under_accelerate_write_one_result_with_every_test_example(tmp_path, modernbert_dir):
     import yaml
-    task = make_task(tmp_path, modernbert_dir, "ner", save_model=False, training={"epochs": 2, "batch_size": 8})
+    task = make_task(tmp_path, modernbert_dir, "ner", training={"epochs": 2, "batch_size": 8})
     path = tmp_path / "task.yaml"
     raw = json.loads(json.dumps(__import__("dataclasses").asdict(task)))
     path.write_text(yaml.safe_dump(raw))
@@ -217,6 +217,19 @@ def test_two_processes_under_accelerate_write_one_result_with_every_test_example
     assert len(rows) == record["examples"]["test"] and len({json.loads(r)["id"] for r in rows}) == len(rows)
     # 2 processes x 4 rows = the global batch of 8: steps per epoch as with one process
     assert record["validation_by_epoch"][0]["step"] == -(-record["windows"]["train"] // 8)
+    # predictions gathered from both processes are in order: one process scoring the saved model agrees
+    alone = make_task(tmp_path / "alone", record["saved"]["model"], "ner")
+    splits, _ = load_task_examples(alone)
+    tokenizer = load_task_tokenizer(alone.model, "ner")
+    test = encode_split("test", splits["test"], tokenizer, alone, alone.max_length, sort_by_length=True)
+    model = AutoModelForTokenClassification.from_pretrained(alone.model).eval()
+    logits = np.zeros((len(test.features), alone.max_length, len(alone.tag_names)), dtype=np.float32)
+    for i, feature in enumerate(test.features):
+        with torch.no_grad():
+            logits[i, :len(feature["input_ids"])] = model(input_ids=torch.tensor([feature["input_ids"]])).logits[0].numpy()
+    scores, _ = finetuning.score_split(alone, test, logits)
+    assert record["metrics"]["test"]["seqeval_f1"] > 0.5   # a model that found entities, so order matters
+    assert scores["seqeval_f1"] == pytest.approx(record["metrics"]["test"]["seqeval_f1"], abs=1e-6)
 
 
 def test_finished_runs_are_reused_and_other_settings_refused(tmp_path, modernbert_dir):
