@@ -204,7 +204,7 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
 
 def test_two_processes_under_accelerate_write_one_result_with_every_test_example(tmp_path, modernbert_dir):
     import yaml
-    task = make_task(tmp_path, modernbert_dir, "ner", training={"epochs": 2, "batch_size": 8})
+    task = make_task(tmp_path, modernbert_dir, "ner", training={"lr": 5e-3, "epochs": 4, "batch_size": 8})
     path = tmp_path / "task.yaml"
     raw = json.loads(json.dumps(__import__("dataclasses").asdict(task)))
     path.write_text(yaml.safe_dump(raw))
