@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from seqeval.metrics.sequence_labeling import get_entities
 from torch.utils.data import SequentialSampler
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification,
@@ -165,6 +166,7 @@ def max_length_for(task: TaskConfig, tokenizer) -> int:
 def run(task: TaskConfig) -> dict:
     """All runs of a task (seeds x learning rates); returns the aggregate over seeds."""
     out = task.results_dir()
+    PartialState(cpu=not torch.cuda.is_available())   # joins the other processes, if launched with several
     _check_model_exists(task.model)
     splits, skips = load_task_examples(task)
     tokenizer = load_task_tokenizer(task.model, task.task)
@@ -187,7 +189,7 @@ def run(task: TaskConfig) -> dict:
             folder = out / (f"lr{lr:g}-seed{seed}" if task.training.lr_grid else f"seed{seed}")
             runs.append(_finished_run(task, folder) or run_one(task, encoded, tokenizer, seed, lr, folder, data_summary))
     summary = aggregate_runs(runs, task.metric_for_selection)
-    if _is_main_process():
+    if PartialState().is_main_process:
         write_aggregate(summary, out, runs)
     return summary
 
@@ -280,7 +282,7 @@ def save_task_model(model, tokenizer, folder: Path, task: TaskConfig) -> dict:
 
 def _training_arguments(task: TaskConfig, seed: int, lr: float, folder: Path) -> TrainingArguments:
     spec = task.training
-    world = max(1, torch.distributed.get_world_size() if torch.distributed.is_initialized() else _env_world_size())
+    world = PartialState().num_processes
     # batch_size is the global batch: split over processes, the rest made up by gradient accumulation
     per_device = spec.per_device_batch_size or max(1, spec.batch_size // world)
     if spec.batch_size % (per_device * world):
@@ -299,13 +301,3 @@ def _training_arguments(task: TaskConfig, seed: int, lr: float, folder: Path) ->
         train_sampling_strategy="group_by_length", remove_unused_columns=False, label_names=["labels"],
         use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
     )
-
-
-def _env_world_size() -> int:
-    import os
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _is_main_process() -> bool:
-    import os
-    return int(os.environ.get("RANK", "0")) == 0

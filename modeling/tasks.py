@@ -198,7 +198,7 @@ class TaskConfig:
         for name in self.negative_labels or []:
             if self.task != "single_label" or name not in self.labels:
                 raise ConfigError(f"negative_labels: '{name}' must be a label of a single_label task")
-        _choice("selection_metric", self.metric_for_selection, metric_names(self.task, self.labels, self.negative_labels))
+        _choice("selection_metric", self.metric_for_selection, metric_names(self.task, self.negative_labels))
         if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
             raise ConfigError(f"seeds={self.seeds!r}: give a list of integers")
         if self.peft is not None:

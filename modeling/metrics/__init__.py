@@ -39,7 +39,7 @@ def load_metric(name: str):
     return evaluate.load(str(METRICS_DIR / name), keep_in_memory=True)
 
 
-def metric_names(task: str, labels: list[str] | None = None, negative_labels: list[str] | None = None) -> list[str]:
+def metric_names(task: str, negative_labels: list[str] | None = None) -> list[str]:
     if task == "ner":
         return [name for name in DESCRIPTIONS if name.startswith("seqeval")] + ["token_accuracy"]
     if task == "single_label":
