@@ -37,6 +37,7 @@ class ModelConfig:
     config: dict | None = _help("ModernBertConfig fields: a fresh model (on top of init's config when both are given)", None)
     attn_implementation: str = _help("sdpa | eager (CPU or GPU); flash_attention_2 | flex_attention (GPU)", "sdpa")
     compile: bool = _help("torch.compile the model", False)
+    allow_pickle: bool = _help("Also load pickle weights (pytorch_model.bin), which can run code; only for checkpoints you trust", False)
 
     def validate(self, key: str):
         _choice(f"{key}.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
@@ -222,6 +223,23 @@ class DataConfig:
 
 
 @dataclass
+class HubConfig:
+    repo_id: str | None = _help("Hub repo (org/name) that each phase's model is pushed to when the phase ends "
+                                "(branch = phase name; the last phase also to main); null = no push", None)
+    private: bool = _help("Create the Hub repo private", False)
+    license: str | None = _help("License of the weights, for the model card (ModernBERT is apache-2.0; check what your data allows)", None)
+    language: list[str] = _help("Languages of the training text (model card)", factory=lambda: ["en"])
+    datasets: list[str] = _help("Hub dataset ids of the training corpora, where they are public (model card)", factory=list)
+    tags: list[str] = _help("Extra tags for the model card", factory=list)
+
+    def validate(self, key: str):
+        if self.repo_id is not None and (self.repo_id.count("/") != 1 or not all(self.repo_id.split("/"))):
+            raise ConfigError(f"{key}.repo_id={self.repo_id!r}: must be 'namespace/name'")
+        if self.repo_id is not None and self.license is None:
+            raise ConfigError(f"{key}.license: pushing to {self.repo_id} needs the license of the weights for the model card")
+
+
+@dataclass
 class Recipe:
     name: str = _help("Name of the run", None)
     output_dir: str = _help("Where phases, checkpoints, summary and plot go", None)
@@ -238,6 +256,7 @@ class Recipe:
     logging: LoggingConfig = _help("Console/tracker logging", factory=LoggingConfig)
     checkpoint: CheckpointConfig = _help("Resumable checkpoints", factory=CheckpointConfig)
     data: DataConfig = _help("Data pipeline", factory=DataConfig)
+    hub: HubConfig = _help("Model card metadata and pushing to the Hugging Face Hub", factory=HubConfig)
 
     def validate(self):
         if not self.name or not self.output_dir:
@@ -262,6 +281,7 @@ class Recipe:
         self.logging.validate("logging")
         self.checkpoint.validate("checkpoint")
         self.data.validate("data")
+        self.hub.validate("hub")
         return self
 
     def check_model_limits(self, max_position_embeddings: int):

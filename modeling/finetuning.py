@@ -26,6 +26,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoMo
 from modeling.config import ConfigError
 from modeling.encoding import EncodedSplit, document_logits, encode_split, load_task_tokenizer, word_logits
 from modeling.metrics import DESCRIPTIONS, task_scores
+from modeling.model import load_pretrained
 from modeling.results import aggregate_runs, write_aggregate
 from modeling.task_data import label_counts, load_task_examples
 from modeling.tasks import TaskConfig
@@ -117,7 +118,8 @@ def build_task_model(task: TaskConfig, seed: int):
             config = AutoConfig.from_pretrained(task.model, **options)
             model = auto.from_config(config, attn_implementation=task.attn_implementation)
         else:
-            model = auto.from_pretrained(task.model, attn_implementation=task.attn_implementation, **options)
+            model = load_pretrained(auto, task.model, task.allow_pickle, "--allow_pickle true",
+                                    attn_implementation=task.attn_implementation, **options)
     except OSError as e:
         raise ConfigError(f"model: cannot load '{task.model}' ({str(e).splitlines()[0]})") from None
     if task.peft is None:

@@ -79,11 +79,27 @@ def train_bpe_tokenizer(texts, vocab_size: int, model_max_length: int) -> PreTra
                                    model_input_names=["input_ids", "attention_mask"], **SPECIAL_TOKENS)
 
 
+def load_pretrained(auto_class, path: str, allow_pickle: bool = False, flag: str = "--model.allow_pickle true", **kwargs):
+    """`auto_class.from_pretrained` from safetensors only, unless `allow_pickle`: pickle weights
+    (pytorch_model.bin, *.pt) can run arbitrary code while they are unpickled."""
+    if not allow_pickle and Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
+        pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in Path(path).glob(pattern))
+        if pickles:
+            raise ConfigError(f"{path}: holds only pickle weights ({', '.join(pickles)}), which can run code when loaded; "
+                              f"convert them to safetensors, or pass {flag} if you trust their source")
+    try:
+        return auto_class.from_pretrained(path, use_safetensors=None if allow_pickle else True, **kwargs)
+    except OSError as error:
+        if not allow_pickle and "safetensors" in str(error):
+            raise ConfigError(f"{path}: no safetensors weights ({error}); pickle weights are loaded only with {flag}") from None
+        raise
+
+
 def build_model(recipe: Recipe, tokenizer) -> ModernBertForMaskedLM:
     """`model.init` alone: its weights. `model.config` (with or without init): a fresh model."""
     spec = recipe.model
     if spec.config is None:
-        model = AutoModelForMaskedLM.from_pretrained(spec.init, attn_implementation=spec.attn_implementation)
+        model = load_pretrained(AutoModelForMaskedLM, spec.init, spec.allow_pickle, attn_implementation=spec.attn_implementation)
     else:
         base = AutoConfig.from_pretrained(spec.init).to_dict() if spec.init else {}
         fields = {**base, **spec.config}

@@ -32,6 +32,9 @@ FORMATS = (
     "pubmed", "pmc", "mimic3", "mimic4", "codes",
 )
 BAD_RECORD_POLICIES = ("raise", "skip")
+# What kind of text a source is, for the model card; "clinical" = patient records, which can contain PHI.
+DOMAINS = ("clinical", "biomedical", "general", "other")
+DOMAIN_BY_FORMAT = {"mimic3": "clinical", "mimic4": "clinical", "pubmed": "biomedical", "pmc": "biomedical"}
 
 # Used by format "auto"; the extension is read after stripping ".gz".
 FORMAT_BY_EXTENSION = {
@@ -76,6 +79,7 @@ class SourceSpec:
     subset: str | None = None
     split: str = "train"
     on_bad_record: str = "raise"
+    domain: str | None = None          # default: DOMAIN_BY_FORMAT, else "other"
 
     @classmethod
     def from_config(cls, name: str, value) -> "SourceSpec":
@@ -104,6 +108,9 @@ class SourceSpec:
         self.path = self._checked_path()
         self._require_choice("format", FORMATS)
         self._require_choice("on_bad_record", BAD_RECORD_POLICIES)
+        if self.domain is None:
+            self.domain = DOMAIN_BY_FORMAT.get(self.format, "other")
+        self._require_choice("domain", DOMAINS)
         for option in ("code_system", "code_column", "description_column", "split"):
             self._require_string(option, optional=False)
         for option in ("text_column", "subset"):

@@ -170,6 +170,7 @@ class TaskConfig:
     seeds: list = _help("One run per seed", factory=lambda: list(PAPER_SEEDS))
     peft: PeftSpec | None = _help("LoRA instead of full fine-tuning (null = full)", None)
     save_model: bool = _help("Save each run's best model (safetensors) next to its results", True)
+    allow_pickle: bool = _help("Also load pickle weights (pytorch_model.bin), which can run code; only for checkpoints you trust", False)
 
     def validate(self):
         if not self.name:

@@ -1,8 +1,8 @@
 """Continued MLM pretraining, phase after phase, on Hugging Face Trainer under accelerate.
 
 Per phase: plan the steps, measure the held-out loss, train (resuming mid-phase from the last
-complete checkpoint when asked), measure again, save a stock-transformers folder, and record the
-phase in training_summary.json and the loss/LR/masking plot.
+complete checkpoint when asked), measure again, save a stock-transformers folder, record the
+phase in training_summary.json and the loss/LR/masking plot, and (with hub.repo_id) push it.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from modeling.attention import packed_attention_kwargs
 from modeling.config import ConfigError, Recipe
 from modeling.masking import MLMCollator
 from modeling.mixture import PhaseMixture
-from modeling.model import build_model, build_tokenizer
+from modeling.model import build_model, build_tokenizer, load_pretrained
 from modeling.packing import PackedRows, count_rows, held_out_rows
 from modeling.report import plot_training, write_summary
 from modeling.schedules import MaskingSchedule, PhasePlan, plan_phase
@@ -180,6 +180,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
     for index, phase in enumerate(recipe.phases):
         phase_dir = output / phase.name
         done = phase_dir / PHASE_DONE
+        trained_now = not done.exists()
         if done.exists():
             summary = json.loads(done.read_text())
             log.info("phase %s: already complete, skipping", phase.name)
@@ -191,6 +192,9 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
         if state.is_main_process:   # one writer: several processes renaming the same temporary file race
             write_summary(output, recipe, phases)
             plot_training(output, phases)
+            if recipe.hub.repo_id and trained_now:   # the folder, card and plot are final: publish the phase
+                from modeling.hub import push_phase
+                push_phase(output, phase.name, recipe.hub, last=index == len(recipe.phases) - 1)
         state.wait_for_everyone()
     return json.loads((output / "training_summary.json").read_text())
 
@@ -331,7 +335,7 @@ def save_for_transformers(trainer: Trainer, tokenizer, folder: Path):
 
 def _reload(phase_dir: Path, recipe: Recipe):
     from transformers import AutoModelForMaskedLM
-    model = AutoModelForMaskedLM.from_pretrained(phase_dir, attn_implementation=recipe.model.attn_implementation)
+    model = load_pretrained(AutoModelForMaskedLM, str(phase_dir), attn_implementation=recipe.model.attn_implementation)
     model.config.sparse_prediction = True
     return model
 
