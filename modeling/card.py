@@ -20,6 +20,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from modeling.config import ConfigError
 from modeling.results import aggregate_runs
 from modeling.sources import DOMAIN_BY_FORMAT
+from modeling.tasks import task_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ def encoder_card(folder: Path, repo_id: str, results: list, revision: str, licen
     clinical = [s for s in sources if s["domain"] == "clinical"]
     init = recipe["model"].get("init")
     base = init if init and _is_hub_id(init) else None
-    evaluation, eval_results, notes = _encoder_evaluation(folder, results, repo_id)
+    own, baselines, others = _runs_of(folder, results)
+    evaluation, eval_results, notes = _encoder_evaluation(folder, results, own, baselines, others)
     tags = ["modernbert", "fill-mask", "masked-language-modeling", *sorted({s["domain"] for s in sources} - {"other"}),
             *hub.get("tags", [])]
     data = ModelCardData(
@@ -125,7 +127,7 @@ def encoder_card(folder: Path, repo_id: str, results: list, revision: str, licen
     files.update({"training_summary.json": run / "training_summary.json", "recipe.json": run / "recipe.json"})
     if (run / summary.get("plot", "training_curves.png")).exists():
         files["training_curves.png"] = run / summary.get("plot", "training_curves.png")
-    for task, aggregate in _collect_eval_files(folder, results):
+    for task, aggregate in _eval_files(own):
         files.update({f"eval/{task}/{name}": path for name, path in aggregate.items()})
     files["README.md"] = str(card).encode()
     if not base and init:
@@ -242,11 +244,10 @@ def _runs_of(folder: Path, results: list) -> tuple[dict, dict, int]:
     return own, baselines, others
 
 
-def _encoder_evaluation(folder: Path, results: list, repo_id: str) -> tuple[str, list, list[str]]:
+def _encoder_evaluation(folder: Path, results: list, own: dict, baselines: dict, others: int) -> tuple[str, list, list[str]]:
     if not results:
         return ("Not evaluated yet. Fine-tune it with `finetune.py` and publish again with `--results` to fill this section.",
                 [], [])
-    own, baselines, others = _runs_of(folder, results)
     notes = [f"{others} results.json under --results are of other models and were left out"] if others else []
     if not own:
         raise ConfigError(f"--results {', '.join(map(str, results))}: none of the results.json were fine-tuned from {folder}")
@@ -278,15 +279,11 @@ def _eval_result(agg: dict, name: str, stats: dict) -> EvalResult:
                       metric_type=name, metric_name=f"{name} (mean of {stats['n']} seeds)", metric_value=round(stats["mean"], 4))
 
 
-def _collect_eval_files(folder: Path, results: list) -> list[tuple[str, dict]]:
+def _eval_files(own: dict) -> list[tuple[str, dict]]:
     """aggregate.json / aggregate.md / curves.png of each task folder holding this model's runs."""
-    if not results:
-        return []
-    own, _, _ = _runs_of(folder, results)
     out = []
     for (task, peft), runs in sorted(own.items()):
-        roots = {Path(r["config"]["output_dir"]) for r in runs}
-        for root in sorted(roots):
+        for root in sorted({Path(r["config"]["output_dir"]) for r in runs}):
             files = {name: root / name for name in ("aggregate.json", "aggregate.md", "curves.png") if (root / name).exists()}
             if files:
                 out.append((f"{task}-lora" if peft else task, files))
@@ -376,14 +373,11 @@ def _base_options(record: dict, folder: Path) -> str:
 
 
 def _id2label(folder: Path, record: dict) -> list[str]:
-    config_file = folder / "config.json"
+    config_file = folder / "config.json"   # an adapter folder has none: the tags follow from the task config
     if config_file.exists():
         id2label = json.loads(config_file.read_text()).get("id2label", {})
         return [id2label[k] for k in sorted(id2label, key=int)]
-    labels = record["config"]["labels"]
-    if record["task_type"] != "ner" or any(label[:2] in ("B-", "I-") for label in labels):
-        return labels
-    return ["O"] + [f"{p}-{label}" for label in labels for p in ("B", "I")]
+    return task_from_dict(record["config"]).tag_names
 
 
 def _labels_text(record: dict, folder: Path) -> str:

@@ -29,6 +29,7 @@ from modeling.config import ConfigError
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+STAGE_MARKER = ".modeling-hub-stage"   # marks a folder stage() may rebuild; left out of listings and uploads
 
 
 class PushError(RuntimeError):
@@ -45,8 +46,11 @@ def stage(card: Card, folder: str | Path) -> list[dict]:
     """Write the repo's files into an empty `folder`; returns one {path, bytes, sha256} per file."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
-        shutil.rmtree(folder)   # a staging folder is ours: rebuilt from the run on every call
+        if not (folder / STAGE_MARKER).exists():
+            raise ConfigError(f"--stage {folder}: not empty and not a staging folder this tool wrote; give a new or empty folder")
+        shutil.rmtree(folder)   # our own staging folder: rebuilt from the run on every call
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / STAGE_MARKER).write_text("written by python -m modeling.hub; never uploaded\n")
     for path_in_repo, source in sorted(card.files.items()):
         target = folder / path_in_repo
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -62,13 +66,22 @@ def stage(card: Card, folder: str | Path) -> list[dict]:
 
 def list_folder(folder: Path) -> list[dict]:
     rows = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != STAGE_MARKER):
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         rows.append({"path": path.relative_to(folder).as_posix(), "bytes": path.stat().st_size, "sha256": digest.hexdigest()})
     return rows
+
+
+def prepare(folder, repo_id: str, staged: Path, *, results=(), revision: str = "main", base_model: str | None = None,
+            license: str | None = None) -> tuple[Card, list[dict]]:
+    """Card, staged folder and its listing: everything a push sends, checked, nothing sent."""
+    card = build_card(folder, repo_id, results=results, revision=revision, base_model=base_model, license=license)
+    files = stage(card, staged)
+    check_card(staged, card)
+    return card, files
 
 
 def check_card(folder: Path, card: Card) -> None:
@@ -100,7 +113,7 @@ def push_folder(staged: Path, repo_id: str, *, revision: str = "main", private: 
     if revision != "main":
         steps.append((f"create branch {revision}", lambda: api.create_branch(repo_id, branch=revision, exist_ok=True)))
     steps.append(("upload", lambda: api.upload_folder(repo_id=repo_id, folder_path=str(staged), revision=revision,
-                                                     commit_message=message)))
+                                                     commit_message=message, ignore_patterns=[STAGE_MARKER])))
     result = None
     for what, action in steps:
         result = _with_retries(action, what, retries, retry_wait, repo_id, resume)
@@ -141,13 +154,11 @@ def push(folder: str | Path, repo_id: str, *, results: list = (), revision: str 
          base_model: str | None = None, license: str | None = None, stage_dir: str | Path | None = None,
          retries: int = 4, retry_wait: float = 2.0, api=None) -> dict:
     """Stage `folder` with its card and push it to `repo_id` at `revision`. Returns what was sent."""
-    card = build_card(folder, repo_id, results=results, revision=revision, base_model=base_model, license=license)
     resume = resume_command(folder, repo_id, results=results, revision=revision, private=private, base_model=base_model,
                             license=license)
     with tempfile.TemporaryDirectory(prefix="hub-stage-") as tmp:
         staged = Path(stage_dir) if stage_dir else Path(tmp) / "repo"
-        files = stage(card, staged)
-        check_card(staged, card)
+        card, files = prepare(folder, repo_id, staged, results=results, revision=revision, base_model=base_model, license=license)
         url = push_folder(staged, repo_id, revision=revision, private=private, retries=retries, retry_wait=retry_wait,
                           resume=resume, message=f"Upload {card.kind} from {Path(folder).name}", api=api)
     return {"repo_id": repo_id, "revision": revision, "url": url, "files": files, "card": card}
@@ -230,10 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "card" or args.dry_run:
             repo_id = args.repo or f"your-namespace/{folder.resolve().name if folder.name not in ('model', 'adapter') else folder.parent.parent.name}"
-            card = build_card(folder, repo_id, revision=args.revision, **options)
             staged = Path(args.stage or Path("out/hub") / repo_id.split("/")[-1])
-            files = stage(card, staged)
-            check_card(staged, card)
+            card, files = prepare(folder, repo_id, staged, revision=args.revision, **options)
             _report(card, files, f"staged (not uploaded) in {staged}", args.private)
             return 0
         push_options = dict(private=args.private, retries=args.retries, retry_wait=args.retry_wait, **options)

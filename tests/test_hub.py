@@ -97,10 +97,13 @@ def test_card_is_filled_from_the_run_and_parses_back(run, tmp_path):
     random = [json.loads(p.read_text()) for p in sorted((run["results"] / "random").glob("seed*/results.json"))]
     random_mean = statistics.fmean(r["metrics"]["test"]["weighted_f1"] for r in random)
     assert re.search(rf"\*\*weighted_f1\*\* \| [0-9.]+ \+- [0-9.]+ \| 2 \| {random_mean:.4f}", card.text)
-    listed = {p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()}
+    listed = {p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()} - {hub.STAGE_MARKER}
     assert {"README.md", "model.safetensors", "config.json", "tokenizer.json", "training_curves.png",
             "training_summary.json", "eval/easy_single_label/aggregate.json"} <= listed
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in listed)
+    with pytest.raises(ConfigError, match="not a staging folder"):   # never clears a folder it did not write
+        hub.prepare(run["out"] / "phase2", REPO, run["out"] / "phase1")
+    assert (run["out"] / "phase1" / "model.safetensors").exists()
 
 
 def test_push_arrives_byte_for_byte_and_loads_with_stock_transformers(run, tmp_path, fake_hub):
@@ -108,7 +111,8 @@ def test_push_arrives_byte_for_byte_and_loads_with_stock_transformers(run, tmp_p
     repo, stage = "clinical-org/pushed", tmp_path / "stage"
     result = hub.push(run["out"] / "phase2", repo, results=[run["results"]], revision="phase2", stage_dir=stage)
     arrived = fake_hub.files(repo, "phase2")
-    assert arrived == _digest(stage) and len(arrived) == len(result["files"])
+    staged = {k: v for k, v in _digest(stage).items() if k != hub.STAGE_MARKER}
+    assert arrived == staged and sorted(arrived) == [f["path"] for f in result["files"]]
     assert arrived["model.safetensors"] == (run["out"] / "phase2" / "model.safetensors").read_bytes()
     assert fake_hub.repos[repo]["private"] is False
     downloaded = fake_hub.write_out(repo, "phase2", tmp_path / "downloaded")
