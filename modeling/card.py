@@ -11,7 +11,6 @@ files that belong with it in the repo; hub.py stages and uploads them.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from modeling.results import aggregate_runs
 from modeling.sources import DOMAIN_BY_FORMAT
 from modeling.tasks import task_from_dict
 
-log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_card"
 PIPELINE_TAGS = {"single_label": "text-classification", "multi_label": "text-classification", "ner": "token-classification"}
