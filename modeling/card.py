@@ -18,7 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from modeling.config import ConfigError
 from modeling.results import aggregate_runs
-from modeling.sources import DOMAIN_BY_FORMAT
+from modeling.sources import SourceSpec
 from modeling.tasks import task_from_dict
 
 
@@ -140,9 +140,8 @@ def _sources_used(recipe: dict, phases: list[dict]) -> list[dict]:
             tokens[name] = tokens.get(name, 0) + n
     out = []
     for name, n in tokens.items():
-        spec = recipe["sources"][name]
-        domain = spec.get("domain") or DOMAIN_BY_FORMAT.get(spec.get("format"), "other")
-        out.append({"name": name, "format": spec.get("format", "auto"), "domain": domain, "tokens": n})
+        spec = SourceSpec(**recipe["sources"][name])   # recipes from before `domain` get its default here too
+        out.append({"name": name, "format": spec.format, "domain": spec.domain, "tokens": n})
     return out
 
 

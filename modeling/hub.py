@@ -104,11 +104,11 @@ def hub_api():
 
 
 def push_folder(staged: Path, repo_id: str, *, revision: str = "main", private: bool = False, message: str = "Upload model",
-                retries: int = 4, retry_wait: float = 2.0, resume: str = "", api=None) -> str:
+                retries: int = 4, retry_wait: float = 2.0, resume: str = "") -> str:
     """Create the repo (and branch) if needed and upload `staged` in one commit (huggingface_hub has the Hub
     check README.md's metadata first). huggingface_hub retries its own upload requests on transient errors;
     the retries here cover the other calls and outages longer than its five tries."""
-    api = api or hub_api()
+    api = hub_api()
     steps = [("create repo", lambda: api.create_repo(repo_id, private=private or None, exist_ok=True))]
     if revision != "main":
         steps.append((f"create branch {revision}", lambda: api.create_branch(repo_id, branch=revision, exist_ok=True)))
@@ -152,7 +152,7 @@ def _describe(error: Exception) -> str:
 
 def push(folder: str | Path, repo_id: str, *, results: list = (), revision: str = "main", private: bool = False,
          base_model: str | None = None, license: str | None = None, stage_dir: str | Path | None = None,
-         retries: int = 4, retry_wait: float = 2.0, api=None) -> dict:
+         retries: int = 4, retry_wait: float = 2.0) -> dict:
     """Stage `folder` with its card and push it to `repo_id` at `revision`. Returns what was sent."""
     resume = resume_command(folder, repo_id, results=results, revision=revision, private=private, base_model=base_model,
                             license=license)
@@ -160,7 +160,7 @@ def push(folder: str | Path, repo_id: str, *, results: list = (), revision: str 
         staged = Path(stage_dir) if stage_dir else Path(tmp) / "repo"
         card, files = prepare(folder, repo_id, staged, results=results, revision=revision, base_model=base_model, license=license)
         url = push_folder(staged, repo_id, revision=revision, private=private, retries=retries, retry_wait=retry_wait,
-                          resume=resume, message=f"Upload {card.kind} from {Path(folder).name}", api=api)
+                          resume=resume, message=f"Upload {card.kind} from {Path(folder).name}")
     return {"repo_id": repo_id, "revision": revision, "url": url, "files": files, "card": card}
 
 
