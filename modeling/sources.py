@@ -290,6 +290,11 @@ def _require_content(path: str) -> None:
 def iter_documents(spec: SourceSpec, skips: SkipLog) -> Iterator[str]:
     """Stream the source's document texts. Files are resolved and their formats chosen now,
     so a wrong path fails at once; the files themselves are read lazily."""
+    return (text for _, text in iter_records(spec, skips))
+
+
+def iter_records(spec: SourceSpec, skips: SkipLog) -> Iterator[tuple[str, str]]:
+    """(where, text) of each non-empty document; `where` ("file:line", ...) names it for outputs and reports."""
     if spec.format == "hf":
         records = _hf_records(spec, skips)
     else:
@@ -298,12 +303,12 @@ def iter_documents(spec: SourceSpec, skips: SkipLog) -> Iterator[str]:
     return _nonempty_documents(spec, records, skips)
 
 
-def _nonempty_documents(spec: SourceSpec, records, skips: SkipLog) -> Iterator[str]:
+def _nonempty_documents(spec: SourceSpec, records, skips: SkipLog) -> Iterator[tuple[str, str]]:
     for where, text in records:
         if _is_blank(text):
             skips.add(spec.name, "empty document", where)
             continue
-        yield text
+        yield where, text
 
 
 def _is_blank(text) -> bool:

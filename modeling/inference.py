@@ -1,0 +1,282 @@
+"""Embed or classify many notes of very different lengths, fast and with the outputs of one-by-one runs.
+
+Notes are tokenized once (`[CLS] ... [SEP]`, cut at `max_length` and counted when cut), sorted
+longest first, and packed into rows: each batch's rows are as long as its longest note and shorter
+notes share a row, their attention confined to themselves by the same document masks training uses
+(modeling.attention) and positions restarting in each note. So almost no position is padding, and
+each note's output equals the note run alone. `batching="padded"` is the usual way (notes in file
+order, batches padded to their longest): kept as the reference the packed outputs are checked against.
+
+    python -m modeling.inference MODEL NOTES --output_dir DIR [--pooling mean|cls]
+
+An encoder (a pretraining phase folder, AutoModel) gives one embedding per note; a fine-tuned
+sequence classifier gives labels and scores.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+from modeling.attention import packed_attention_kwargs
+from modeling.config import ConfigError
+from modeling.model import load_pretrained
+from modeling.sources import DataError, SkipLog, SourceSpec, iter_records
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "cls")
+BATCHINGS = ("packed", "padded")
+
+
+@dataclass
+class TokenizedNotes:
+    ids: list[list[int]]         # per note, [CLS] ... [SEP], at most max_length
+    truncated: list[bool]        # cut at max_length
+
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.ids]
+
+
+def tokenize_notes(tokenizer, texts: list[str], max_length: int, batch_size: int = 1024) -> TokenizedNotes:
+    """`[CLS] tokens [SEP]` per note, as training wraps documents; a note longer than max_length keeps
+    its first max_length - 2 tokens (and is marked cut)."""
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)   # batched Rust tokenizer, no truncation warnings
+    backend.no_truncation()
+    backend.no_padding()
+    cls, sep, body = tokenizer.cls_token_id, tokenizer.sep_token_id, max_length - 2
+    ids, truncated = [], []
+    for start in range(0, len(texts), batch_size):
+        for encoded in backend.encode_batch(texts[start:start + batch_size], add_special_tokens=False):
+            ids.append([cls, *encoded.ids[:body], sep])
+            truncated.append(len(encoded.ids) > body)
+    return TokenizedNotes(ids, truncated)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def padded_batches(lengths: list[int], notes_per_batch: int) -> list[list[list[int]]]:
+    """The usual way: notes in file order, `notes_per_batch` at a time, one note per row."""
+    order = list(range(len(lengths)))
+    return [[[i] for i in order[s:s + notes_per_batch]] for s in range(0, len(order), notes_per_batch)]
+
+
+def packed_batches(lengths: list[int], batch_tokens: int) -> list[list[list[int]]]:
+    """Batches of rows of note indices. Notes go longest first; a batch's rows are as long as its first
+    (longest) note, each later note goes into the first row it fits (first-fit decreasing), and a batch
+    closes when another row would pass `batch_tokens` positions (it always holds at least one row)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, rows, free, row_length = [], [], [], 0
+    for i in order:
+        n = lengths[i]
+        fit = next((r for r, space in enumerate(free) if space >= n), None)
+        if fit is not None:
+            rows[fit].append(i)
+            free[fit] -= n
+            continue
+        if rows and (len(rows) + 1) * row_length > batch_tokens:
+            batches.append(rows)
+            rows, free = [], []
+        if not rows:
+            row_length = n
+        rows.append([i])
+        free.append(row_length - n)
+    if rows:
+        batches.append(rows)
+    return batches
+
+
+def batch_tensors(rows: list[list[int]], notes: TokenizedNotes, pad_id: int) -> dict:
+    """Rows of note indices -> input_ids, position_ids (restarting per note) and doc_ids (-1 on padding),
+    padded to the longest row."""
+    width = max(sum(len(notes.ids[i]) for i in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    doc_ids = torch.full((len(rows), width), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        offset = 0
+        for d, i in enumerate(row):
+            n = len(notes.ids[i])
+            input_ids[r, offset:offset + n] = torch.tensor(notes.ids[i])
+            position_ids[r, offset:offset + n] = torch.arange(n)
+            doc_ids[r, offset:offset + n] = d
+            offset += n
+    return {"input_ids": input_ids, "position_ids": position_ids, "doc_ids": doc_ids}
+
+
+# --------------------------------------------------------------------------- model
+
+
+class NoteEncoder:
+    """A ModernBERT encoder (AutoModel) or sequence classifier, run over batches of notes.
+
+    `encode` returns per note either the pooled embedding [hidden] or, for a classifier, its logits."""
+
+    def __init__(self, model, tokenizer, max_length: int | None = None, pooling: str | None = None):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.classifier = hasattr(model, "classifier")
+        self.encoder = model.model if self.classifier else model
+        config = model.config
+        self.max_length = min(max_length or config.max_position_embeddings, config.max_position_embeddings)
+        # A classifier pools as it was trained to; an embedding pools as asked.
+        self.pooling = config.classifier_pooling if self.classifier else (pooling or "mean")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling '{self.pooling}': choose one of {', '.join(POOLINGS)}")
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_pretrained(cls, path: str, attn_implementation: str = "sdpa", allow_pickle: bool = False,
+                        device: str = "cpu", dtype: torch.dtype = torch.float32, **kwargs) -> "NoteEncoder":
+        """A sequence classifier when the folder's config says so, else the bare encoder (AutoModel;
+        an MLM checkpoint such as a pretraining phase loads as one)."""
+        architectures = AutoConfig.from_pretrained(path).architectures or []
+        auto = AutoModelForSequenceClassification if any("SequenceClassification" in a for a in architectures) else AutoModel
+        model = load_pretrained(auto, path, allow_pickle, flag="--allow_pickle", attn_implementation=attn_implementation, dtype=dtype)
+        return cls(model.to(device), AutoTokenizer.from_pretrained(path), **kwargs)
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], batching: str = "packed", batch_tokens: int = 16384,
+               notes_per_batch: int = 16, progress: bool = False) -> tuple[torch.Tensor, TokenizedNotes]:
+        """Outputs in the order of `texts` ([notes, hidden] embeddings or [notes, labels] logits) and
+        the tokenized notes (lengths, which were cut)."""
+        notes = tokenize_notes(self.tokenizer, texts, self.max_length)
+        if batching == "packed":
+            batches = packed_batches(notes.lengths(), batch_tokens)
+        elif batching == "padded":
+            batches = padded_batches(notes.lengths(), notes_per_batch)
+        else:
+            raise ConfigError(f"batching '{batching}': choose one of {', '.join(BATCHINGS)}")
+        outputs: list[torch.Tensor | None] = [None] * len(texts)
+        with tqdm(total=len(texts), desc="notes", unit=" notes", disable=not progress) as bar:
+            for rows in batches:
+                for i, output in zip((i for row in rows for i in row), self._run(rows, notes, packed=batching == "packed")):
+                    outputs[i] = output
+                bar.update(sum(len(row) for row in rows))
+        width = self.model.config.num_labels if self.classifier else self.model.config.hidden_size
+        stacked = torch.stack(outputs) if outputs else torch.zeros((0, width))
+        return stacked, notes
+
+    def _run(self, rows: list[list[int]], notes: TokenizedNotes, packed: bool) -> Iterator[torch.Tensor]:
+        batch = {k: v.to(self.device) for k, v in batch_tensors(rows, notes, self.tokenizer.pad_token_id).items()}
+        doc_ids = batch.pop("doc_ids")
+        config = self.encoder.config
+        if packed:
+            masks = packed_attention_kwargs(doc_ids, config._attn_implementation, config.sliding_window, self.encoder.dtype)
+            hidden = self.encoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], **masks).last_hidden_state
+        else:
+            hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=(doc_ids >= 0).long()).last_hidden_state
+        pooled = []
+        for r, row in enumerate(rows):
+            offset = 0
+            for i in row:
+                n = len(notes.ids[i])
+                span = hidden[r, offset:offset + n]
+                pooled.append(span[0] if self.pooling == "cls" else span.mean(dim=0))
+                offset += n
+        pooled = torch.stack(pooled)
+        if self.classifier:
+            pooled = self.model.classifier(self.model.drop(self.model.head(pooled)))
+        return iter(pooled.float().cpu())
+
+    def label_scores(self, logits: torch.Tensor) -> tuple[list[list[str]], torch.Tensor]:
+        """Per note, the predicted labels and the per-label scores (sigmoid for multi-label, else softmax)."""
+        names = [self.model.config.id2label[i] for i in range(logits.shape[1])]
+        if self.model.config.problem_type == "multi_label_classification":
+            scores = torch.sigmoid(logits)
+            labels = [[names[j] for j in torch.nonzero(row >= 0.5).flatten().tolist()] for row in scores]
+        else:
+            scores = torch.softmax(logits, dim=-1)
+            labels = [[names[int(row.argmax())]] for row in scores]
+        return labels, scores
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def read_notes(path: str, file_format: str = "auto", text_column: str | None = None,
+               on_bad_record: str = "raise") -> tuple[list[str], list[str], SkipLog]:
+    """(where, text) of every non-empty note in a notes file (any source format: text lines, jsonl,
+    csv, parquet, MIMIC NOTEEVENTS ...); empty or bad records are counted in the SkipLog."""
+    spec = SourceSpec(name="notes", path=path, format=file_format, text_column=text_column, on_bad_record=on_bad_record)
+    skips = SkipLog()
+    wheres, texts = [], []
+    for where, text in iter_records(spec, skips):
+        wheres.append(where)
+        texts.append(text)
+    return wheres, texts, skips
+
+
+def write_outputs(output_dir: Path, encoder: NoteEncoder, wheres: list[str], outputs: torch.Tensor, notes: TokenizedNotes) -> list[str]:
+    """Embeddings -> embeddings.safetensors + notes.jsonl; a classifier -> predictions.jsonl. Returns the files written."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if encoder.classifier:
+        labels, scores = encoder.label_scores(outputs)
+        names = [encoder.model.config.id2label[i] for i in range(outputs.shape[1])]
+        with open(output_dir / "predictions.jsonl", "w") as f:
+            for i, where in enumerate(wheres):
+                record = {"index": i, "where": where, "tokens": len(notes.ids[i]), "truncated": notes.truncated[i],
+                          "labels": labels[i], "scores": {n: round(float(s), 6) for n, s in zip(names, scores[i])}}
+                f.write(json.dumps(record) + "\n")
+        return ["predictions.jsonl"]
+    save_file({"embeddings": outputs.contiguous()}, str(output_dir / "embeddings.safetensors"),
+              metadata={"pooling": encoder.pooling, "notes": str(len(wheres))})
+    with open(output_dir / "notes.jsonl", "w") as f:
+        for i, where in enumerate(wheres):
+            f.write(json.dumps({"index": i, "where": where, "tokens": len(notes.ids[i]), "truncated": notes.truncated[i]}) + "\n")
+    return ["embeddings.safetensors", "notes.jsonl"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m modeling.inference", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="folder or Hub id: an encoder (embeddings) or a sequence classifier (predictions)")
+    parser.add_argument("notes", help="notes file(s) or glob: .txt (one note per line), .jsonl, .csv, .parquet, MIMIC NOTEEVENTS ...")
+    parser.add_argument("--output_dir", required=True, help="where embeddings.safetensors + notes.jsonl, or predictions.jsonl, go")
+    parser.add_argument("--format", default="auto", help="notes file format (as a recipe source's `format`; default: from the extension)")
+    parser.add_argument("--text_column", help="field or column holding the note text (default: text / TEXT)")
+    parser.add_argument("--on_bad_record", default="raise", choices=("raise", "skip"), help="stop at a malformed record, or count and skip it")
+    parser.add_argument("--pooling", choices=POOLINGS, default="mean", help="embeddings: mean of the note's tokens, or its [CLS] token")
+    parser.add_argument("--max_length", type=int, help="cut notes at this many tokens (default: the model's max positions); cut notes are counted")
+    parser.add_argument("--batching", choices=BATCHINGS, default="packed", help="packed: length-sorted, several notes per row (fast); padded: the usual way")
+    parser.add_argument("--batch_tokens", type=int, default=16384, help="packed: positions per batch")
+    parser.add_argument("--notes_per_batch", type=int, default=16, help="padded: notes per batch")
+    parser.add_argument("--attn_implementation", default="sdpa", help="sdpa | eager; flash_attention_2 | flex_attention on GPUs")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16 on GPUs")
+    parser.add_argument("--allow_pickle", action="store_true", help="load pickle weights (.bin) if the folder has no safetensors")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        wheres, texts, skips = read_notes(args.notes, args.format, args.text_column, args.on_bad_record)
+        if not texts:
+            raise DataError(f"{args.notes}: no notes to encode")
+        encoder = NoteEncoder.from_pretrained(args.model, args.attn_implementation, args.allow_pickle, args.device,
+                                              getattr(torch, args.dtype), max_length=args.max_length, pooling=args.pooling)
+    except (ConfigError, DataError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    outputs, notes = encoder.encode(texts, args.batching, args.batch_tokens, args.notes_per_batch, progress=True)
+    seconds = time.perf_counter() - start
+    written = write_outputs(Path(args.output_dir), encoder, wheres, outputs, notes)
+    tokens = sum(notes.lengths())
+    print(f"{len(texts):,} notes, {tokens:,} tokens in {seconds:.1f} s ({tokens / seconds:,.0f} tokens/s, {args.batching} batches); "
+          f"{sum(notes.truncated):,} cut at {encoder.max_length} tokens; {skips.total():,} records skipped {skips.as_dict() or ''}")
+    print(f"wrote {', '.join(str(Path(args.output_dir) / name) for name in written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
