@@ -115,8 +115,15 @@ def build_model(recipe: Recipe, tokenizer) -> ModernBertForMaskedLM:
     if len(tokenizer) > model.config.vocab_size:
         raise ConfigError(f"tokenizer: {len(tokenizer)} tokens do not fit the model's vocab_size {model.config.vocab_size}")
     recipe.check_model_limits(model.config.max_position_embeddings)
-    model.config.sparse_prediction = True   # decoder only on masked positions (same loss, far less compute)
+    set_sparse_prediction(model, True)
     return model
+
+
+def set_sparse_prediction(model: ModernBertForMaskedLM, enabled: bool):
+    """Sparse prediction runs the head and decoder on masked positions only (same loss, far less compute).
+    ModernBertForMaskedLM copies config.sparse_prediction into an attribute when it is built, and forward
+    reads that attribute: setting the config alone afterwards does nothing."""
+    model.config.sparse_prediction = model.sparse_prediction = enabled
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -23,7 +23,7 @@ from modeling.attention import packed_attention_kwargs
 from modeling.config import ConfigError, Recipe
 from modeling.masking import MLMCollator
 from modeling.mixture import PhaseMixture
-from modeling.model import build_model, build_tokenizer, load_pretrained
+from modeling.model import build_model, build_tokenizer, load_pretrained, set_sparse_prediction
 from modeling.packing import PackedRows, count_rows, held_out_rows
 from modeling.report import plot_training, write_summary
 from modeling.schedules import MaskingSchedule, PhasePlan, plan_phase
@@ -324,7 +324,7 @@ def _training_arguments(recipe: Recipe, plan: PhasePlan, phase_dir: Path, accumu
 def save_for_transformers(trainer: Trainer, tokenizer, folder: Path):
     """model.safetensors + config + tokenizer: loads with AutoModelForMaskedLM / pipeline('fill-mask')."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    model.config.sparse_prediction = False   # downstream users get logits for every position
+    model.config.sparse_prediction = False   # saved config: downstream users get logits for every position
     trainer.save_model(str(folder))
     model.config.sparse_prediction = True
     if trainer.args.should_save:
@@ -336,7 +336,7 @@ def save_for_transformers(trainer: Trainer, tokenizer, folder: Path):
 def _reload(phase_dir: Path, recipe: Recipe):
     from transformers import AutoModelForMaskedLM
     model = load_pretrained(AutoModelForMaskedLM, str(phase_dir), attn_implementation=recipe.model.attn_implementation)
-    model.config.sparse_prediction = True
+    set_sparse_prediction(model, True)
     return model
 
 

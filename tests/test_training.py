@@ -220,3 +220,19 @@ def test_bad_input_stops_with_one_line(tmp_path, change, expected):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_pretraining_models_run_the_decoder_on_masked_positions_only(tmp_path, tiny_tokenizer):
+    import torch
+    from modeling.config import load_recipe
+    from modeling.model import build_model
+    from modeling.training import _reload
+    recipe = load_recipe(write_recipe(tmp_path))
+    fresh = build_model(recipe, tiny_tokenizer)
+    fresh.config.sparse_prediction = False
+    fresh.save_pretrained(tmp_path / "phase")          # as a finished phase is saved: dense in config.json
+    input_ids = torch.randint(10, len(tiny_tokenizer), (2, 20))
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 3], labels[1, 7], labels[1, 9] = 11, 12, 13
+    for model in (build_model(recipe, tiny_tokenizer), _reload(tmp_path / "phase", recipe)):
+        assert model(input_ids=input_ids, labels=labels).logits.shape == (3, model.config.vocab_size)
