@@ -6,12 +6,38 @@ in through the attention mask, in the form each backend understands:
   eager              dict of additive float masks (0 / -inf); a bool mask is silently wrong there
   flex_attention     dict of BlockMasks
   flash_attention_2  no mask; cu_seq_lens/max_length kwargs over the flattened batch
+  document_sdpa      (this module's) document spans: torch sdpa run per document, no mask at all
 Sliding-window layers get the window (|i - j| <= config.sliding_window) on top of the document mask.
 Padding positions attend to themselves only, so no mask row is empty (an empty row gives NaN).
+
+Dense masks make every layer cost (row length)^2 however short the documents are, and the local
+layers as much as the global ones. `document_sdpa` is the CPU counterpart of flash-attn's varlen path:
+global layers cost the sum of (document length)^2, local layers (document length) x (block + window).
+It is registered with transformers' AttentionInterface under that name, so a stock ModernBERT uses it
+when built or loaded with attn_implementation="document_sdpa"; nothing of it is saved with the model.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+DOCUMENT_SDPA = "document_sdpa"
+LOCAL_BLOCK = 512   # queries per sdpa call in local layers: a block attends to itself plus the window either side
+
+
+BATCH_ONLY_KEYS = ("doc_ids", "source_tokens", "source_documents")   # collated for masks and counters, not for the model
+
+
+def packed_model_inputs(batch: dict, config, dtype=torch.float32) -> dict:
+    """A collated packed batch (modeling.masking.MLMCollator) -> the model's forward kwargs."""
+    inputs = {key: value for key, value in batch.items() if key not in BATCH_ONLY_KEYS}
+    inputs.update(packed_attention_kwargs(batch["doc_ids"], config._attn_implementation, config.sliding_window, dtype))
+    return inputs
 
 
 def packed_attention_kwargs(doc_ids: torch.Tensor, implementation: str, sliding_window: int, dtype=torch.float32) -> dict:
@@ -20,11 +46,15 @@ def packed_attention_kwargs(doc_ids: torch.Tensor, implementation: str, sliding_
         return _flash_kwargs(doc_ids)
     if implementation == "flex_attention":
         return {"attention_mask": _flex_masks(doc_ids, sliding_window)}
+    if implementation == DOCUMENT_SDPA:
+        spans = DocumentSpans.from_doc_ids(doc_ids, sliding_window)
+        return {"attention_mask": {"full_attention": spans, "sliding_attention": spans}}
     full, sliding = _dense_masks(doc_ids, sliding_window)
     if implementation == "eager":
         full, sliding = _additive(full, dtype), _additive(sliding, dtype)
     elif implementation != "sdpa":
-        raise ValueError(f"attention implementation '{implementation}': packed rows support sdpa, eager, flex_attention, flash_attention_2")
+        raise ValueError(f"attention implementation '{implementation}': packed rows support sdpa, eager, flex_attention, "
+                         f"flash_attention_2, {DOCUMENT_SDPA}")
     return {"attention_mask": {"full_attention": full, "sliding_attention": sliding}}
 
 
@@ -67,3 +97,62 @@ def _flex_masks(doc_ids: torch.Tensor, window: int) -> dict:
 
     return {name: create_block_mask(fn, batch, None, length, length, device=doc_ids.device)
             for name, fn in (("full_attention", same_document), ("sliding_attention", same_document_in_window))}
+
+
+@dataclass
+class DocumentSpans:
+    """Per row, the (start, end) of each document and of the padded tail; what document_sdpa takes as its mask."""
+    rows: list[list[tuple[int, int, bool]]]   # (start, end, is_document)
+    window: int
+
+    @classmethod
+    def from_doc_ids(cls, doc_ids: torch.Tensor, window: int) -> "DocumentSpans":
+        rows = []
+        for ids in doc_ids.tolist():
+            spans, start = [], 0
+            for t in range(1, len(ids) + 1):
+                if t == len(ids) or ids[t] != ids[start]:
+                    spans.append((start, t, ids[start] >= 0))
+                    start = t
+            rows.append(spans)
+        return cls(rows, window)
+
+
+def document_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """query/key/value [B, heads, T, head_dim] -> [B, T, heads, head_dim], attending within each document
+    (and, in local layers, within the window). Any other mask (a plain padded batch) goes to stock sdpa."""
+    if not isinstance(attention_mask, DocumentSpans):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    local = getattr(module, "sliding_window", None) is not None
+    rows = []
+    for b, spans in enumerate(attention_mask.rows):
+        pieces = []
+        for start, end, is_document in spans:
+            if not is_document:   # padding: its output is never used
+                pieces.append(query.new_zeros(query.shape[1], end - start, value.shape[-1]))
+                continue
+            q, k, v = query[b, :, start:end], key[b, :, start:end], value[b, :, start:end]
+            if local and end - start > attention_mask.window + 1:
+                pieces.append(_local_attention(q, k, v, attention_mask.window, dropout, scaling))
+            else:
+                pieces.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling))
+        rows.append(torch.cat(pieces, dim=1))
+    return torch.stack(rows).transpose(1, 2).contiguous(), None
+
+
+def _local_attention(q, k, v, window: int, dropout: float, scaling) -> torch.Tensor:
+    """|i - j| <= window inside one document, LOCAL_BLOCK queries at a time against the keys they can reach."""
+    length, out = q.shape[1], []
+    for start in range(0, length, LOCAL_BLOCK):
+        end = min(start + LOCAL_BLOCK, length)
+        k_start, k_end = max(0, start - window), min(length, end + window)
+        rows = torch.arange(start, end, device=q.device)[:, None]
+        cols = torch.arange(k_start, k_end, device=q.device)[None, :]
+        band = (rows - cols).abs() <= window
+        out.append(F.scaled_dot_product_attention(q[:, start:end], k[:, k_start:k_end], v[:, k_start:k_end],
+                                                  attn_mask=band, dropout_p=dropout, scale=scaling))
+    return torch.cat(out, dim=1)
+
+
+AttentionInterface.register(DOCUMENT_SDPA, document_sdpa_forward)
+ALL_MASK_ATTENTION_FUNCTIONS.register(DOCUMENT_SDPA, sdpa_mask)   # padded batches (fine-tuning, pipelines) get sdpa's mask

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from modeling.attention import packed_attention_kwargs
+from modeling.attention import DOCUMENT_SDPA, packed_attention_kwargs
 from modeling.config import ConfigError
 from modeling.model import load_pretrained
 from modeling.sources import DataError, SkipLog, SourceSpec, iter_records
@@ -152,21 +152,25 @@ class NoteEncoder:
         """Outputs in the order of `texts` ([notes, hidden] embeddings or [notes, labels] logits) and
         the tokenized notes (lengths, which were cut)."""
         notes = tokenize_notes(self.tokenizer, texts, self.max_length)
+        return self.encode_tokenized(notes, batching, batch_tokens, notes_per_batch, progress), notes
+
+    @torch.inference_mode()
+    def encode_tokenized(self, notes: TokenizedNotes, batching: str = "packed", batch_tokens: int = 16384,
+                         notes_per_batch: int = 16, progress: bool = False) -> torch.Tensor:
         if batching == "packed":
             batches = packed_batches(notes.lengths(), batch_tokens)
         elif batching == "padded":
             batches = padded_batches(notes.lengths(), notes_per_batch)
         else:
             raise ConfigError(f"batching '{batching}': choose one of {', '.join(BATCHINGS)}")
-        outputs: list[torch.Tensor | None] = [None] * len(texts)
-        with tqdm(total=len(texts), desc="notes", unit=" notes", disable=not progress) as bar:
+        outputs: list[torch.Tensor | None] = [None] * len(notes.ids)
+        with tqdm(total=len(notes.ids), desc="notes", unit=" notes", disable=not progress) as bar:
             for rows in batches:
                 for i, output in zip((i for row in rows for i in row), self._run(rows, notes, packed=batching == "packed")):
                     outputs[i] = output
                 bar.update(sum(len(row) for row in rows))
         width = self.model.config.num_labels if self.classifier else self.model.config.hidden_size
-        stacked = torch.stack(outputs) if outputs else torch.zeros((0, width))
-        return stacked, notes
+        return torch.stack(outputs) if outputs else torch.zeros((0, width))
 
     def _run(self, rows: list[list[int]], notes: TokenizedNotes, packed: bool) -> Iterator[torch.Tensor]:
         batch = {k: v.to(self.device) for k, v in batch_tensors(rows, notes, self.tokenizer.pad_token_id).items()}
@@ -252,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batching", choices=BATCHINGS, default="packed", help="packed: length-sorted, several notes per row (fast); padded: the usual way")
     parser.add_argument("--batch_tokens", type=int, default=16384, help="packed: positions per batch")
     parser.add_argument("--notes_per_batch", type=int, default=16, help="padded: notes per batch")
-    parser.add_argument("--attn_implementation", default="sdpa", help="sdpa | eager; flash_attention_2 | flex_attention on GPUs")
+    parser.add_argument("--attn_implementation", default="sdpa" if torch.cuda.is_available() else DOCUMENT_SDPA,
+                        help="document_sdpa (default on CPUs: attention per note) | sdpa (dense masks); flash_attention_2 | flex_attention on GPUs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16 on GPUs")
     parser.add_argument("--allow_pickle", action="store_true", help="load pickle weights (.bin) if the folder has no safetensors")

@@ -19,7 +19,7 @@ import torch
 from accelerate import PartialState
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from modeling.attention import packed_attention_kwargs
+from modeling.attention import packed_model_inputs
 from modeling.config import ConfigError, Recipe
 from modeling.masking import MLMCollator
 from modeling.mixture import PhaseMixture
@@ -66,11 +66,7 @@ class PretrainingTrainer(Trainer):
     # -- forward
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        doc_ids = inputs.pop("doc_ids")
-        inputs.pop("source_tokens", None)
-        inputs.pop("source_documents", None)
-        config = self.accelerator.unwrap_model(model).config
-        inputs.update(packed_attention_kwargs(doc_ids, config._attn_implementation, config.sliding_window, model.dtype))
+        inputs = packed_model_inputs(inputs, self.accelerator.unwrap_model(model).config, model.dtype)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch=None):

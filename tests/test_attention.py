@@ -4,6 +4,7 @@ import torch
 from transformers import ModernBertForMaskedLM
 
 from conftest import synthetic_documents, tiny_model_config
+from modeling import attention
 from modeling.attention import packed_attention_kwargs
 from modeling.packing import Chunker, collate_rows, pack
 
@@ -26,7 +27,7 @@ def _each_document_alone(model, rows):
             offset += length
 
 
-@pytest.mark.parametrize("implementation", ["sdpa", "eager", "flex_attention"])   # flex: forward only on CPU
+@pytest.mark.parametrize("implementation", ["sdpa", "eager", "flex_attention", "document_sdpa"])   # flex: forward only on CPU
 def test_packed_logits_equal_documents_alone(tiny_tokenizer, implementation):
     torch.manual_seed(0)
     model = ModernBertForMaskedLM._from_config(tiny_model_config(tiny_tokenizer), attn_implementation=implementation).eval()
@@ -69,3 +70,35 @@ def test_flash_segments_cover_documents_and_padding():
     kwargs = packed_attention_kwargs(doc_ids, "flash_attention_2", sliding_window=4)
     assert kwargs["cu_seq_lens_q"].tolist() == [0, 3, 5, 6, 7, 12]
     assert kwargs["max_length_q"] == 5
+
+
+@pytest.mark.parametrize("local_block", [512, 8])   # 8: documents longer than a block go through several
+def test_document_sdpa_trains_exactly_as_dense_masks(tiny_tokenizer, monkeypatch, local_block):
+    """Same loss and gradients as sdpa with dense document masks, local layers included."""
+    monkeypatch.setattr(attention, "LOCAL_BLOCK", local_block)
+    rows, batch = _packed_batch(tiny_tokenizer)
+    chosen = torch.rand(batch["input_ids"].shape, generator=torch.Generator().manual_seed(0)) < 0.3
+    labels = torch.where(chosen & (batch["doc_ids"] >= 0), batch["input_ids"], -100)   # padding is never a target
+    results = {}
+    for implementation in ("sdpa", "document_sdpa"):
+        torch.manual_seed(0)
+        model = ModernBertForMaskedLM._from_config(tiny_model_config(tiny_tokenizer), attn_implementation=implementation)
+        kwargs = packed_attention_kwargs(batch["doc_ids"], implementation, model.config.sliding_window)
+        loss = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=labels, **kwargs).loss
+        loss.backward()
+        results[implementation] = (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (dense_loss, dense_grads), (doc_loss, doc_grads) = results["sdpa"], results["document_sdpa"]
+    assert abs(dense_loss - doc_loss) < 1e-5
+    assert dense_grads.keys() == doc_grads.keys()
+    assert max((dense_grads[n] - doc_grads[n]).abs().max().item() for n in dense_grads) < 1e-5
+
+
+def test_document_sdpa_model_takes_padded_batches_and_saves_stock(tiny_tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = ModernBertForMaskedLM._from_config(tiny_model_config(tiny_tokenizer), attn_implementation="document_sdpa").eval()
+    encoded = tiny_tokenizer(["fever and cough", "patient denies chest pain fever cough dyspnea"], padding=True, return_tensors="pt")
+    model.save_pretrained(tmp_path)
+    assert "document_sdpa" not in (tmp_path / "config.json").read_text()
+    stock = ModernBertForMaskedLM.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        assert (model(**encoded).logits - stock(**encoded).logits).abs().max() < 1e-5
