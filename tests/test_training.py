@@ -236,3 +236,13 @@ def test_pretraining_models_run_the_decoder_on_masked_positions_only(tmp_path, t
     labels[0, 3], labels[1, 7], labels[1, 9] = 11, 12, 13
     for model in (build_model(recipe, tiny_tokenizer), _reload(tmp_path / "phase", recipe)):
         assert model(input_ids=input_ids, labels=labels).logits.shape == (3, model.config.vocab_size)
+
+
+def test_document_sdpa_trains_the_recipe_as_dense_masks_do(tmp_path, finished_run):
+    """The CPU backend the demo uses: the same run, held-out losses equal to the sdpa run's."""
+    _train(tmp_path, write_recipe(tmp_path, **{"model.attn_implementation": "document_sdpa"}))
+    ours = json.loads((tmp_path / "out" / "training_summary.json").read_text())["phases"]
+    dense = json.loads((finished_run / "training_summary.json").read_text())["phases"]
+    for a, b in zip(ours, dense):
+        assert a["tokens"] == b["tokens"]
+        assert abs(a["held_out"]["loss_end"] - b["held_out"]["loss_end"]) < 1e-3
