@@ -107,14 +107,15 @@ class DocumentSpans:
 
     @classmethod
     def from_doc_ids(cls, doc_ids: torch.Tensor, window: int) -> "DocumentSpans":
+        ids = doc_ids.cpu()
+        length = ids.shape[1]
+        change = torch.ones_like(ids, dtype=torch.bool)
+        change[:, 1:] = ids[:, 1:] != ids[:, :-1]
         rows = []
-        for ids in doc_ids.tolist():
-            spans, start = [], 0
-            for t in range(1, len(ids) + 1):
-                if t == len(ids) or ids[t] != ids[start]:
-                    spans.append((start, t, ids[start] >= 0))
-                    start = t
-            rows.append(spans)
+        for b in range(ids.shape[0]):
+            starts = change[b].nonzero().flatten().tolist()
+            rows.append([(start, end, document >= 0)
+                         for start, end, document in zip(starts, starts[1:] + [length], ids[b, starts].tolist())])
         return cls(rows, window)
 
 

@@ -15,7 +15,6 @@ sequence classifier gives labels and scores.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import sys
@@ -32,6 +31,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from modeling.attention import DOCUMENT_SDPA, packed_attention_kwargs
 from modeling.config import ConfigError
 from modeling.model import load_pretrained
+from modeling.packing import collate_rows, plain_backend
 from modeling.sources import DataError, SkipLog, SourceSpec, iter_records
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,7 @@ class TokenizedNotes:
 def tokenize_notes(tokenizer, texts: list[str], max_length: int, batch_size: int = 1024) -> TokenizedNotes:
     """`[CLS] tokens [SEP]` per note, as training wraps documents; a note longer than max_length keeps
     its first max_length - 2 tokens (and is marked cut)."""
-    backend = copy.deepcopy(tokenizer.backend_tokenizer)   # batched Rust tokenizer, no truncation warnings
-    backend.no_truncation()
-    backend.no_padding()
+    backend = plain_backend(tokenizer)
     cls, sep, body = tokenizer.cls_token_id, tokenizer.sep_token_id, max_length - 2
     ids, truncated = [], []
     for start in range(0, len(texts), batch_size):
@@ -96,24 +94,6 @@ def packed_batches(lengths: list[int], batch_tokens: int) -> list[list[list[int]
     if rows:
         batches.append(rows)
     return batches
-
-
-def batch_tensors(rows: list[list[int]], notes: TokenizedNotes, pad_id: int) -> dict:
-    """Rows of note indices -> input_ids, position_ids (restarting per note) and doc_ids (-1 on padding),
-    padded to the longest row."""
-    width = max(sum(len(notes.ids[i]) for i in row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    doc_ids = torch.full((len(rows), width), -1, dtype=torch.long)
-    for r, row in enumerate(rows):
-        offset = 0
-        for d, i in enumerate(row):
-            n = len(notes.ids[i])
-            input_ids[r, offset:offset + n] = torch.tensor(notes.ids[i])
-            position_ids[r, offset:offset + n] = torch.arange(n)
-            doc_ids[r, offset:offset + n] = d
-            offset += n
-    return {"input_ids": input_ids, "position_ids": position_ids, "doc_ids": doc_ids}
 
 
 # --------------------------------------------------------------------------- model
@@ -173,8 +153,11 @@ class NoteEncoder:
         return torch.stack(outputs) if outputs else torch.zeros((0, width))
 
     def _run(self, rows: list[list[int]], notes: TokenizedNotes, packed: bool) -> Iterator[torch.Tensor]:
-        batch = {k: v.to(self.device) for k, v in batch_tensors(rows, notes, self.tokenizer.pad_token_id).items()}
-        doc_ids = batch.pop("doc_ids")
+        packed_rows = [{"input_ids": [t for i in row for t in notes.ids[i]], "doc_lengths": [len(notes.ids[i]) for i in row]}
+                       for row in rows]
+        width = max(len(row["input_ids"]) for row in packed_rows)
+        batch = {k: v.to(self.device) for k, v in collate_rows(packed_rows, self.tokenizer.pad_token_id, width).items()}
+        doc_ids = batch["doc_ids"]
         config = self.encoder.config
         if packed:
             masks = packed_attention_kwargs(doc_ids, config._attn_implementation, config.sliding_window, self.encoder.dtype)

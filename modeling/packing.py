@@ -31,10 +31,7 @@ class Chunker:
             raise ValueError("the tokenizer needs [CLS] and [SEP] tokens to wrap documents")
         self.max_seq_length, self.batch_size = max_seq_length, batch_size
         self.cls, self.sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-        # The Rust tokenizer directly: batched, and no length warnings (documents are cut into chunks here).
-        self.backend = copy.deepcopy(tokenizer.backend_tokenizer)
-        self.backend.no_truncation()
-        self.backend.no_padding()
+        self.backend = plain_backend(tokenizer)
 
     def chunks(self, documents: Iterable[tuple[int, str]]) -> Iterator[tuple[int, list[int]]]:
         """(source index, chunk ids) for each chunk of each document, in document order. A document's
@@ -47,6 +44,15 @@ class Chunker:
                 for start in range(0, max(len(ids), 1), body):
                     chunk = [self.cls, *ids[start:start + body], self.sep]
                     yield source, chunk if start == 0 else Continuation(chunk)
+
+
+def plain_backend(tokenizer):
+    """The Rust tokenizer directly: batched, and no truncation, padding or length warnings (callers cut
+    documents themselves)."""
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
 
 
 class Continuation(list):
