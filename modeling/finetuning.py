@@ -30,6 +30,7 @@ from modeling.model import load_pretrained
 from modeling.results import aggregate_runs, write_aggregate
 from modeling.task_data import label_counts, load_task_examples
 from modeling.tasks import TaskConfig
+from modeling.training import use_every_core
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def max_length_for(task: TaskConfig, tokenizer) -> int:
 def run(task: TaskConfig) -> dict:
     """All runs of a task (seeds x learning rates); returns the aggregate over seeds."""
     out = task.results_dir()
-    PartialState(cpu=not torch.cuda.is_available())   # joins the other processes, if launched with several
+    use_every_core(PartialState(cpu=not torch.cuda.is_available()))   # joins the other processes, if launched with several
     _check_model_exists(task.model)
     splits, skips = load_task_examples(task)
     tokenizer = load_task_tokenizer(task.model, task.task)

@@ -246,3 +246,21 @@ def test_document_sdpa_trains_the_recipe_as_dense_masks_do(tmp_path, finished_ru
     for a, b in zip(ours, dense):
         assert a["tokens"] == b["tokens"]
         assert abs(a["held_out"]["loss_end"] - b["held_out"]["loss_end"]) < 1e-3
+
+
+def test_a_single_cpu_process_under_accelerate_launch_uses_every_core(monkeypatch):
+    """accelerate launch (no config, no --cpu) sets OMP_NUM_THREADS=1; a lone CPU process takes its cores back."""
+    import torch
+    from accelerate import PartialState
+    from modeling.training import use_every_core
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        use_every_core(PartialState(cpu=True))                 # not launched by accelerate: left alone
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")   # what accelerate launch exports
+        use_every_core(PartialState(cpu=True))
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)
