@@ -24,7 +24,7 @@ from transformers import ModernBertModel
 from benchmarks.common import (arguments, bench_model, clinical_lengths, clinical_notes, demo_tokenizer, interleaved,
                                machine, markdown_table, median, pubmed_abstracts, write_json)
 from modeling.attention import DOCUMENT_SDPA
-from modeling.inference import NoteEncoder, TokenizedNotes, packed_batches, padded_batches, tokenize_notes
+from modeling.inference import NoteEncoder, TokenizedNotes, packed_batches, padded_batches
 
 MAX_LENGTH = 8192
 
@@ -52,7 +52,7 @@ def compare(encoder: NoteEncoder, texts: list[str], repeats: int, batch_tokens: 
         def step(i):
             config._attn_implementation = implementation   # read by every layer at call time
             out, notes = encoder.encode(texts, batching, batch_tokens, notes_per_batch)
-            outputs[side] = out
+            outputs[side], outputs["lengths"] = out, notes.lengths()
             if encoder.device.type == "cuda":
                 torch.cuda.synchronize()
             return {"tokens": sum(notes.lengths())}
@@ -62,7 +62,7 @@ def compare(encoder: NoteEncoder, texts: list[str], repeats: int, batch_tokens: 
     if attention != "sdpa":
         sides["packed, sdpa masks"] = run("packed, sdpa masks", "packed", "sdpa")
     results, _ = interleaved(sides, repeats, warmup=1, label=label)
-    lengths = tokenize_notes(encoder.tokenizer, texts, encoder.max_length).lengths()
+    lengths = outputs["lengths"]
     tokens = sum(lengths)
     figures = {"notes": len(texts), "tokens": tokens, "mean_tokens": tokens / len(texts), "max_tokens": max(lengths), "sides": {}}
     for side in sides:

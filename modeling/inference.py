@@ -67,8 +67,7 @@ def tokenize_notes(tokenizer, texts: list[str], max_length: int, batch_size: int
 
 def padded_batches(lengths: list[int], notes_per_batch: int) -> list[list[list[int]]]:
     """The usual way: notes in file order, `notes_per_batch` at a time, one note per row."""
-    order = list(range(len(lengths)))
-    return [[[i] for i in order[s:s + notes_per_batch]] for s in range(0, len(order), notes_per_batch)]
+    return [[[i] for i in range(s, min(s + notes_per_batch, len(lengths)))] for s in range(0, len(lengths), notes_per_batch)]
 
 
 def packed_batches(lengths: list[int], batch_tokens: int) -> list[list[list[int]]]:
@@ -177,8 +176,8 @@ class NoteEncoder:
             pooled = self.model.classifier(self.model.drop(self.model.head(pooled)))
         return iter(pooled.float().cpu())
 
-    def label_scores(self, logits: torch.Tensor) -> tuple[list[list[str]], torch.Tensor]:
-        """Per note, the predicted labels and the per-label scores (sigmoid for multi-label, else softmax)."""
+    def label_scores(self, logits: torch.Tensor) -> tuple[list[str], list[list[str]], torch.Tensor]:
+        """The label names, and per note the predicted labels and per-label scores (sigmoid for multi-label, else softmax)."""
         names = [self.model.config.id2label[i] for i in range(logits.shape[1])]
         if self.model.config.problem_type == "multi_label_classification":
             scores = torch.sigmoid(logits)
@@ -186,7 +185,7 @@ class NoteEncoder:
         else:
             scores = torch.softmax(logits, dim=-1)
             labels = [[names[int(row.argmax())]] for row in scores]
-        return labels, scores
+        return names, labels, scores
 
 
 # --------------------------------------------------------------------------- command line
@@ -208,21 +207,22 @@ def read_notes(path: str, file_format: str = "auto", text_column: str | None = N
 def write_outputs(output_dir: Path, encoder: NoteEncoder, wheres: list[str], outputs: torch.Tensor, notes: TokenizedNotes) -> list[str]:
     """Embeddings -> embeddings.safetensors + notes.jsonl; a classifier -> predictions.jsonl. Returns the files written."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    records = [{"index": i, "where": where, "tokens": len(notes.ids[i]), "truncated": notes.truncated[i]} for i, where in enumerate(wheres)]
     if encoder.classifier:
-        labels, scores = encoder.label_scores(outputs)
-        names = [encoder.model.config.id2label[i] for i in range(outputs.shape[1])]
-        with open(output_dir / "predictions.jsonl", "w") as f:
-            for i, where in enumerate(wheres):
-                record = {"index": i, "where": where, "tokens": len(notes.ids[i]), "truncated": notes.truncated[i],
-                          "labels": labels[i], "scores": {n: round(float(s), 6) for n, s in zip(names, scores[i])}}
-                f.write(json.dumps(record) + "\n")
+        names, labels, scores = encoder.label_scores(outputs)
+        for record, note_labels, note_scores in zip(records, labels, scores):
+            record.update(labels=note_labels, scores={n: round(float(s), 6) for n, s in zip(names, note_scores)})
+        _write_jsonl(output_dir / "predictions.jsonl", records)
         return ["predictions.jsonl"]
     save_file({"embeddings": outputs.contiguous()}, str(output_dir / "embeddings.safetensors"),
               metadata={"pooling": encoder.pooling, "notes": str(len(wheres))})
-    with open(output_dir / "notes.jsonl", "w") as f:
-        for i, where in enumerate(wheres):
-            f.write(json.dumps({"index": i, "where": where, "tokens": len(notes.ids[i]), "truncated": notes.truncated[i]}) + "\n")
+    _write_jsonl(output_dir / "notes.jsonl", records)
     return ["embeddings.safetensors", "notes.jsonl"]
+
+
+def _write_jsonl(path: Path, records: list[dict]):
+    with open(path, "w") as f:
+        f.writelines(json.dumps(record) + "\n" for record in records)
 
 
 def main(argv: list[str] | None = None) -> int:
