@@ -8,6 +8,7 @@
 Any task-config key can be overridden with --dotted.key VALUE (values are read as YAML), e.g.
 --training.lr 3e-5 --max_length 4096 --peft '{r: 16}'.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,14 @@ from modeling.tasks import describe_task_fields, load_task_config
 
 
 def parse_args(argv: list[str]):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="task-config keys:\n" + "\n".join(describe_task_fields()))
-    parser.add_argument("config", help="eval_configs/NAME.yaml, a shipped name (chemprot, demo_mesh, ...), or `aggregate`")
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="task-config keys:\n" + "\n".join(describe_task_fields()),
+    )
+    parser.add_argument(
+        "config", help="eval_configs/NAME.yaml, a shipped name (chemprot, demo_mesh, ...), or `aggregate`"
+    )
     parser.add_argument("folder", nargs="?", help="with `aggregate`: the results folder")
     parser.add_argument("--model", help="Hub id or folder of the encoder (overrides `model`)")
     parser.add_argument("--data_dir", help="folder (or file / dataset id) of the task data (overrides `data.path`)")
@@ -44,24 +50,30 @@ def parse_args(argv: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     main_process = int(os.environ.get("RANK", "0")) == 0
-    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO if main_process else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
         if args.config == "aggregate":
             from modeling.results import aggregate_folder, markdown_table
+
             if not args.folder:
                 raise ConfigError("aggregate: name the results folder, e.g. `finetune.py aggregate results/chemprot`")
             print(markdown_table(aggregate_folder(args.folder)))
             return 0
         task = load_task_config(args.config, overrides)
-        from modeling.finetuning import run   # heavy imports only once the config is known to be good
+        from modeling.finetuning import run  # heavy imports only once the config is known to be good
+
         summary = run(task)
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if main_process:
         from modeling.results import markdown_table
+
         print("\n" + markdown_table(summary))
         print(f"results: {task.results_dir()}/ aggregate.json, aggregate.md, curves.png and one folder per run")
     return 0

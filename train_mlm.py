@@ -6,6 +6,7 @@
 
 Any recipe key can be overridden with --dotted.key VALUE (values are read as YAML).
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,9 +20,11 @@ from modeling.sources import DataError
 def parse_args(argv: list[str]):
     if "-h" in argv or "--help" in argv:
         print(__doc__.strip())
-        print("\nflags:\n  RECIPE                               YAML file or shipped recipe name (default: demo)\n"
-              "  --resume                             continue from the last complete checkpoint\n"
-              "\nrecipe keys:")
+        print(
+            "\nflags:\n  RECIPE                               YAML file or shipped recipe name (default: demo)\n"
+            "  --resume                             continue from the last complete checkpoint\n"
+            "\nrecipe keys:"
+        )
         print("\n".join(describe_fields()))
         sys.exit(0)
     recipe = argv[0] if argv and not argv[0].startswith("-") else None
@@ -32,12 +35,16 @@ def parse_args(argv: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     main_process = int(os.environ.get("RANK", "0")) == 0
-    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO if main_process else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         recipe_path, resume, overrides = parse_args(sys.argv[1:] if argv is None else argv)
         recipe = load_recipe(recipe_path, overrides)
-        from modeling.training import run   # heavy imports only once the recipe is known to be good
+        from modeling.training import run  # heavy imports only once the recipe is known to be good
+
         summary = run(recipe, resume=resume)
     except (ConfigError, DataError) as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
@@ -46,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{'phase':<12}{'tokens':>14}{'held-out loss':>22}{'wall (s)':>10}{'tokens/s':>10}")
         for phase in summary["phases"]:
             held = phase["held_out"]
-            print(f"{phase['phase']:<12}{phase['tokens']:>14,}{held['loss_start']:>11.3f} -> {held['loss_end']:<7.3f}"
-                  f"{phase['wall_time_s']:>10.0f}{phase['tokens_per_second']:>10.0f}")
+            print(
+                f"{phase['phase']:<12}{phase['tokens']:>14,}{held['loss_start']:>11.3f} -> {held['loss_end']:<7.3f}"
+                f"{phase['wall_time_s']:>10.0f}{phase['tokens_per_second']:>10.0f}"
+            )
         print(f"\nsummary: {recipe.output_dir}/training_summary.json   plot: {recipe.output_dir}/{summary['plot']}")
         print("models:  " + "  ".join(phase["model_dir"] for phase in summary["phases"]))
     return 0

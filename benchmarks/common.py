@@ -8,6 +8,7 @@ ship; what is timed depends on lengths, not on what the tokens say.
 Timing. Every side of a comparison runs in the same process on the same model, step i of every
 side before step i + 1 of any, after untimed warm-up steps; figures are medians over steps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,8 @@ import platform
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import ModernBertConfig, ModernBertForMaskedLM
@@ -38,21 +39,26 @@ def demo_tokenizer():
     """The demo recipe's BPE tokenizer (8,192 tokens), trained on the abstracts once and cached."""
     from modeling.config import load_recipe
     from modeling.model import build_tokenizer
+
     return build_tokenizer(load_recipe(ROOT / "recipes" / "demo.yaml"))
 
 
 def pubmed_abstracts(limit: int | None = None) -> list[str]:
     import itertools
+
     from modeling.sources import SkipLog, SourceSpec, iter_documents
+
     spec = SourceSpec("pubmed", PUBMED_FILES, format="pubmed")
     return list(itertools.islice(iter_documents(spec, SkipLog(quiet=True)), limit))
 
 
-def clinical_lengths(n: int, seed: int = 0, mean: float = 1500, sigma: float = 0.9, low: int = 32, high: int = 8192) -> list[int]:
+def clinical_lengths(
+    n: int, seed: int = 0, mean: float = 1500, sigma: float = 0.9, low: int = 32, high: int = 8192
+) -> list[int]:
     """Token counts (with [CLS]/[SEP]) of a clinical-note-like mix: log-normal, most notes short, a
     long tail of discharge-summary-like notes, cut at `high`."""
     rng = random.Random(seed)
-    mu = math.log(mean) - sigma ** 2 / 2
+    mu = math.log(mean) - sigma**2 / 2
     return [min(high, max(low, round(rng.lognormvariate(mu, sigma)))) for _ in range(n)]
 
 
@@ -62,7 +68,7 @@ def clinical_notes(tokenizer, abstracts: list[str], lengths: list[int]) -> list[
     stream: list[int] = []
     need = sum(lengths)
     for start in range(0, len(abstracts), 512):
-        for encoded in backend.encode_batch(abstracts[start:start + 512], add_special_tokens=False):
+        for encoded in backend.encode_batch(abstracts[start : start + 512], add_special_tokens=False):
             stream.extend(encoded.ids)
         if len(stream) >= need:
             break
@@ -71,24 +77,39 @@ def clinical_notes(tokenizer, abstracts: list[str], lengths: list[int]) -> list[
         body = length - 2
         if offset + body > len(stream):
             offset = 0
-        notes.append(tokenizer.decode(stream[offset:offset + body]))
+        notes.append(tokenizer.decode(stream[offset : offset + body]))
         offset += body
     return notes
 
 
-def bench_model(tokenizer, shape: str = "small", max_positions: int = 8192, attn_implementation: str = "sdpa",
-                seed: int = 0, **overrides) -> ModernBertForMaskedLM:
+def bench_model(
+    tokenizer,
+    shape: str = "small",
+    max_positions: int = 8192,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+    **overrides,
+) -> ModernBertForMaskedLM:
     torch.manual_seed(seed)
-    fields = dict(SHAPES[shape], vocab_size=-(-len(tokenizer) // 64) * 64, max_position_embeddings=max_positions,
-                  local_attention=128, global_attn_every_n_layers=3,
-                  pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
-                  bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+    fields = dict(
+        SHAPES[shape],
+        vocab_size=-(-len(tokenizer) // 64) * 64,
+        max_position_embeddings=max_positions,
+        local_attention=128,
+        global_attn_every_n_layers=3,
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
     fields.update(overrides)
     return ModernBertForMaskedLM._from_config(ModernBertConfig(**fields), attn_implementation=attn_implementation)
 
 
-def interleaved(sides: dict[str, Callable[[int], dict]], steps: int, warmup: int = 1,
-                label: str = "") -> tuple[dict[str, list[dict]], dict[str, float]]:
+def interleaved(
+    sides: dict[str, Callable[[int], dict]], steps: int, warmup: int = 1, label: str = ""
+) -> tuple[dict[str, list[dict]], dict[str, float]]:
     """Run step i of every side, for i in 0..warmup+steps-1; each side returns a dict of counts and
     gets `seconds` added. Returns the timed steps per side (warm-up dropped) and each side's first-step
     seconds (where compilation shows)."""
@@ -119,7 +140,11 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 def machine() -> str:
     threads = torch.get_num_threads()
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} torch threads)"
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} torch threads)"
+    )
     return f"{device}; torch {torch.__version__}"
 
 

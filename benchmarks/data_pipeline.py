@@ -13,6 +13,7 @@ against the H100 SXM's dense bf16 peak (989 TFLOP/s), at that peak and at 40% ut
 
     python -m benchmarks.data_pipeline
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,21 @@ ASSUMED_MFU = 0.40
 MODERNBERT_BASE = dict(hidden=768, intermediate=1152, layers=22, global_every=3, window=128, vocab=50368)
 
 
-def flops_per_token(row_length: int, masking: float = 0.3, context: float | None = None, hidden=768, intermediate=1152,
-                    layers=22, global_every=3, window=128, vocab=50368) -> float:
+def flops_per_token(
+    row_length: int,
+    masking: float = 0.3,
+    context: float | None = None,
+    hidden=768,
+    intermediate=1152,
+    layers=22,
+    global_every=3,
+    window=128,
+    vocab=50368,
+) -> float:
     """Training FLOPs per token (fwd + bwd = 3 x fwd, 2 FLOPs per multiply-add). `context`: keys each
     query attends to in global layers (default: the whole row, as dense or block masks without skipping)."""
-    matmuls = layers * (4 * hidden * hidden + 3 * hidden * intermediate)          # Wqkv + Wo, GLU Wi (2x) + Wo
-    decoder = masking * (hidden * hidden + hidden * vocab)                         # head + decoder, masked positions only
+    matmuls = layers * (4 * hidden * hidden + 3 * hidden * intermediate)  # Wqkv + Wo, GLU Wi (2x) + Wo
+    decoder = masking * (hidden * hidden + hidden * vocab)  # head + decoder, masked positions only
     global_layers = len(range(0, layers, global_every))
     context = row_length if context is None else context
     attention = 2 * hidden * (global_layers * context + (layers - global_layers) * min(window, row_length))
@@ -54,12 +64,15 @@ def child(corpus: str, tokenizer_dir: str, row_length: int) -> dict:
     from modeling.packing import PackedRows
     from modeling.schedules import MaskingSchedule
     from modeling.sources import SourceSpec
+
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    mixture = PhaseMixture([SourceSpec("corpus", corpus, "jsonl")], None, holdout_fraction=0.0, seed=0, phase="benchmark")
+    mixture = PhaseMixture(
+        [SourceSpec("corpus", corpus, "jsonl")], None, holdout_fraction=0.0, seed=0, phase="benchmark"
+    )
     rows = PackedRows(mixture, tokenizer, row_length, batch_size=8, epochs=1)
     collator = MLMCollator(tokenizer, MaskingSchedule(0.3, 0.3, 1), 0, "benchmark", row_length)
     tokens = documents = batches = 0
-    collate_seconds, start, cpu_start = 0.0, time.perf_counter(), time.process_time()   # the stream only, not imports
+    collate_seconds, start, cpu_start = 0.0, time.perf_counter(), time.process_time()  # the stream only, not imports
     iterator = iter(rows)
     while batch_rows := list(itertools.islice(iterator, 8)):
         tokens += sum(len(r["input_ids"]) for r in batch_rows)
@@ -70,17 +83,42 @@ def child(corpus: str, tokenizer_dir: str, row_length: int) -> dict:
         batches += 1
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"tokens": tokens, "documents": documents, "batches": batches, "wall_seconds": wall,
-            "cpu_seconds": cpu, "collate_seconds": collate_seconds,
-            "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {
+        "tokens": tokens,
+        "documents": documents,
+        "batches": batches,
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "collate_seconds": collate_seconds,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+    }
 
 
 def run_child(corpus: Path, row_length: int, tokenizer_dir: str) -> dict:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1",
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "benchmarks.data_pipeline", "--child", str(corpus), tokenizer_dir,
-                             "--row_length", str(row_length)],
-                            capture_output=True, text=True, env=env, cwd=ROOT)
+    env = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAYON_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.data_pipeline",
+            "--child",
+            str(corpus),
+            tokenizer_dir,
+            "--row_length",
+            str(row_length),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     if result.returncode != 0:
         raise SystemExit(result.stderr[-2000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -94,14 +132,17 @@ def write_corpus(path: Path, abstracts: list[str], documents: int):
 
 def main(argv=None):
     parser = arguments(__doc__)
-    parser.add_argument("--documents", type=int, default=3000, help="documents in the smaller corpus (the larger has 10x)")
+    parser.add_argument(
+        "--documents", type=int, default=3000, help="documents in the smaller corpus (the larger has 10x)"
+    )
     parser.add_argument("--row_length", type=int, default=1024)
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)   # internal: CORPUS TOKENIZER_DIR, one measurement
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)  # internal: CORPUS TOKENIZER_DIR, one measurement
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(*args.child, args.row_length)))
         return
     from benchmarks.common import demo_tokenizer
+
     tokenizer = demo_tokenizer()
     abstracts = pubmed_abstracts()
     print(f"machine: {machine()}")
@@ -113,11 +154,34 @@ def main(argv=None):
             write_corpus(corpus, abstracts, documents)
             runs[name] = run_child(corpus, args.row_length, tmp) | {"corpus_mb": corpus.stat().st_size / 1e6}
             print(f"  {name}: {runs[name]['tokens']:,} tokens", flush=True)
-    rows = [[name, f"{r['corpus_mb']:.0f}", f"{r['documents']:,}", f"{r['tokens']:,}", f"{r['wall_seconds']:.1f}",
-             f"{r['tokens'] / r['cpu_seconds']:,.0f}", f"{r['tokens'] / max(r['collate_seconds'], 1e-9):,.0f}", f"{r['peak_rss_mb']:,.0f}"]
-            for name, r in runs.items()]
-    print(markdown_table(["corpus", "MB", "documents", "tokens", "wall s", "tokens per core-second (whole pipeline)",
-                          "collate+mask tokens/s", "peak RSS MB"], rows))
+    rows = [
+        [
+            name,
+            f"{r['corpus_mb']:.0f}",
+            f"{r['documents']:,}",
+            f"{r['tokens']:,}",
+            f"{r['wall_seconds']:.1f}",
+            f"{r['tokens'] / r['cpu_seconds']:,.0f}",
+            f"{r['tokens'] / max(r['collate_seconds'], 1e-9):,.0f}",
+            f"{r['peak_rss_mb']:,.0f}",
+        ]
+        for name, r in runs.items()
+    ]
+    print(
+        markdown_table(
+            [
+                "corpus",
+                "MB",
+                "documents",
+                "tokens",
+                "wall s",
+                "tokens per core-second (whole pipeline)",
+                "collate+mask tokens/s",
+                "peak RSS MB",
+            ],
+            rows,
+        )
+    )
     per_core = runs["10x"]["tokens"] / runs["10x"]["cpu_seconds"]
     memory_ratio = runs["10x"]["peak_rss_mb"] / runs["1x"]["peak_rss_mb"]
     print(f"peak memory 10x / 1x corpus: {memory_ratio:.3f}")
@@ -128,9 +192,22 @@ def main(argv=None):
             consumed = H100_BF16_DENSE_PEAK * mfu / flops
             gpu_rows.append([row_length, f"{flops / 1e9:.2f}", label, f"{consumed:,.0f}", f"{consumed / per_core:.1f}"])
     print("\nModernBERT-base pretraining on one H100 (computed from FLOPs, not measured):")
-    print(markdown_table(["row length", "GFLOP per token", "H100 at", "tokens/s consumed", "pipeline cores needed"], gpu_rows))
-    write_json(args.json, {"benchmark": "data_pipeline", "args": vars(args), "runs": runs, "memory_ratio": memory_ratio,
-                           "tokens_per_core_second": per_core, "gpu": gpu_rows})
+    print(
+        markdown_table(
+            ["row length", "GFLOP per token", "H100 at", "tokens/s consumed", "pipeline cores needed"], gpu_rows
+        )
+    )
+    write_json(
+        args.json,
+        {
+            "benchmark": "data_pipeline",
+            "args": vars(args),
+            "runs": runs,
+            "memory_ratio": memory_ratio,
+            "tokens_per_core_second": per_core,
+            "gpu": gpu_rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ global layers cost the sum of (document length)^2, local layers (document length
 It is registered with transformers' AttentionInterface under that name, so a stock ModernBERT uses it
 when built or loaded with attn_implementation="document_sdpa"; nothing of it is saved with the model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,10 +28,10 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 DOCUMENT_SDPA = "document_sdpa"
-LOCAL_BLOCK = 512   # queries per sdpa call in local layers: a block attends to itself plus the window either side
+LOCAL_BLOCK = 512  # queries per sdpa call in local layers: a block attends to itself plus the window either side
 
 
-BATCH_ONLY_KEYS = ("doc_ids", "source_tokens", "source_documents")   # collated for masks and counters, not for the model
+BATCH_ONLY_KEYS = ("doc_ids", "source_tokens", "source_documents")  # collated for masks and counters, not for the model
 
 
 def packed_model_inputs(batch: dict, config, dtype=torch.float32) -> dict:
@@ -40,7 +41,9 @@ def packed_model_inputs(batch: dict, config, dtype=torch.float32) -> dict:
     return inputs
 
 
-def packed_attention_kwargs(doc_ids: torch.Tensor, implementation: str, sliding_window: int, dtype=torch.float32) -> dict:
+def packed_attention_kwargs(
+    doc_ids: torch.Tensor, implementation: str, sliding_window: int, dtype=torch.float32
+) -> dict:
     """Forward kwargs that confine attention to each document. doc_ids: [B,T], -1 on padding."""
     if implementation == "flash_attention_2":
         return _flash_kwargs(doc_ids)
@@ -53,8 +56,10 @@ def packed_attention_kwargs(doc_ids: torch.Tensor, implementation: str, sliding_
     if implementation == "eager":
         full, sliding = _additive(full, dtype), _additive(sliding, dtype)
     elif implementation != "sdpa":
-        raise ValueError(f"attention implementation '{implementation}': packed rows support sdpa, eager, flex_attention, "
-                         f"flash_attention_2, {DOCUMENT_SDPA}")
+        raise ValueError(
+            f"attention implementation '{implementation}': packed rows support sdpa, eager, flex_attention, "
+            f"flash_attention_2, {DOCUMENT_SDPA}"
+        )
     return {"attention_mask": {"full_attention": full, "sliding_attention": sliding}}
 
 
@@ -81,7 +86,12 @@ def _flash_kwargs(doc_ids: torch.Tensor) -> dict:
     boundaries = torch.nonzero(starts).flatten()
     cu_seq_lens = torch.cat([boundaries, torch.tensor([flat.numel()], device=flat.device)]).to(torch.int32)
     max_length = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
-    return {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": max_length, "max_length_k": max_length}
+    return {
+        "cu_seq_lens_q": cu_seq_lens,
+        "cu_seq_lens_k": cu_seq_lens,
+        "max_length_q": max_length,
+        "max_length_k": max_length,
+    }
 
 
 def _flex_masks(doc_ids: torch.Tensor, window: int) -> dict:
@@ -95,18 +105,21 @@ def _flex_masks(doc_ids: torch.Tensor, window: int) -> dict:
     def same_document_in_window(b, h, q, kv):
         return same_document(b, h, q, kv) & ((q - kv).abs() <= window)
 
-    return {name: create_block_mask(fn, batch, None, length, length, device=doc_ids.device)
-            for name, fn in (("full_attention", same_document), ("sliding_attention", same_document_in_window))}
+    return {
+        name: create_block_mask(fn, batch, None, length, length, device=doc_ids.device)
+        for name, fn in (("full_attention", same_document), ("sliding_attention", same_document_in_window))
+    }
 
 
 @dataclass
 class DocumentSpans:
     """Per row, the (start, end) of each document and of the padded tail; what document_sdpa takes as its mask."""
-    rows: list[list[tuple[int, int, bool]]]   # (start, end, is_document)
+
+    rows: list[list[tuple[int, int, bool]]]  # (start, end, is_document)
     window: int
 
     @classmethod
-    def from_doc_ids(cls, doc_ids: torch.Tensor, window: int) -> "DocumentSpans":
+    def from_doc_ids(cls, doc_ids: torch.Tensor, window: int) -> DocumentSpans:
         ids = doc_ids.cpu()
         length = ids.shape[1]
         change = torch.ones_like(ids, dtype=torch.bool)
@@ -114,8 +127,12 @@ class DocumentSpans:
         rows = []
         for b in range(ids.shape[0]):
             starts = change[b].nonzero().flatten().tolist()
-            rows.append([(start, end, document >= 0)
-                         for start, end, document in zip(starts, starts[1:] + [length], ids[b, starts].tolist())])
+            rows.append(
+                [
+                    (start, end, document >= 0)
+                    for start, end, document in zip(starts, starts[1:] + [length], ids[b, starts].tolist())
+                ]
+            )
         return cls(rows, window)
 
 
@@ -123,13 +140,15 @@ def document_sdpa_forward(module, query, key, value, attention_mask, dropout: fl
     """query/key/value [B, heads, T, head_dim] -> [B, T, heads, head_dim], attending within each document
     (and, in local layers, within the window). Any other mask (a plain padded batch) goes to stock sdpa."""
     if not isinstance(attention_mask, DocumentSpans):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     local = getattr(module, "sliding_window", None) is not None
     rows = []
     for b, spans in enumerate(attention_mask.rows):
         pieces = []
         for start, end, is_document in spans:
-            if not is_document:   # padding: its output is never used
+            if not is_document:  # padding: its output is never used
                 pieces.append(query.new_zeros(query.shape[1], end - start, value.shape[-1]))
                 continue
             q, k, v = query[b, :, start:end], key[b, :, start:end], value[b, :, start:end]
@@ -150,10 +169,20 @@ def _local_attention(q, k, v, window: int, dropout: float, scaling) -> torch.Ten
         rows = torch.arange(start, end, device=q.device)[:, None]
         cols = torch.arange(k_start, k_end, device=q.device)[None, :]
         band = (rows - cols).abs() <= window
-        out.append(F.scaled_dot_product_attention(q[:, start:end], k[:, k_start:k_end], v[:, k_start:k_end],
-                                                  attn_mask=band, dropout_p=dropout, scale=scaling))
+        out.append(
+            F.scaled_dot_product_attention(
+                q[:, start:end],
+                k[:, k_start:k_end],
+                v[:, k_start:k_end],
+                attn_mask=band,
+                dropout_p=dropout,
+                scale=scaling,
+            )
+        )
     return torch.cat(out, dim=1)
 
 
 AttentionInterface.register(DOCUMENT_SDPA, document_sdpa_forward)
-ALL_MASK_ATTENTION_FUNCTIONS.register(DOCUMENT_SDPA, sdpa_mask)   # padded batches (fine-tuning, pipelines) get sdpa's mask
+ALL_MASK_ATTENTION_FUNCTIONS.register(
+    DOCUMENT_SDPA, sdpa_mask
+)  # padded batches (fine-tuning, pipelines) get sdpa's mask

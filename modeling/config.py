@@ -4,6 +4,7 @@ A recipe is plain YAML. Every field can be overridden from the command line with
 dotted path (`--optimizer.lr 1e-4`, `--phases.phase2.masking 0.2`, `--phases.0.length.steps 10`).
 Problems stop with one line naming the key and what is allowed (ConfigError).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,12 +34,21 @@ def _help(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
 
 @dataclass
 class ModelConfig:
-    init: str | None = _help("Hub id or local folder of the checkpoint to continue from; null = a fresh model from `config`", None)
-    config: dict | None = _help("ModernBertConfig fields: a fresh model (on top of init's config when both are given)", None)
-    attn_implementation: str = _help("document_sdpa (per-document attention, fastest on CPUs) | sdpa | eager; "
-                                     "flash_attention_2 | flex_attention (GPU)", "sdpa")
+    init: str | None = _help(
+        "Hub id or local folder of the checkpoint to continue from; null = a fresh model from `config`", None
+    )
+    config: dict | None = _help(
+        "ModernBertConfig fields: a fresh model (on top of init's config when both are given)", None
+    )
+    attn_implementation: str = _help(
+        "document_sdpa (per-document attention, fastest on CPUs) | sdpa | eager; "
+        "flash_attention_2 | flex_attention (GPU)",
+        "sdpa",
+    )
     compile: bool = _help("torch.compile the model", False)
-    allow_pickle: bool = _help("Also load pickle weights (pytorch_model.bin), which can run code; only for checkpoints you trust", False)
+    allow_pickle: bool = _help(
+        "Also load pickle weights (pytorch_model.bin), which can run code; only for checkpoints you trust", False
+    )
 
     def validate(self, key: str):
         _choice(f"{key}.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
@@ -46,26 +56,41 @@ class ModelConfig:
             raise ConfigError(f"{key}: give `init` (a Hub id or folder) or `config` (a fresh model), or both")
 
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention", "document_sdpa")   # the last: modeling.attention
+ATTN_IMPLEMENTATIONS = (
+    "sdpa",
+    "eager",
+    "flash_attention_2",
+    "flex_attention",
+    "document_sdpa",
+)  # the last: modeling.attention
 
 
 @dataclass
 class TokenizerConfig:
     path: str | None = _help("Hub id or local folder of the tokenizer; null = model.init", None)
-    train_vocab_size: int | None = _help("Train a byte-level BPE tokenizer of this size on the first phase's sources (cached) instead of loading one", None)
+    train_vocab_size: int | None = _help(
+        "Train a byte-level BPE tokenizer of this size on the first phase's sources (cached) instead of loading one",
+        None,
+    )
     train_max_documents: int = _help("Documents read to train the tokenizer", 50_000)
 
     def validate(self, key: str):
         if self.train_vocab_size is not None and self.train_vocab_size < 300:
-            raise ConfigError(f"{key}.train_vocab_size={self.train_vocab_size}: must be >= 300 (256 bytes + special tokens + merges)")
+            raise ConfigError(
+                f"{key}.train_vocab_size={self.train_vocab_size}: must be >= 300 (256 bytes + special tokens + merges)"
+            )
         _positive(f"{key}.train_max_documents", self.train_max_documents)
 
 
 @dataclass
 class BatchConfig:
     global_sequences: int | None = _help("Sequences (packed rows) per optimizer step, over all processes", None)
-    global_tokens: int | None = _help("Alternative to global_sequences: tokens per optimizer step (rows = tokens // max_seq_length)", None)
-    per_device: int = _help("Rows per device per forward pass; gradient accumulation = global / (per_device x processes)", 8)
+    global_tokens: int | None = _help(
+        "Alternative to global_sequences: tokens per optimizer step (rows = tokens // max_seq_length)", None
+    )
+    per_device: int = _help(
+        "Rows per device per forward pass; gradient accumulation = global / (per_device x processes)", 8
+    )
 
     def validate(self, key: str):
         if (self.global_sequences is None) == (self.global_tokens is None):
@@ -82,8 +107,10 @@ class BatchConfig:
     def accumulation_steps(self, max_seq_length: int, num_processes: int) -> int:
         rows, per_step = self.rows_per_step(max_seq_length), self.per_device * num_processes
         if rows % per_step:
-            raise ConfigError(f"batch: a global batch of {rows} rows is not divisible by batch.per_device ({self.per_device}) x "
-                              f"{num_processes} processes; choose batch.per_device so that it divides")
+            raise ConfigError(
+                f"batch: a global batch of {rows} rows is not divisible by batch.per_device ({self.per_device}) x "
+                f"{num_processes} processes; choose batch.per_device so that it divides"
+            )
         return rows // per_step
 
 
@@ -109,7 +136,9 @@ class ScheduleConfig:
     warmup: float = _help("Warmup: a fraction of the phase if < 1, else tokens", 0.0)
     decay: str = _help("none | linear | cosine | 1-sqrt", "none")
     decay_tokens: float | None = _help("Decay over the last N tokens of the phase", None)
-    decay_fraction: float | None = _help("Alternative: decay over this fraction of the phase (default: everything after warmup)", None)
+    decay_fraction: float | None = _help(
+        "Alternative: decay over this fraction of the phase (default: everything after warmup)", None
+    )
     min_lr_ratio: float = _help("LR at the end of the decay, as a ratio of the peak", 0.0)
 
     def validate(self, key: str):
@@ -129,8 +158,13 @@ class ScheduleConfig:
 @dataclass
 class PhaseConfig:
     name: str = _help("Name of the phase; also its output folder", None)
-    sources: dict | list = _help("Sources with sampling weights {name: weight}, or a list of names for natural proportion (each source read once per epoch)", None)
-    masking: float | dict = _help("Masking probability: a number, or {start, end} for a linear ramp over the phase", 0.15)
+    sources: dict | list = _help(
+        "Sources with sampling weights {name: weight}, or a list of names for natural proportion (each source read once per epoch)",
+        None,
+    )
+    masking: float | dict = _help(
+        "Masking probability: a number, or {start, end} for a linear ramp over the phase", 0.15
+    )
     length: dict = _help("Exactly one of {tokens: N}, {steps: N}, {epochs: N}", None)
     lr: float | None = _help("Peak learning rate of this phase (default: optimizer.lr)", None)
     schedule: ScheduleConfig = _help("Learning-rate schedule of this phase", factory=ScheduleConfig)
@@ -153,14 +187,22 @@ class PhaseConfig:
         for which, p in (("start", start), ("end", end)):
             if not isinstance(p, (int, float)) or not 0 < p < 1:
                 raise ConfigError(f"{key}.masking ({which}={p!r}): a masking probability must be in (0, 1)")
-        if not isinstance(self.length, dict) or len(self.length) != 1 or next(iter(self.length)) not in ("tokens", "steps", "epochs"):
-            raise ConfigError(f"{key}.length={self.length!r}: give exactly one of tokens, steps or epochs, e.g. {{steps: 1000}}")
+        if (
+            not isinstance(self.length, dict)
+            or len(self.length) != 1
+            or next(iter(self.length)) not in ("tokens", "steps", "epochs")
+        ):
+            raise ConfigError(
+                f"{key}.length={self.length!r}: give exactly one of tokens, steps or epochs, e.g. {{steps: 1000}}"
+            )
         amount = next(iter(self.length.values()))
         if not isinstance(amount, (int, float)) or amount <= 0:
             raise ConfigError(f"{key}.length: {amount!r} must be a number > 0")
         if "epochs" in self.length and isinstance(self.sources, dict):
-            raise ConfigError(f"{key}.length.epochs: epochs need natural proportion (sources as a list); "
-                              "with sampling weights give the length in tokens or steps")
+            raise ConfigError(
+                f"{key}.length.epochs: epochs need natural proportion (sources as a list); "
+                "with sampling weights give the length in tokens or steps"
+            )
         if self.lr is not None:
             _positive(f"{key}.lr", self.lr)
         self.schedule.validate(f"{key}.schedule")
@@ -225,19 +267,28 @@ class DataConfig:
 
 @dataclass
 class HubConfig:
-    repo_id: str | None = _help("Hub repo (org/name) that each phase's model is pushed to when the phase ends "
-                                "(branch = phase name; the last phase also to main); null = no push", None)
+    repo_id: str | None = _help(
+        "Hub repo (org/name) that each phase's model is pushed to when the phase ends "
+        "(branch = phase name; the last phase also to main); null = no push",
+        None,
+    )
     private: bool = _help("Create the Hub repo private", False)
-    license: str | None = _help("License of the weights, for the model card (ModernBERT is apache-2.0; check what your data allows)", None)
+    license: str | None = _help(
+        "License of the weights, for the model card (ModernBERT is apache-2.0; check what your data allows)", None
+    )
     language: list[str] = _help("Languages of the training text (model card)", factory=lambda: ["en"])
-    datasets: list[str] = _help("Hub dataset ids of the training corpora, where they are public (model card)", factory=list)
+    datasets: list[str] = _help(
+        "Hub dataset ids of the training corpora, where they are public (model card)", factory=list
+    )
     tags: list[str] = _help("Extra tags for the model card", factory=list)
 
     def validate(self, key: str):
         if self.repo_id is not None and (self.repo_id.count("/") != 1 or not all(self.repo_id.split("/"))):
             raise ConfigError(f"{key}.repo_id={self.repo_id!r}: must be 'namespace/name'")
         if self.repo_id is not None and self.license is None:
-            raise ConfigError(f"{key}.license: pushing to {self.repo_id} needs the license of the weights for the model card")
+            raise ConfigError(
+                f"{key}.license: pushing to {self.repo_id} needs the license of the weights for the model card"
+            )
 
 
 @dataclass
@@ -288,11 +339,14 @@ class Recipe:
     def check_model_limits(self, max_position_embeddings: int):
         """Checked once the model config is known."""
         if self.max_seq_length > max_position_embeddings:
-            raise ConfigError(f"max_seq_length={self.max_seq_length}: above the model's max_position_embeddings "
-                              f"({max_position_embeddings}); allowed: 8..{max_position_embeddings}")
+            raise ConfigError(
+                f"max_seq_length={self.max_seq_length}: above the model's max_position_embeddings "
+                f"({max_position_embeddings}); allowed: 8..{max_position_embeddings}"
+            )
 
 
 # ---------------------------------------------------------------- building from YAML
+
 
 def _positive(key, value):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
@@ -398,9 +452,11 @@ def load_recipe(path: str | Path | None = None, overrides: list[tuple[str, objec
     """Read a YAML recipe (default: the demo) and apply (dotted.key, value) overrides (see parse_overrides)."""
     path = Path(path) if path else DEFAULT_RECIPE
     if not path.exists() and (RECIPES_DIR / f"{path}.yaml").exists():
-        path = RECIPES_DIR / f"{path}.yaml"   # `train_mlm.py demo` means recipes/demo.yaml
+        path = RECIPES_DIR / f"{path}.yaml"  # `train_mlm.py demo` means recipes/demo.yaml
     if not path.is_file():
-        raise ConfigError(f"{path}: recipe file not found (shipped recipes: {', '.join(p.stem for p in sorted(RECIPES_DIR.glob('*.yaml')))})")
+        raise ConfigError(
+            f"{path}: recipe file not found (shipped recipes: {', '.join(p.stem for p in sorted(RECIPES_DIR.glob('*.yaml')))})"
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
@@ -445,7 +501,12 @@ def apply_override(raw: dict, dotted: str, value):
             raise ConfigError(f"--{dotted}: '{'.'.join(parts[:depth])}' is not a mapping or list")
         if last:
             # `--sources.clinical /data/x.csv` points an existing source at new files, keeping its format options
-            if parts[0] == "sources" and depth == 1 and isinstance(node.get(part), dict) and not isinstance(value, dict):
+            if (
+                parts[0] == "sources"
+                and depth == 1
+                and isinstance(node.get(part), dict)
+                and not isinstance(value, dict)
+            ):
                 node[part]["path"] = value
             else:
                 node[part] = value
@@ -478,8 +539,11 @@ def describe_fields(cls=Recipe, prefix: str = "") -> list[str]:
             lines.append(f"  {key}.*: {f.metadata.get('help', '')}")
             lines += describe_fields(hint, key + ".")
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
         lines.append(f"  --{key:<34} {f.metadata.get('help', '')} [default: {default}]")
     if cls is Recipe:
         lines.append("  phases.N.*: (N = index or phase name)")

@@ -6,6 +6,7 @@ averaged (or max-pooled) back into one prediction per document. NER: words are t
 the word's label goes on its first sub-token (the others are ignored by the loss), and each word is
 predicted from the window where it has the most context on both sides.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,11 @@ def load_task_tokenizer(path: str, task: str):
     space before each pre-split word, as in running text. Without it "took aspirin" split into words
     becomes "took" + "aspirin" instead of "Ġtook" + "Ġaspirin", tokens the model rarely saw mid-sentence;
     transformers 5 stores `add_prefix_space=True` but does not pass it to the backend, so it is set there."""
-    tokenizer = AutoTokenizer.from_pretrained(path, add_prefix_space=True) if task == "ner" else AutoTokenizer.from_pretrained(path)
+    tokenizer = (
+        AutoTokenizer.from_pretrained(path, add_prefix_space=True)
+        if task == "ner"
+        else AutoTokenizer.from_pretrained(path)
+    )
     if task == "ner" and tokenizer.is_fast:
         state = json.loads(tokenizer.backend_tokenizer.to_str())
         if _set_prefix_space(state.get("pre_tokenizer")):
@@ -48,25 +53,29 @@ def _set_prefix_space(node) -> bool:
 @dataclass
 class EncodedSplit:
     """Windows of one split, in the order the model sees them, and the way back to examples."""
+
     name: str
     examples: list[Example]
-    features: list[dict]             # input_ids, attention_mask, labels
-    window_example: list[int]        # example index of each window
-    window_words: list[list[int]]    # NER: word index at each token that starts a word in this window, else -1
+    features: list[dict]  # input_ids, attention_mask, labels
+    window_example: list[int]  # example index of each window
+    window_words: list[list[int]]  # NER: word index at each token that starts a word in this window, else -1
 
     def windows_per_example(self) -> float:
         return len(self.features) / max(1, len(self.examples))
 
 
-def encode_split(name: str, examples: list[Example], tokenizer, config: TaskConfig, max_length: int,
-                 sort_by_length: bool = False) -> EncodedSplit:
+def encode_split(
+    name: str, examples: list[Example], tokenizer, config: TaskConfig, max_length: int, sort_by_length: bool = False
+) -> EncodedSplit:
     """Tokenize a split into windows. Evaluation splits are sorted longest first: batches then hold
     windows of similar length (less padding), and the window -> example map keeps the order recoverable."""
     labels = config.tag_names
     label_id = {name: i for i, name in enumerate(labels)}
     common = dict(truncation=True, max_length=max_length, stride=config.window_stride, return_overflowing_tokens=True)
     if config.task == "ner":
-        encoded = tokenizer([e.word_texts() for e in examples], is_split_into_words=True, return_offsets_mapping=True, **common)
+        encoded = tokenizer(
+            [e.word_texts() for e in examples], is_split_into_words=True, return_offsets_mapping=True, **common
+        )
     else:
         encoded = tokenizer([e.text for e in examples], **common)
     features, window_example, window_words = [], [], []
@@ -90,9 +99,18 @@ def encode_split(name: str, examples: list[Example], tokenizer, config: TaskConf
         features.append(feature)
         window_example.append(example_index)
         window_words.append(words)
-    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"])) if sort_by_length else range(len(features))
-    return EncodedSplit(name, examples, [features[i] for i in order], [window_example[i] for i in order],
-                        [window_words[i] for i in order])
+    order = (
+        sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+        if sort_by_length
+        else range(len(features))
+    )
+    return EncodedSplit(
+        name,
+        examples,
+        [features[i] for i in order],
+        [window_example[i] for i in order],
+        [window_words[i] for i in order],
+    )
 
 
 def document_logits(split: EncodedSplit, logits: np.ndarray, aggregation: str) -> np.ndarray:

@@ -5,6 +5,7 @@ kept (Trainer's load_best_model_at_end), and the test split is evaluated once, w
 writes results.json, the test predictions and (optionally) the model; the seeds are then aggregated.
 Model heads are transformers' Auto classes, so any encoder with a classification head works.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,16 @@ import torch
 from accelerate import PartialState
 from seqeval.metrics.sequence_labeling import get_entities
 from torch.utils.data import SequentialSampler
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification,
-                          DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed)
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    DataCollatorForTokenClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
 
 from modeling.config import ConfigError
 from modeling.encoding import EncodedSplit, document_logits, encode_split, load_task_tokenizer, word_logits
@@ -68,8 +77,10 @@ def score_split(task: TaskConfig, split: EncodedSplit, logits: np.ndarray) -> tu
         per_word = word_logits(split, logits)
         predicted = [[labels[i] for i in rows.argmax(-1)] for rows in per_word]
         gold = [e.tags for e in split.examples]
-        records = [{"id": e.id, "entities": _entities(e, tags), "gold_entities": _entities(e, e.tags)}
-                   for e, tags in zip(split.examples, predicted)]
+        records = [
+            {"id": e.id, "entities": _entities(e, tags), "gold_entities": _entities(e, e.tags)}
+            for e, tags in zip(split.examples, predicted)
+        ]
         return task_scores("ner", predicted, gold, labels), records
     per_doc = document_logits(split, logits, task.window_aggregation)
     if task.task == "single_label":
@@ -77,15 +88,23 @@ def score_split(task: TaskConfig, split: EncodedSplit, logits: np.ndarray) -> tu
         predicted = per_doc.argmax(-1)
         gold = [labels.index(e.labels[0]) for e in split.examples]
         scores = task_scores("single_label", predicted.tolist(), gold, labels, task.negative_labels)
-        records = [{"id": e.id, "label": labels[p], "gold": e.labels[0], "probabilities": dict(zip(labels, map(_round, row)))}
-                   for e, p, row in zip(split.examples, predicted, probabilities)]
+        records = [
+            {"id": e.id, "label": labels[p], "gold": e.labels[0], "probabilities": dict(zip(labels, map(_round, row)))}
+            for e, p, row in zip(split.examples, predicted, probabilities)
+        ]
         return scores, records
     probabilities = torch.sigmoid(torch.from_numpy(per_doc).float()).numpy()
     gold = [[int(name in e.labels) for name in labels] for e in split.examples]
     scores = task_scores("multi_label", per_doc.tolist(), gold, labels)
-    records = [{"id": e.id, "labels": [n for n, logit in zip(labels, row) if logit > 0], "gold": e.labels,
-                "probabilities": dict(zip(labels, map(_round, probs)))}
-               for e, row, probs in zip(split.examples, per_doc, probabilities)]
+    records = [
+        {
+            "id": e.id,
+            "labels": [n for n, logit in zip(labels, row) if logit > 0],
+            "gold": e.labels,
+            "probabilities": dict(zip(labels, map(_round, probs))),
+        }
+        for e, row, probs in zip(split.examples, per_doc, probabilities)
+    ]
     return scores, records
 
 
@@ -104,23 +123,32 @@ def _round(x) -> float:
 
 # ------------------------------------------------------------------------------------ models
 
+
 def build_task_model(task: TaskConfig, seed: int):
     """A task head on the encoder (weights from `task.model`, or random with its config)."""
     labels = task.tag_names
     auto = AutoModelForTokenClassification if task.task == "ner" else AutoModelForSequenceClassification
-    options = dict(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    options = dict(
+        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}
+    )
     if task.task == "multi_label":
         options["problem_type"] = "multi_label_classification"
     if task.classifier_pooling:
         options["classifier_pooling"] = task.classifier_pooling
-    set_seed(seed)   # the new head's initialisation depends on the seed
+    set_seed(seed)  # the new head's initialisation depends on the seed
     try:
         if task.random_init:
             config = AutoConfig.from_pretrained(task.model, **options)
             model = auto.from_config(config, attn_implementation=task.attn_implementation)
         else:
-            model = load_pretrained(auto, task.model, task.allow_pickle, "--allow_pickle true",
-                                    attn_implementation=task.attn_implementation, **options)
+            model = load_pretrained(
+                auto,
+                task.model,
+                task.allow_pickle,
+                "--allow_pickle true",
+                attn_implementation=task.attn_implementation,
+                **options,
+            )
     except OSError as e:
         raise ConfigError(f"model: cannot load '{task.model}' ({str(e).splitlines()[0]})") from None
     if task.peft is None:
@@ -135,20 +163,32 @@ def _with_lora(model, task: TaskConfig):
     targets = spec.target_modules or (MODERNBERT_LORA_TARGETS if modernbert else None)
     # ModernBERT's task models put a `head` (dense + norm) before the classifier: train it with the classifier.
     to_save = spec.modules_to_save or (["classifier", "head"] if modernbert else ["classifier"])
-    lora = LoraConfig(task_type=TaskType.TOKEN_CLS if task.task == "ner" else TaskType.SEQ_CLS, r=spec.r,
-                      lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets, modules_to_save=to_save)
+    lora = LoraConfig(
+        task_type=TaskType.TOKEN_CLS if task.task == "ner" else TaskType.SEQ_CLS,
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=targets,
+        modules_to_save=to_save,
+    )
     try:
         return get_peft_model(model, lora)
     except ValueError as e:
-        raise ConfigError(f"peft.target_modules: {str(e).splitlines()[0]} (name the modules to adapt for "
-                          f"model type '{model.config.model_type}')") from None
+        raise ConfigError(
+            f"peft.target_modules: {str(e).splitlines()[0]} (name the modules to adapt for "
+            f"model type '{model.config.model_type}')"
+        ) from None
 
 
 def _check_model_exists(model: str) -> None:
     """A missing local folder gets a clear message instead of a failed Hub lookup."""
     looks_local = model.startswith((".", "/", "~")) or model.count("/") != 1
     if looks_local and not Path(model).expanduser().exists():
-        hint = " (the demo configs use the demo checkpoint: run `python train_mlm.py` first)" if "out/demo" in model else ""
+        hint = (
+            " (the demo configs use the demo checkpoint: run `python train_mlm.py` first)"
+            if "out/demo" in model
+            else ""
+        )
         raise ConfigError(f"model: folder '{model}' not found{hint}; pass --model a folder or Hub id")
 
 
@@ -166,19 +206,30 @@ def max_length_for(task: TaskConfig, tokenizer) -> int:
 
 # ------------------------------------------------------------------------------------ runs
 
+
 def run(task: TaskConfig) -> dict:
     """All runs of a task (seeds x learning rates); returns the aggregate over seeds."""
     out = task.results_dir()
-    use_every_core(PartialState(cpu=not torch.cuda.is_available()))   # joins the other processes, if launched with several
+    use_every_core(
+        PartialState(cpu=not torch.cuda.is_available())
+    )  # joins the other processes, if launched with several
     _check_model_exists(task.model)
     splits, skips = load_task_examples(task)
     tokenizer = load_task_tokenizer(task.model, task.task)
     max_length = max_length_for(task, tokenizer)
-    encoded = {name: encode_split(name, examples, tokenizer, task, max_length, sort_by_length=name != "train")
-               for name, examples in splits.items()}
+    encoded = {
+        name: encode_split(name, examples, tokenizer, task, max_length, sort_by_length=name != "train")
+        for name, examples in splits.items()
+    }
     for split in encoded.values():
-        log.info("%s: %d examples -> %d windows of <= %d tokens (%.2f per example)", split.name, len(split.examples),
-                 len(split.features), max_length, split.windows_per_example())
+        log.info(
+            "%s: %d examples -> %d windows of <= %d tokens (%.2f per example)",
+            split.name,
+            len(split.examples),
+            len(split.features),
+            max_length,
+            split.windows_per_example(),
+        )
     data_summary = {
         "examples": {n: len(s.examples) for n, s in encoded.items()},
         "windows": {n: len(s.features) for n, s in encoded.items()},
@@ -190,7 +241,9 @@ def run(task: TaskConfig) -> dict:
     for lr in task.training.lr_grid or [task.training.lr]:
         for seed in task.seeds:
             folder = out / (f"lr{lr:g}-seed{seed}" if task.training.lr_grid else f"seed{seed}")
-            runs.append(_finished_run(task, folder) or run_one(task, encoded, tokenizer, seed, lr, folder, data_summary))
+            runs.append(
+                _finished_run(task, folder) or run_one(task, encoded, tokenizer, seed, lr, folder, data_summary)
+            )
     summary = aggregate_runs(runs, task.metric_for_selection)
     if PartialState().is_main_process:
         write_aggregate(summary, out, runs)
@@ -215,26 +268,50 @@ def _finished_run(task: TaskConfig, folder: Path) -> dict | None:
     return record
 
 
-def run_one(task: TaskConfig, encoded: dict[str, EncodedSplit], tokenizer, seed: int, lr: float, folder: Path,
-            data_summary: dict) -> dict:
+def run_one(
+    task: TaskConfig,
+    encoded: dict[str, EncodedSplit],
+    tokenizer,
+    seed: int,
+    lr: float,
+    folder: Path,
+    data_summary: dict,
+) -> dict:
     started = time.time()
     model = build_task_model(task, seed)
-    collator = (DataCollatorForTokenClassification(tokenizer) if task.task == "ner" else DataCollatorWithPadding(tokenizer))
-    trainer = TaskTrainer(model=model, args=_training_arguments(task, seed, lr, folder), train_dataset=encoded["train"].features,
-                          eval_dataset=encoded["validation"], data_collator=collator, task=task)
+    collator = (
+        DataCollatorForTokenClassification(tokenizer) if task.task == "ner" else DataCollatorWithPadding(tokenizer)
+    )
+    trainer = TaskTrainer(
+        model=model,
+        args=_training_arguments(task, seed, lr, folder),
+        train_dataset=encoded["train"].features,
+        eval_dataset=encoded["validation"],
+        data_collator=collator,
+        task=task,
+    )
     trainer.train()
     epochs = _validation_by_epoch(trainer, task.metric_for_selection)
-    best = max(epochs, key=lambda e: e[task.metric_for_selection])   # what load_best_model_at_end restored
+    best = max(epochs, key=lambda e: e[task.metric_for_selection])  # what load_best_model_at_end restored
     results = {"validation": _scores(trainer, encoded["validation"])[0]}
-    results["test"], test_records = _scores(trainer, encoded["test"])   # the test split, once, with the best epoch
+    results["test"], test_records = _scores(trainer, encoded["test"])  # the test split, once, with the best epoch
     record = {
-        "task": task.name, "task_type": task.task, "model": task.model, "random_init": task.random_init,
-        "peft": dataclasses.asdict(task.peft) if task.peft else None, "seed": seed, "lr": lr,
-        "selection_metric": task.metric_for_selection, "best_epoch": best["epoch"], "validation_by_epoch": epochs,
-        "metrics": results, "metric_descriptions": {k: v for k, v in DESCRIPTIONS.items() if k in results["test"]},
+        "task": task.name,
+        "task_type": task.task,
+        "model": task.model,
+        "random_init": task.random_init,
+        "peft": dataclasses.asdict(task.peft) if task.peft else None,
+        "seed": seed,
+        "lr": lr,
+        "selection_metric": task.metric_for_selection,
+        "best_epoch": best["epoch"],
+        "validation_by_epoch": epochs,
+        "metrics": results,
+        "metric_descriptions": {k: v for k, v in DESCRIPTIONS.items() if k in results["test"]},
         "train_loss": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
         "steps_per_epoch": math.ceil(trainer.state.max_steps / max(trainer.args.num_train_epochs, 1e-9)),
-        **data_summary, "train_runtime_s": round(trainer.state.log_history[-1].get("train_runtime", math.nan), 1),
+        **data_summary,
+        "train_runtime_s": round(trainer.state.log_history[-1].get("train_runtime", math.nan), 1),
         "config": dataclasses.asdict(task),
     }
     if trainer.is_world_process_zero():
@@ -244,11 +321,19 @@ def run_one(task: TaskConfig, encoded: dict[str, EncodedSplit], tokenizer, seed:
                 handle.write(json.dumps(row) + "\n")
         if task.save_model:
             record["saved"] = save_task_model(trainer.model, tokenizer, folder, task)
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)   # the best epoch is saved above
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the best epoch is saved above
         record["wall_time_s"] = round(time.time() - started, 1)
         (folder / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-        log.info("%s seed %d lr %g: best epoch %s, test %s = %.4f (%.0f s)", task.name, seed, lr, best["epoch"],
-                 task.metric_for_selection, results["test"][task.metric_for_selection], record["wall_time_s"])
+        log.info(
+            "%s seed %d lr %g: best epoch %s, test %s = %.4f (%.0f s)",
+            task.name,
+            seed,
+            lr,
+            best["epoch"],
+            task.metric_for_selection,
+            results["test"][task.metric_for_selection],
+            record["wall_time_s"],
+        )
     record["folder"] = str(folder)
     return record
 
@@ -260,8 +345,10 @@ def _scores(trainer: TaskTrainer, split: EncodedSplit) -> tuple[dict, list[dict]
 
 def _validation_by_epoch(trainer: Trainer, metric: str) -> list[dict]:
     rows = [h for h in trainer.state.log_history if f"eval_{metric}" in h]
-    return [{"epoch": round(h["epoch"], 2), "step": h["step"], **{k[5:]: v for k, v in h.items() if k.startswith("eval_")}}
-            for h in rows]
+    return [
+        {"epoch": round(h["epoch"], 2), "step": h["step"], **{k[5:]: v for k, v in h.items() if k.startswith("eval_")}}
+        for h in rows
+    ]
 
 
 def save_task_model(model, tokenizer, folder: Path, task: TaskConfig) -> dict:
@@ -289,18 +376,41 @@ def _training_arguments(task: TaskConfig, seed: int, lr: float, folder: Path) ->
     # batch_size is the global batch: split over processes, the rest made up by gradient accumulation
     per_device = spec.per_device_batch_size or max(1, spec.batch_size // world)
     if spec.batch_size % (per_device * world):
-        raise ConfigError(f"training.batch_size={spec.batch_size} is not divisible by per-device batch {per_device} x "
-                          f"{world} processes; set training.per_device_batch_size")
+        raise ConfigError(
+            f"training.batch_size={spec.batch_size} is not divisible by per-device batch {per_device} x "
+            f"{world} processes; set training.per_device_batch_size"
+        )
     accumulation = spec.batch_size // (per_device * world)
-    bf16 = spec.precision == "bf16" or (spec.precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    bf16 = spec.precision == "bf16" or (
+        spec.precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    )
     return TrainingArguments(
-        output_dir=str(folder / "checkpoints"), seed=seed, data_seed=seed, learning_rate=lr,
-        weight_decay=spec.weight_decay, num_train_epochs=spec.epochs, per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=accumulation, per_device_eval_batch_size=spec.eval_batch_size,
-        warmup_steps=float(spec.warmup_ratio), lr_scheduler_type=spec.lr_scheduler, max_grad_norm=spec.max_grad_norm,
-        bf16=bf16, fp16=spec.precision == "fp16", eval_strategy="epoch", save_strategy="epoch",
-        load_best_model_at_end=True, metric_for_best_model=f"eval_{task.metric_for_selection}", greater_is_better=True,
-        save_total_limit=1, save_only_model=True, logging_steps=spec.logging_steps, report_to=[],
-        train_sampling_strategy="group_by_length", remove_unused_columns=False, label_names=["labels"],
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
+        output_dir=str(folder / "checkpoints"),
+        seed=seed,
+        data_seed=seed,
+        learning_rate=lr,
+        weight_decay=spec.weight_decay,
+        num_train_epochs=spec.epochs,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        per_device_eval_batch_size=spec.eval_batch_size,
+        warmup_steps=float(spec.warmup_ratio),
+        lr_scheduler_type=spec.lr_scheduler,
+        max_grad_norm=spec.max_grad_norm,
+        bf16=bf16,
+        fp16=spec.precision == "fp16",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model=f"eval_{task.metric_for_selection}",
+        greater_is_better=True,
+        save_total_limit=1,
+        save_only_model=True,
+        logging_steps=spec.logging_steps,
+        report_to=[],
+        train_sampling_strategy="group_by_length",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
     )

@@ -12,6 +12,7 @@ order, batches padded to their longest): kept as the reference the packed output
 An encoder (a pretraining phase folder, AutoModel) gives one embedding per note; a fine-tuned
 sequence classifier gives labels and scores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors.torch import save_file
@@ -42,8 +43,8 @@ BATCHINGS = ("packed", "padded")
 
 @dataclass
 class TokenizedNotes:
-    ids: list[list[int]]         # per note, [CLS] ... [SEP], at most max_length
-    truncated: list[bool]        # cut at max_length
+    ids: list[list[int]]  # per note, [CLS] ... [SEP], at most max_length
+    truncated: list[bool]  # cut at max_length
 
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.ids]
@@ -56,7 +57,7 @@ def tokenize_notes(tokenizer, texts: list[str], max_length: int, batch_size: int
     cls, sep, body = tokenizer.cls_token_id, tokenizer.sep_token_id, max_length - 2
     ids, truncated = [], []
     for start in range(0, len(texts), batch_size):
-        for encoded in backend.encode_batch(texts[start:start + batch_size], add_special_tokens=False):
+        for encoded in backend.encode_batch(texts[start : start + batch_size], add_special_tokens=False):
             ids.append([cls, *encoded.ids[:body], sep])
             truncated.append(len(encoded.ids) > body)
     return TokenizedNotes(ids, truncated)
@@ -67,7 +68,9 @@ def tokenize_notes(tokenizer, texts: list[str], max_length: int, batch_size: int
 
 def padded_batches(lengths: list[int], notes_per_batch: int) -> list[list[list[int]]]:
     """The usual way: notes in file order, `notes_per_batch` at a time, one note per row."""
-    return [[[i] for i in range(s, min(s + notes_per_batch, len(lengths)))] for s in range(0, len(lengths), notes_per_batch)]
+    return [
+        [[i] for i in range(s, min(s + notes_per_batch, len(lengths)))] for s in range(0, len(lengths), notes_per_batch)
+    ]
 
 
 def packed_batches(lengths: list[int], batch_tokens: int) -> list[list[list[int]]]:
@@ -116,26 +119,51 @@ class NoteEncoder:
         self.device = next(model.parameters()).device
 
     @classmethod
-    def from_pretrained(cls, path: str, attn_implementation: str = "sdpa", allow_pickle: bool = False,
-                        device: str = "cpu", dtype: torch.dtype = torch.float32, **kwargs) -> "NoteEncoder":
+    def from_pretrained(
+        cls,
+        path: str,
+        attn_implementation: str = "sdpa",
+        allow_pickle: bool = False,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        **kwargs,
+    ) -> NoteEncoder:
         """A sequence classifier when the folder's config says so, else the bare encoder (AutoModel;
         an MLM checkpoint such as a pretraining phase loads as one)."""
         architectures = AutoConfig.from_pretrained(path).architectures or []
-        auto = AutoModelForSequenceClassification if any("SequenceClassification" in a for a in architectures) else AutoModel
-        model = load_pretrained(auto, path, allow_pickle, flag="--allow_pickle", attn_implementation=attn_implementation, dtype=dtype)
+        auto = (
+            AutoModelForSequenceClassification
+            if any("SequenceClassification" in a for a in architectures)
+            else AutoModel
+        )
+        model = load_pretrained(
+            auto, path, allow_pickle, flag="--allow_pickle", attn_implementation=attn_implementation, dtype=dtype
+        )
         return cls(model.to(device), AutoTokenizer.from_pretrained(path), **kwargs)
 
     @torch.inference_mode()
-    def encode(self, texts: list[str], batching: str = "packed", batch_tokens: int = 16384,
-               notes_per_batch: int = 16, progress: bool = False) -> tuple[torch.Tensor, TokenizedNotes]:
+    def encode(
+        self,
+        texts: list[str],
+        batching: str = "packed",
+        batch_tokens: int = 16384,
+        notes_per_batch: int = 16,
+        progress: bool = False,
+    ) -> tuple[torch.Tensor, TokenizedNotes]:
         """Outputs in the order of `texts` ([notes, hidden] embeddings or [notes, labels] logits) and
         the tokenized notes (lengths, which were cut)."""
         notes = tokenize_notes(self.tokenizer, texts, self.max_length)
         return self.encode_tokenized(notes, batching, batch_tokens, notes_per_batch, progress), notes
 
     @torch.inference_mode()
-    def encode_tokenized(self, notes: TokenizedNotes, batching: str = "packed", batch_tokens: int = 16384,
-                         notes_per_batch: int = 16, progress: bool = False) -> torch.Tensor:
+    def encode_tokenized(
+        self,
+        notes: TokenizedNotes,
+        batching: str = "packed",
+        batch_tokens: int = 16384,
+        notes_per_batch: int = 16,
+        progress: bool = False,
+    ) -> torch.Tensor:
         if batching == "packed":
             batches = packed_batches(notes.lengths(), batch_tokens)
         elif batching == "padded":
@@ -145,22 +173,30 @@ class NoteEncoder:
         outputs: list[torch.Tensor | None] = [None] * len(notes.ids)
         with tqdm(total=len(notes.ids), desc="notes", unit=" notes", disable=not progress) as bar:
             for rows in batches:
-                for i, output in zip((i for row in rows for i in row), self._run(rows, notes, packed=batching == "packed")):
+                for i, output in zip(
+                    (i for row in rows for i in row), self._run(rows, notes, packed=batching == "packed")
+                ):
                     outputs[i] = output
                 bar.update(sum(len(row) for row in rows))
         width = self.model.config.num_labels if self.classifier else self.model.config.hidden_size
         return torch.stack(outputs) if outputs else torch.zeros((0, width))
 
     def _run(self, rows: list[list[int]], notes: TokenizedNotes, packed: bool) -> Iterator[torch.Tensor]:
-        packed_rows = [{"input_ids": [t for i in row for t in notes.ids[i]], "doc_lengths": [len(notes.ids[i]) for i in row]}
-                       for row in rows]
+        packed_rows = [
+            {"input_ids": [t for i in row for t in notes.ids[i]], "doc_lengths": [len(notes.ids[i]) for i in row]}
+            for row in rows
+        ]
         width = max(len(row["input_ids"]) for row in packed_rows)
         batch = {k: v.to(self.device) for k, v in collate_rows(packed_rows, self.tokenizer.pad_token_id, width).items()}
         doc_ids = batch["doc_ids"]
         config = self.encoder.config
         if packed:
-            masks = packed_attention_kwargs(doc_ids, config._attn_implementation, config.sliding_window, self.encoder.dtype)
-            hidden = self.encoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], **masks).last_hidden_state
+            masks = packed_attention_kwargs(
+                doc_ids, config._attn_implementation, config.sliding_window, self.encoder.dtype
+            )
+            hidden = self.encoder(
+                input_ids=batch["input_ids"], position_ids=batch["position_ids"], **masks
+            ).last_hidden_state
         else:
             hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=(doc_ids >= 0).long()).last_hidden_state
         pooled = []
@@ -168,7 +204,7 @@ class NoteEncoder:
             offset = 0
             for i in row:
                 n = len(notes.ids[i])
-                span = hidden[r, offset:offset + n]
+                span = hidden[r, offset : offset + n]
                 pooled.append(span[0] if self.pooling == "cls" else span.mean(dim=0))
                 offset += n
         pooled = torch.stack(pooled)
@@ -191,8 +227,9 @@ class NoteEncoder:
 # --------------------------------------------------------------------------- command line
 
 
-def read_notes(path: str, file_format: str = "auto", text_column: str | None = None,
-               on_bad_record: str = "raise") -> tuple[list[str], list[str], SkipLog]:
+def read_notes(
+    path: str, file_format: str = "auto", text_column: str | None = None, on_bad_record: str = "raise"
+) -> tuple[list[str], list[str], SkipLog]:
     """(where, text) of every non-empty note in a notes file (any source format: text lines, jsonl,
     csv, parquet, MIMIC NOTEEVENTS ...); empty or bad records are counted in the SkipLog."""
     spec = SourceSpec(name="notes", path=path, format=file_format, text_column=text_column, on_bad_record=on_bad_record)
@@ -204,18 +241,26 @@ def read_notes(path: str, file_format: str = "auto", text_column: str | None = N
     return wheres, texts, skips
 
 
-def write_outputs(output_dir: Path, encoder: NoteEncoder, wheres: list[str], outputs: torch.Tensor, notes: TokenizedNotes) -> list[str]:
+def write_outputs(
+    output_dir: Path, encoder: NoteEncoder, wheres: list[str], outputs: torch.Tensor, notes: TokenizedNotes
+) -> list[str]:
     """Embeddings -> embeddings.safetensors + notes.jsonl; a classifier -> predictions.jsonl. Returns the files written."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    records = [{"index": i, "where": where, "tokens": len(notes.ids[i]), "truncated": notes.truncated[i]} for i, where in enumerate(wheres)]
+    records = [
+        {"index": i, "where": where, "tokens": len(notes.ids[i]), "truncated": notes.truncated[i]}
+        for i, where in enumerate(wheres)
+    ]
     if encoder.classifier:
         names, labels, scores = encoder.label_scores(outputs)
         for record, note_labels, note_scores in zip(records, labels, scores):
             record.update(labels=note_labels, scores={n: round(float(s), 6) for n, s in zip(names, note_scores)})
         _write_jsonl(output_dir / "predictions.jsonl", records)
         return ["predictions.jsonl"]
-    save_file({"embeddings": outputs.contiguous()}, str(output_dir / "embeddings.safetensors"),
-              metadata={"pooling": encoder.pooling, "notes": str(len(wheres))})
+    save_file(
+        {"embeddings": outputs.contiguous()},
+        str(output_dir / "embeddings.safetensors"),
+        metadata={"pooling": encoder.pooling, "notes": str(len(wheres))},
+    )
     _write_jsonl(output_dir / "notes.jsonl", records)
     return ["embeddings.safetensors", "notes.jsonl"]
 
@@ -226,32 +271,71 @@ def _write_jsonl(path: Path, records: list[dict]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modeling.inference", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="folder or Hub id: an encoder (embeddings) or a sequence classifier (predictions)")
-    parser.add_argument("notes", help="notes file(s) or glob: .txt (one note per line), .jsonl, .csv, .parquet, MIMIC NOTEEVENTS ...")
-    parser.add_argument("--output_dir", required=True, help="where embeddings.safetensors + notes.jsonl, or predictions.jsonl, go")
-    parser.add_argument("--format", default="auto", help="notes file format (as a recipe source's `format`; default: from the extension)")
+    parser = argparse.ArgumentParser(
+        prog="python -m modeling.inference", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "model", help="folder or Hub id: an encoder (embeddings) or a sequence classifier (predictions)"
+    )
+    parser.add_argument(
+        "notes", help="notes file(s) or glob: .txt (one note per line), .jsonl, .csv, .parquet, MIMIC NOTEEVENTS ..."
+    )
+    parser.add_argument(
+        "--output_dir", required=True, help="where embeddings.safetensors + notes.jsonl, or predictions.jsonl, go"
+    )
+    parser.add_argument(
+        "--format",
+        default="auto",
+        help="notes file format (as a recipe source's `format`; default: from the extension)",
+    )
     parser.add_argument("--text_column", help="field or column holding the note text (default: text / TEXT)")
-    parser.add_argument("--on_bad_record", default="raise", choices=("raise", "skip"), help="stop at a malformed record, or count and skip it")
-    parser.add_argument("--pooling", choices=POOLINGS, default="mean", help="embeddings: mean of the note's tokens, or its [CLS] token")
-    parser.add_argument("--max_length", type=int, help="cut notes at this many tokens (default: the model's max positions); cut notes are counted")
-    parser.add_argument("--batching", choices=BATCHINGS, default="packed", help="packed: length-sorted, several notes per row (fast); padded: the usual way")
+    parser.add_argument(
+        "--on_bad_record",
+        default="raise",
+        choices=("raise", "skip"),
+        help="stop at a malformed record, or count and skip it",
+    )
+    parser.add_argument(
+        "--pooling", choices=POOLINGS, default="mean", help="embeddings: mean of the note's tokens, or its [CLS] token"
+    )
+    parser.add_argument(
+        "--max_length",
+        type=int,
+        help="cut notes at this many tokens (default: the model's max positions); cut notes are counted",
+    )
+    parser.add_argument(
+        "--batching",
+        choices=BATCHINGS,
+        default="packed",
+        help="packed: length-sorted, several notes per row (fast); padded: the usual way",
+    )
     parser.add_argument("--batch_tokens", type=int, default=16384, help="packed: positions per batch")
     parser.add_argument("--notes_per_batch", type=int, default=16, help="padded: notes per batch")
-    parser.add_argument("--attn_implementation", default="sdpa" if torch.cuda.is_available() else DOCUMENT_SDPA,
-                        help="document_sdpa (default on CPUs: attention per note) | sdpa (dense masks); flash_attention_2 | flex_attention on GPUs")
+    parser.add_argument(
+        "--attn_implementation",
+        default="sdpa" if torch.cuda.is_available() else DOCUMENT_SDPA,
+        help="document_sdpa (default on CPUs: attention per note) | sdpa (dense masks); flash_attention_2 | flex_attention on GPUs",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16 on GPUs")
-    parser.add_argument("--allow_pickle", action="store_true", help="load pickle weights (.bin) if the folder has no safetensors")
+    parser.add_argument(
+        "--allow_pickle", action="store_true", help="load pickle weights (.bin) if the folder has no safetensors"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         wheres, texts, skips = read_notes(args.notes, args.format, args.text_column, args.on_bad_record)
         if not texts:
             raise DataError(f"{args.notes}: no notes to encode")
-        encoder = NoteEncoder.from_pretrained(args.model, args.attn_implementation, args.allow_pickle, args.device,
-                                              getattr(torch, args.dtype), max_length=args.max_length, pooling=args.pooling)
+        encoder = NoteEncoder.from_pretrained(
+            args.model,
+            args.attn_implementation,
+            args.allow_pickle,
+            args.device,
+            getattr(torch, args.dtype),
+            max_length=args.max_length,
+            pooling=args.pooling,
+        )
     except (ConfigError, DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -260,8 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     written = write_outputs(Path(args.output_dir), encoder, wheres, outputs, notes)
     tokens = sum(notes.lengths())
-    print(f"{len(texts):,} notes, {tokens:,} tokens in {seconds:.1f} s ({tokens / seconds:,.0f} tokens/s, {args.batching} batches); "
-          f"{sum(notes.truncated):,} cut at {encoder.max_length} tokens; {skips.total():,} records skipped {skips.as_dict() or ''}")
+    print(
+        f"{len(texts):,} notes, {tokens:,} tokens in {seconds:.1f} s ({tokens / seconds:,.0f} tokens/s, {args.batching} batches); "
+        f"{sum(notes.truncated):,} cut at {encoder.max_length} tokens; {skips.total():,} records skipped {skips.as_dict() or ''}"
+    )
     print(f"wrote {', '.join(str(Path(args.output_dir) / name) for name in written)}")
     return 0
 

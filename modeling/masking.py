@@ -6,6 +6,7 @@ every row here is masked with its own generator seeded from its position in the 
 with the probability the phase's MaskingSchedule gives for that position. A resumed run, a run with
 dataloader workers, and an uninterrupted run therefore mask identically.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,17 @@ class MLMCollator:
     """Pads packed rows into a batch and masks them: of the chosen positions 80% become [MASK],
     10% a random non-special token, 10% stay; special tokens and padding are never chosen."""
 
-    def __init__(self, tokenizer, schedule: MaskingSchedule, seed: int, stream: str, max_seq_length: int,
-                 num_sources: int = 1, mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1):
+    def __init__(
+        self,
+        tokenizer,
+        schedule: MaskingSchedule,
+        seed: int,
+        stream: str,
+        max_seq_length: int,
+        num_sources: int = 1,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
+    ):
         self.schedule, self.seed, self.stream, self.max_seq_length = schedule, seed, stream, max_seq_length
         self.num_sources = num_sources
         self.mask_id, self.pad_id = tokenizer.mask_token_id, tokenizer.pad_token_id
@@ -56,7 +66,9 @@ class MLMCollator:
         labels[chosen] = ids[chosen]
         action = torch.rand(ids.shape, generator=generator)
         to_mask = chosen & (action < self.mask_replace_prob)
-        to_random = chosen & (action >= self.mask_replace_prob) & (action < self.mask_replace_prob + self.random_replace_prob)
+        to_random = (
+            chosen & (action >= self.mask_replace_prob) & (action < self.mask_replace_prob + self.random_replace_prob)
+        )
         random_tokens = self.random_ids[torch.randint(len(self.random_ids), ids.shape, generator=generator)]
         ids[to_mask] = self.mask_id
         ids[to_random] = random_tokens[to_random]

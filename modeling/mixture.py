@@ -5,14 +5,15 @@ Weighted mixing samples a source per document and restarts a source when it runs
 weights hold however long the phase is). Natural proportion reads every source once per epoch,
 interleaved at random in proportion to the sources' sizes on disk.
 """
+
 from __future__ import annotations
 
 import hashlib
 import itertools
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from modeling.sources import DataError, SkipLog, SourceSpec, iter_documents, resolve_files
 
@@ -27,6 +28,7 @@ def is_held_out(text: str, fraction: float) -> bool:
 class SourcePass:
     """What one pass over a source's files found. Passes over the same files find the same, so the
     first pass is what gets reported (with how many passes were started)."""
+
     documents: int = 0
     held_out: int = 0
     skips: SkipLog = field(default_factory=SkipLog)
@@ -34,9 +36,13 @@ class SourcePass:
     passes_started: int = 0
 
     def as_dict(self, name: str) -> dict:
-        return {"documents_per_pass": self.documents, "held_out_per_pass": self.held_out,
-                "skipped_per_pass": self.skips.as_dict().get(name, {}), "first_pass_complete": self.complete,
-                "passes_started": self.passes_started}
+        return {
+            "documents_per_pass": self.documents,
+            "held_out_per_pass": self.held_out,
+            "skipped_per_pass": self.skips.as_dict().get(name, {}),
+            "first_pass_complete": self.complete,
+            "passes_started": self.passes_started,
+        }
 
 
 @dataclass
@@ -60,7 +66,7 @@ class StreamStats:
 @dataclass
 class PhaseMixture:
     sources: list[SourceSpec]
-    weights: list[float] | None          # None = natural proportion
+    weights: list[float] | None  # None = natural proportion
     holdout_fraction: float
     seed: int
     phase: str
@@ -122,12 +128,14 @@ class PhaseMixture:
             if produced[i] == 0:
                 name = self.sources[i].name
                 skipped = stats.sources[name].skips.as_dict().get(name, {})
-                raise DataError(f"phase '{self.phase}': source '{name}' yielded no training documents"
-                                + (f" (skipped: {skipped})" if skipped else ""))
+                raise DataError(
+                    f"phase '{self.phase}': source '{name}' yielded no training documents"
+                    + (f" (skipped: {skipped})" if skipped else "")
+                )
             if self.weights is None:
-                del streams[i]                       # natural proportion: each source once per epoch
+                del streams[i]  # natural proportion: each source once per epoch
             else:
-                streams[i] = self._read(i, stats)    # weighted: start the source again
+                streams[i] = self._read(i, stats)  # weighted: start the source again
                 produced[i] = 0
 
     def _shuffled(self, items: Iterator, rng: random.Random) -> Iterator:
@@ -150,8 +158,10 @@ class PhaseMixture:
 def source_size(spec: SourceSpec) -> float:
     """Bytes on disk, the natural-proportion weight (compressed files count about 4x)."""
     if spec.format == "hf":
-        raise DataError(f"source '{spec.name}': a Hugging Face dataset has no size on disk to weigh it by; "
-                        "give the phase's sources explicit weights, e.g. {name: 1.0}")
+        raise DataError(
+            f"source '{spec.name}': a Hugging Face dataset has no size on disk to weigh it by; "
+            "give the phase's sources explicit weights, e.g. {name: 1.0}"
+        )
     total = 0.0
     for path in resolve_files(spec):
         size = os.path.getsize(path)

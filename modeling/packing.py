@@ -5,6 +5,7 @@ way. Chunks are packed best-fit into a small set of open rows, so rows come out 
 no padding inside. Each row remembers its documents' lengths: the attention masks built from them
 (modeling.attention) keep documents from seeing each other.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -13,8 +14,8 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -42,7 +43,7 @@ class Chunker:
             encoded = self.backend.encode_batch([text for _, text in batch], add_special_tokens=False)
             for (source, _), ids in zip(batch, (e.ids for e in encoded)):
                 for start in range(0, max(len(ids), 1), body):
-                    chunk = [self.cls, *ids[start:start + body], self.sep]
+                    chunk = [self.cls, *ids[start : start + body], self.sep]
                     yield source, chunk if start == 0 else Continuation(chunk)
 
 
@@ -61,7 +62,7 @@ class Continuation(list):
 
 @dataclass
 class _OpenRow:
-    chunks: list = field(default_factory=list)   # (source, ids)
+    chunks: list = field(default_factory=list)  # (source, ids)
     used: int = 0
 
 
@@ -72,7 +73,7 @@ class BestFitPacker:
     def __init__(self, max_seq_length: int, open_rows: int = 64, min_chunk: int = 3):
         self.capacity, self.open_rows, self.min_chunk = max_seq_length, open_rows, min_chunk
         self.rows: list[_OpenRow] = []
-        self.free: list[int] = []          # sorted free space, parallel to self.rows
+        self.free: list[int] = []  # sorted free space, parallel to self.rows
 
     def add(self, source: int, ids: list[int]) -> list[dict]:
         n = len(ids)
@@ -107,10 +108,12 @@ class BestFitPacker:
 
 
 def _finish(row: _OpenRow) -> dict:
-    return {"input_ids": [t for _, ids in row.chunks for t in ids],
-            "doc_lengths": [len(ids) for _, ids in row.chunks],
-            "doc_sources": [source for source, _ in row.chunks],
-            "doc_starts": [not isinstance(ids, Continuation) for _, ids in row.chunks]}
+    return {
+        "input_ids": [t for _, ids in row.chunks for t in ids],
+        "doc_lengths": [len(ids) for _, ids in row.chunks],
+        "doc_sources": [source for source, _ in row.chunks],
+        "doc_starts": [not isinstance(ids, Continuation) for _, ids in row.chunks],
+    }
 
 
 def pack(chunks: Iterable[tuple[int, list[int]]], max_seq_length: int, open_rows: int = 64) -> Iterator[dict]:
@@ -140,17 +143,24 @@ def collate_rows(rows: list[dict], pad_id: int, max_seq_length: int, num_sources
     source_documents = torch.zeros((batch_size, num_sources), dtype=torch.long)
     for b, row in enumerate(rows):
         ids = row["input_ids"]
-        input_ids[b, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        input_ids[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         offset = 0
-        for d, (length, source) in enumerate(zip(row["doc_lengths"], row.get("doc_sources", [0] * len(row["doc_lengths"])))):
-            position_ids[b, offset:offset + length] = torch.arange(length)
-            doc_ids[b, offset:offset + length] = d
+        for d, (length, source) in enumerate(
+            zip(row["doc_lengths"], row.get("doc_sources", [0] * len(row["doc_lengths"])))
+        ):
+            position_ids[b, offset : offset + length] = torch.arange(length)
+            doc_ids[b, offset : offset + length] = d
             source_tokens[b, source] += length
             offset += length
         for source, start in zip(row.get("doc_sources", []), row.get("doc_starts", [])):
             source_documents[b, source] += start
-    return {"input_ids": input_ids, "position_ids": position_ids, "doc_ids": doc_ids,
-            "source_tokens": source_tokens, "source_documents": source_documents}
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "doc_ids": doc_ids,
+        "source_tokens": source_tokens,
+        "source_documents": source_documents,
+    }
 
 
 class PackedRows(IterableDataset):
@@ -161,11 +171,24 @@ class PackedRows(IterableDataset):
     share of batches (batch b goes to worker b % workers, which is the order the DataLoader reads
     them back in), so the rows and their order do not depend on the number of workers."""
 
-    def __init__(self, mixture: PhaseMixture, tokenizer, max_seq_length: int, batch_size: int,
-                 open_rows: int = 64, tokenize_batch: int = 256, epochs: int | None = None,
-                 stats_path: str | None = None):
+    def __init__(
+        self,
+        mixture: PhaseMixture,
+        tokenizer,
+        max_seq_length: int,
+        batch_size: int,
+        open_rows: int = 64,
+        tokenize_batch: int = 256,
+        epochs: int | None = None,
+        stats_path: str | None = None,
+    ):
         self.mixture, self.tokenizer, self.max_seq_length = mixture, tokenizer, max_seq_length
-        self.batch_size, self.open_rows, self.tokenize_batch, self.epochs = batch_size, open_rows, tokenize_batch, epochs
+        self.batch_size, self.open_rows, self.tokenize_batch, self.epochs = (
+            batch_size,
+            open_rows,
+            tokenize_batch,
+            epochs,
+        )
         self.stats_path = stats_path
         self.stats = StreamStats()
 
@@ -193,21 +216,24 @@ class PackedRows(IterableDataset):
         """Worker processes cannot hand objects back, so the reading statistics go through a file."""
         if not self.stats_path:
             return
-        tmp = f"{self.stats_path}.{os.getpid()}.tmp"   # unique per process: concurrent writers never share it
+        tmp = f"{self.stats_path}.{os.getpid()}.tmp"  # unique per process: concurrent writers never share it
         with open(tmp, "w") as f:
             json.dump(self.stats.as_dict(), f)
         os.replace(tmp, self.stats_path)
 
 
-def epoch_rows(mixture: PhaseMixture, stats: StreamStats, epoch: int, chunker: Chunker, open_rows: int) -> Iterator[dict]:
+def epoch_rows(
+    mixture: PhaseMixture, stats: StreamStats, epoch: int, chunker: Chunker, open_rows: int
+) -> Iterator[dict]:
     """The rows of one epoch; the packer is flushed at its end. Training and the counting pass both
     read epochs through here, so an epoch trained is exactly the epoch counted."""
     documents = mixture.epoch_documents(stats, epoch)
     yield from pack(chunker.chunks(documents), chunker.max_seq_length, open_rows)
 
 
-def count_rows(mixture: PhaseMixture, tokenizer, max_seq_length: int, open_rows: int = 64,
-               tokenize_batch: int = 256) -> tuple[int, int]:
+def count_rows(
+    mixture: PhaseMixture, tokenizer, max_seq_length: int, open_rows: int = 64, tokenize_batch: int = 256
+) -> tuple[int, int]:
     """(rows, tokens) of one epoch of a natural-proportion phase: the counting pass epoch-length phases need."""
     chunker = Chunker(tokenizer, max_seq_length, tokenize_batch)
     rows = tokens = 0
@@ -219,8 +245,9 @@ def count_rows(mixture: PhaseMixture, tokenizer, max_seq_length: int, open_rows:
     return rows, tokens
 
 
-def held_out_rows(mixture: PhaseMixture, tokenizer, max_seq_length: int, max_documents: int,
-                  open_rows: int = 64) -> list[dict]:
+def held_out_rows(
+    mixture: PhaseMixture, tokenizer, max_seq_length: int, max_documents: int, open_rows: int = 64
+) -> list[dict]:
     documents = mixture.held_out_documents(max_documents)
     rows = list(pack(Chunker(tokenizer, max_seq_length).chunks(documents), max_seq_length, open_rows))
     for index, row in enumerate(rows):

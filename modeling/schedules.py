@@ -3,6 +3,7 @@
 Everything here is a pure function of the recipe (and, for epoch-length phases, of the number of
 packed rows in one pass over the phase's sources), so a resumed run recomputes the same plan.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,6 +18,7 @@ class MaskingSchedule:
 
     It is read from the row index, not from the trainer's step, so prefetching and worker processes
     cannot make it lag, and it changes exactly where the phase changes."""
+
     start: float
     end: float
     total_rows: int
@@ -34,7 +36,7 @@ class PhasePlan:
     index: int
     steps: int
     rows_per_step: int
-    tokens_per_step: int          # row capacity: rows x max_seq_length
+    tokens_per_step: int  # row capacity: rows x max_seq_length
     lr: float
     warmup_steps: int
     stable_steps: int
@@ -45,8 +47,12 @@ class PhasePlan:
 
     def scheduler_kwargs(self) -> dict:
         """Arguments for transformers' warmup-stable-decay schedule (TrainingArguments.lr_scheduler_kwargs)."""
-        return {"num_stable_steps": self.stable_steps, "num_decay_steps": self.decay_steps,
-                "decay_type": self.decay_type if self.decay_steps else "linear", "min_lr_ratio": self.min_lr_ratio}
+        return {
+            "num_stable_steps": self.stable_steps,
+            "num_decay_steps": self.decay_steps,
+            "decay_type": self.decay_type if self.decay_steps else "linear",
+            "min_lr_ratio": self.min_lr_ratio,
+        }
 
 
 def plan_phase(recipe: Recipe, index: int, rows_per_epoch: int | None = None) -> PhasePlan:
@@ -54,7 +60,7 @@ def plan_phase(recipe: Recipe, index: int, rows_per_epoch: int | None = None) ->
     phase: PhaseConfig = recipe.phases[index]
     rows_per_step = recipe.batch.rows_per_step(recipe.max_seq_length)
     tokens_per_step = rows_per_step * recipe.max_seq_length
-    (unit, amount), = phase.length.items()
+    ((unit, amount),) = phase.length.items()
     if unit == "steps":
         steps = int(amount)
     elif unit == "tokens":
@@ -62,7 +68,7 @@ def plan_phase(recipe: Recipe, index: int, rows_per_epoch: int | None = None) ->
     else:
         if rows_per_epoch is None:
             raise ValueError(f"phase '{phase.name}': epochs need the number of rows per epoch")
-        steps = int(amount * rows_per_epoch) // rows_per_step   # whole steps only; the remainder is not trained
+        steps = int(amount * rows_per_epoch) // rows_per_step  # whole steps only; the remainder is not trained
     steps = max(1, steps)
 
     schedule = phase.schedule
@@ -78,10 +84,17 @@ def plan_phase(recipe: Recipe, index: int, rows_per_epoch: int | None = None) ->
     warmup, decay = min(warmup, steps), min(decay, steps - min(warmup, steps))
     start, end = phase.masking_range()
     return PhasePlan(
-        name=phase.name, index=index, steps=steps, rows_per_step=rows_per_step, tokens_per_step=tokens_per_step,
+        name=phase.name,
+        index=index,
+        steps=steps,
+        rows_per_step=rows_per_step,
+        tokens_per_step=tokens_per_step,
         lr=phase.lr if phase.lr is not None else recipe.optimizer.lr,
-        warmup_steps=warmup, stable_steps=steps - warmup - decay, decay_steps=decay,
-        decay_type=schedule.decay, min_lr_ratio=schedule.min_lr_ratio,
+        warmup_steps=warmup,
+        stable_steps=steps - warmup - decay,
+        decay_steps=decay,
+        decay_type=schedule.decay,
+        min_lr_ratio=schedule.min_lr_ratio,
         masking=MaskingSchedule(float(start), float(end), steps * rows_per_step),
     )
 

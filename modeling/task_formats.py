@@ -12,6 +12,7 @@
 
 Details of each format and of the decisions taken for it are in each loader's docstring.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------ shared helpers
+
 
 @contextmanager
 def _reading(path: Path):
@@ -58,7 +60,7 @@ def _entity_types(spec: DataSpec, config: TaskConfig) -> set[str]:
 
 
 def _split_name(split: str) -> str | None:
-    return None if split == "all" else split   # "all": split_files found no split mapping
+    return None if split == "all" else split  # "all": split_files found no split mapping
 
 
 # ------------------------------------------------------------------------------ ChemProt (BLUE TSV)
@@ -73,17 +75,22 @@ def load_chemprot_tsv(spec: DataSpec, config: TaskConfig, skips: SkipLog) -> lis
     examples = []
     for split, path in split_files(spec, CHEMPROT_FILES).items():
         with _reading(path), open(path, encoding="utf-8", newline="") as handle:
-            rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)   # sentences hold bare quotes
+            rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)  # sentences hold bare quotes
             header = next(rows, None)
             if header != CHEMPROT_HEADER:
                 raise DataError(f"{path}:1: expected the header {'<TAB>'.join(CHEMPROT_HEADER)}, found {header!r}")
             for row in rows:
                 where = f"{path}:{rows.line_num}"
-                if not row:   # a blank line holds no record
+                if not row:  # a blank line holds no record
                     continue
                 if len(row) != len(CHEMPROT_HEADER):
-                    bad_record(spec, skips, config.name, where,
-                               f"wrong number of columns: {len(row)} instead of 3 (index, sentence, label)")
+                    bad_record(
+                        spec,
+                        skips,
+                        config.name,
+                        where,
+                        f"wrong number of columns: {len(row)} instead of 3 (index, sentence, label)",
+                    )
                     continue
                 examples.append(Example(id=where, text=row[1], labels=[row[2]], split=split))
     return examples
@@ -117,17 +124,25 @@ def load_phenotype(spec: DataSpec, config: TaskConfig, skips: SkipLog) -> list[E
         if row_id not in texts:
             bad_record(spec, skips, config.name, where, f"note not found in {notes_file}")
             continue
-        labels = [label for label in config.labels
-                  if _combined(sum(label in marked for marked in rows), len(rows), spec.label_combination)]
+        labels = [
+            label
+            for label in config.labels
+            if _combined(sum(label in marked for marked in rows), len(rows), spec.label_combination)
+        ]
         examples.append(Example(id=f"{annotations}#ROW_ID={row_id}", text=texts[row_id], labels=labels, group=row_id))
-    log.info("%s: %d annotator rows combined into %d notes (label_combination: %s)", config.name,
-             sum(len(rows) for _, rows in votes.values()), len(votes), spec.label_combination)
+    log.info(
+        "%s: %d annotator rows combined into %d notes (label_combination: %s)",
+        config.name,
+        sum(len(rows) for _, rows in votes.values()),
+        len(votes),
+        spec.label_combination,
+    )
     return examples
 
 
 def _noteevents_file(spec: DataSpec, folder: Path) -> Path:
     if spec.notes:
-        path = folder / spec.notes   # an absolute data.notes stays as it is
+        path = folder / spec.notes  # an absolute data.notes stays as it is
         if not path.is_file():
             raise DataError(f"{path}: not found (data.notes)")
         return path
@@ -137,7 +152,9 @@ def _noteevents_file(spec: DataSpec, folder: Path) -> Path:
     raise DataError(f"{folder}: no {' or '.join(NOTEEVENTS_NAMES)}; set data.notes to MIMIC-III's NOTEEVENTS file")
 
 
-def _annotator_votes(path: Path, spec: DataSpec, config: TaskConfig, skips: SkipLog) -> dict[str, tuple[str, list[set[str]]]]:
+def _annotator_votes(
+    path: Path, spec: DataSpec, config: TaskConfig, skips: SkipLog
+) -> dict[str, tuple[str, list[set[str]]]]:
     """ROW_ID -> (where its first row is, the set of labels each of its annotator rows marks), in file order."""
     votes: dict[str, tuple[str, list[set[str]]]] = {}
     reader = SourceSpec(name=config.name, path=str(path), on_bad_record=spec.on_bad_record)
@@ -169,7 +186,7 @@ def _combined(votes: int, annotators: int, rule: str) -> bool:
         return votes > 0
     if rule == "all":
         return votes == annotators
-    return 2 * votes >= annotators   # majority: at least half
+    return 2 * votes >= annotators  # majority: at least half
 
 
 def _note_texts(path: Path, wanted: set[str], spec: DataSpec, task: str, skips: SkipLog) -> dict[str, str]:
@@ -177,7 +194,7 @@ def _note_texts(path: Path, wanted: set[str], spec: DataSpec, task: str, skips: 
     reading stops once all are found."""
     texts: dict[str, str] = {}
     reader = SourceSpec(name=task, path=str(path), on_bad_record=spec.on_bad_record)
-    for _, row in csv_rows(reader, str(path), skips, required=["ROW_ID", "TEXT"]):   # quoted TEXT spans many lines
+    for _, row in csv_rows(reader, str(path), skips, required=["ROW_ID", "TEXT"]):  # quoted TEXT spans many lines
         if row["ROW_ID"] in wanted:
             texts[row["ROW_ID"]] = row["TEXT"]
             if len(texts) == len(wanted):
@@ -198,18 +215,21 @@ PHI_KIND_RULES = (
     ("phone_nb", r"telephone|phone|fax|pager"),
     ("other", r"e-?mail|url|company"),
     ("age", r"\bage\b"),
-    ("date", r"date|year|month|\bday\b|holiday|^[\d\s/.:-]+$"),   # bare digits: [**1994**], [**04-18**]
-    ("location", r"hospital|location|street|address|\bstate\b|country|zip|apartment|ward|city|town|"
-                 r"university|college|po box"),
-    ("name", r"name|initial|doctor"),   # First/Last Name, Known firstname/lastname, Doctor ..., Initials
-    ("other", r"number|social security|serial|identifier|info"),   # MD/Medical Record/Unit/Job/... Number
+    ("date", r"date|year|month|\bday\b|holiday|^[\d\s/.:-]+$"),  # bare digits: [**1994**], [**04-18**]
+    (
+        "location",
+        r"hospital|location|street|address|\bstate\b|country|zip|apartment|ward|city|town|"
+        r"university|college|po box",
+    ),
+    ("name", r"name|initial|doctor"),  # First/Last Name, Known firstname/lastname, Doctor ..., Initials
+    ("other", r"number|social security|serial|identifier|info"),  # MD/Medical Record/Unit/Job/... Number
 )
 
 
 class DeidRecord(NamedTuple):
-    key: str    # "patient||||note"
-    line: int   # of its START_OF_RECORD line
-    text: str   # between the START_OF_RECORD line and ||||END_OF_RECORD
+    key: str  # "patient||||note"
+    line: int  # of its START_OF_RECORD line
+    text: str  # between the START_OF_RECORD line and ||||END_OF_RECORD
 
 
 def phi_kind(mask: str) -> str | None:
@@ -229,14 +249,18 @@ def load_deid(spec: DataSpec, config: TaskConfig, skips: SkipLog) -> list[Exampl
     text_file, masked_file = data_path(spec, DEID_TEXT), data_path(spec, DEID_MASKED)
     originals, masked = _deid_records(text_file), _deid_records(masked_file)
     if len(originals) != len(masked):
-        raise DataError(f"{text_file} has {len(originals)} records but {masked_file} has {len(masked)}; "
-                        "they must hold the same records in the same order")
+        raise DataError(
+            f"{text_file} has {len(originals)} records but {masked_file} has {len(masked)}; "
+            "they must hold the same records in the same order"
+        )
     kept = _entity_types(spec, config)
     examples = []
     for original, masked_record in zip(originals, masked):
         if original.key != masked_record.key:
-            raise DataError(f"{masked_file}:{masked_record.line}: record {masked_record.key} where {text_file}:"
-                            f"{original.line} has record {original.key}; the files must hold the same records in the same order")
+            raise DataError(
+                f"{masked_file}:{masked_record.line}: record {masked_record.key} where {text_file}:"
+                f"{original.line} has record {original.key}; the files must hold the same records in the same order"
+            )
         where = f"{masked_file}:{masked_record.line} record {original.key}"
         try:
             phi = _phi_spans(original.text, masked_record.text)
@@ -257,8 +281,15 @@ def load_deid(spec: DataSpec, config: TaskConfig, skips: SkipLog) -> list[Exampl
                 skips.add(config.name, f"PHI kind '{kind}' not in entity_types", where, expected=True)
         example_id = f"{text_file}#{original.key}"
         words = word_spans(original.text, spec.word_pattern)
-        examples.append(Example(id=example_id, text=original.text, words=words, group=original.key,
-                                tags=bio_tags(words, entities, skips, config.name, example_id)))
+        examples.append(
+            Example(
+                id=example_id,
+                text=original.text,
+                words=words,
+                group=original.key,
+                tags=bio_tags(words, entities, skips, config.name, example_id),
+            )
+        )
     return examples
 
 
@@ -276,7 +307,9 @@ def _deid_records(path: Path) -> list[DeidRecord]:
             records.append(DeidRecord(key, first_line, "".join(body)))
             key = None
         elif RECORD_START.match(line):
-            raise DataError(f"{path}:{number}: START_OF_RECORD inside record {key} (line {first_line} has no {RECORD_END})")
+            raise DataError(
+                f"{path}:{number}: START_OF_RECORD inside record {key} (line {first_line} has no {RECORD_END})"
+            )
         else:
             body.append(line)
     if key is not None:
@@ -289,35 +322,46 @@ def _phi_spans(text: str, masked: str) -> list[tuple[int, int, list[str]]]:
     outside masks must match exactly, and a mask covers `text` up to where the next literal text resumes
     (its first occurrence; the last literal must end the text). ValueError names the character where they part."""
     pieces = PHI_MASK.split(masked)
-    literals, masks = pieces[0::2], pieces[1::2]   # literal, mask, literal, ..., literal
+    literals, masks = pieces[0::2], pieces[1::2]  # literal, mask, literal, ..., literal
     spans, position, pending = [], 0, []
     for i, literal in enumerate(literals):
         if i:
             pending.append(masks[i - 1])
             last = i == len(literals) - 1
-            if not literal and not last:   # the next mask follows at once: one span for both
+            if not literal and not last:  # the next mask follows at once: one span for both
                 continue
             end = len(text) - len(literal) if last else text.find(literal, position + 1)
             if end <= position:
-                raise ValueError(f"character {position}: the text after [**{pending[-1]}**] "
-                                 f"({literal[:30]!r}) does not follow in {DEID_TEXT}")
+                raise ValueError(
+                    f"character {position}: the text after [**{pending[-1]}**] "
+                    f"({literal[:30]!r}) does not follow in {DEID_TEXT}"
+                )
             spans.append((position, end, pending))
             position, pending = end, []
         if not text.startswith(literal, position):
-            at = position + len(os.path.commonprefix([literal, text[position:position + len(literal)]]))
-            raise ValueError(f"character {at}: {text[at:at + 30]!r} in {DEID_TEXT}, "
-                             f"{literal[at - position:at - position + 30]!r} in {DEID_MASKED}")
+            at = position + len(os.path.commonprefix([literal, text[position : position + len(literal)]]))
+            raise ValueError(
+                f"character {at}: {text[at : at + 30]!r} in {DEID_TEXT}, "
+                f"{literal[at - position : at - position + 30]!r} in {DEID_MASKED}"
+            )
         position += len(literal)
     if position != len(text):
-        raise ValueError(f"character {position}: {DEID_TEXT} goes on with {text[position:position + 30]!r}")
+        raise ValueError(f"character {position}: {DEID_TEXT} goes on with {text[position : position + 30]!r}")
     return spans
 
 
 # ------------------------------------------------------------------------------ BRAT standoff (COS, Social History)
 
 SNIPPET = "Snippet"
-BRAT_IGNORED_LINES = {"R": "relation", "*": "equivalence", "E": "event", "A": "attribute", "M": "attribute",
-                      "N": "normalization", "#": "note"}
+BRAT_IGNORED_LINES = {
+    "R": "relation",
+    "*": "equivalence",
+    "E": "event",
+    "A": "attribute",
+    "M": "attribute",
+    "N": "normalization",
+    "#": "note",
+}
 
 
 class BratEntity(NamedTuple):
@@ -325,8 +369,8 @@ class BratEntity(NamedTuple):
     kind: str
     start: int
     end: int
-    fragments: int   # > 1: a discontinuous entity, tagged from its first start to its last end
-    where: str       # file.ann:line
+    fragments: int  # > 1: a discontinuous entity, tagged from its first start to its last end
+    where: str  # file.ann:line
 
 
 @register_loader("brat", {"path", "files", "unit", "entity_types", "word_pattern"})
@@ -349,8 +393,9 @@ def load_brat(spec: DataSpec, config: TaskConfig, skips: SkipLog) -> list[Exampl
             if spec.unit == "file":
                 units = [(str(txt), 0, len(text))]
             else:
-                units = sorted(((f"{ann}#{e.id}", e.start, e.end) for e in entities if e.kind == SNIPPET),
-                               key=lambda unit: unit[1])
+                units = sorted(
+                    ((f"{ann}#{e.id}", e.start, e.end) for e in entities if e.kind == SNIPPET), key=lambda unit: unit[1]
+                )
                 if not units:
                     skips.add(config.name, "file without a Snippet entity", str(ann))
             tagged = []
@@ -358,7 +403,9 @@ def load_brat(spec: DataSpec, config: TaskConfig, skips: SkipLog) -> list[Exampl
                 if spec.unit == "snippet" and entity.kind == SNIPPET:
                     continue
                 if entity.kind not in kept:
-                    skips.add(config.name, f"entity type '{entity.kind}' not in entity_types", entity.where, expected=True)
+                    skips.add(
+                        config.name, f"entity type '{entity.kind}' not in entity_types", entity.where, expected=True
+                    )
                 elif not any(start <= entity.start and entity.end <= end for _, start, end in units):
                     skips.add(config.name, "entity outside every Snippet", entity.where)
                 else:
@@ -369,10 +416,19 @@ def load_brat(spec: DataSpec, config: TaskConfig, skips: SkipLog) -> list[Exampl
                     if entity.fragments > 1:
                         skips.add(config.name, "discontinuous entity tagged over its whole extent", entity.where)
                 words = word_spans(text[start:end], spec.word_pattern)
-                tags = bio_tags(words, [(e.start - start, e.end - start, e.kind) for e in inside],
-                                skips, config.name, unit_id)
-                examples.append(Example(id=unit_id, text=text[start:end], words=words, tags=tags,
-                                        group=str(txt), split=_split_name(split)))
+                tags = bio_tags(
+                    words, [(e.start - start, e.end - start, e.kind) for e in inside], skips, config.name, unit_id
+                )
+                examples.append(
+                    Example(
+                        id=unit_id,
+                        text=text[start:end],
+                        words=words,
+                        tags=tags,
+                        group=str(txt),
+                        split=_split_name(split),
+                    )
+                )
     return examples
 
 
@@ -390,7 +446,7 @@ def _brat_pairs(folder: Path) -> list[tuple[Path, Path]]:
 
 def _brat_entities(ann: Path, text: str, spec: DataSpec, task: str, skips: SkipLog) -> list[BratEntity]:
     entities = []
-    for number, line in enumerate(_read_text(ann).split("\n"), 1):   # not splitlines: covered text may hold \x85 etc.
+    for number, line in enumerate(_read_text(ann).split("\n"), 1):  # not splitlines: covered text may hold \x85 etc.
         line, where = line.rstrip("\r"), f"{ann}:{number}"
         if not line.strip():
             continue
@@ -408,12 +464,19 @@ def _brat_entities(ann: Path, text: str, spec: DataSpec, task: str, skips: SkipL
             bad_record(spec, skips, task, where, f"malformed entity line: {line[:60]!r}")
             continue
         if not all(0 <= start < end <= len(text) for start, end in spans):
-            bad_record(spec, skips, task, where, f"span outside the text: {fragments}, the .txt has {len(text)} characters")
+            bad_record(
+                spec, skips, task, where, f"span outside the text: {fragments}, the .txt has {len(text)} characters"
+            )
             continue
-        found = " ".join(text[start:end] for start, end in spans)   # BRAT joins fragments with a space
-        if found.split() != covered.split():   # and writes line breaks inside a span as spaces
-            bad_record(spec, skips, task, where, f"covered text differs from the .txt: {covered[:40]!r} in the .ann, "
-                                                 f"{found[:40]!r} in the .txt")
+        found = " ".join(text[start:end] for start, end in spans)  # BRAT joins fragments with a space
+        if found.split() != covered.split():  # and writes line breaks inside a span as spaces
+            bad_record(
+                spec,
+                skips,
+                task,
+                where,
+                f"covered text differs from the .txt: {covered[:40]!r} in the .ann, {found[:40]!r} in the .txt",
+            )
             continue
         entities.append(BratEntity(entity_id, kind, spans[0][0], spans[-1][1], len(spans), where))
     return entities
@@ -433,16 +496,34 @@ def load_conll(spec: DataSpec, config: TaskConfig, skips: SkipLog) -> list[Examp
     for split, path in split_files(spec).items():
         for file in sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]:
             for document, sentence in _conll_sentences(file, config.name, skips):
-                short = next((number for number, columns in sentence
-                              if not _columns_fit(len(columns), spec.token_column, spec.tag_column)), None)
+                short = next(
+                    (
+                        number
+                        for number, columns in sentence
+                        if not _columns_fit(len(columns), spec.token_column, spec.tag_column)
+                    ),
+                    None,
+                )
                 if short is not None:
-                    bad_record(spec, skips, config.name, f"{file}:{short}", f"too few columns for token_column "
-                               f"{spec.token_column} and tag_column {spec.tag_column}")
+                    bad_record(
+                        spec,
+                        skips,
+                        config.name,
+                        f"{file}:{short}",
+                        f"too few columns for token_column {spec.token_column} and tag_column {spec.tag_column}",
+                    )
                     continue
                 text, words = join_words([columns[spec.token_column] for _, columns in sentence])
-                examples.append(Example(id=f"{file}:{sentence[0][0]}", text=text, words=words, group=document,
-                                        tags=[columns[spec.tag_column] for _, columns in sentence],
-                                        split=_split_name(split)))
+                examples.append(
+                    Example(
+                        id=f"{file}:{sentence[0][0]}",
+                        text=text,
+                        words=words,
+                        group=document,
+                        tags=[columns[spec.tag_column] for _, columns in sentence],
+                        split=_split_name(split),
+                    )
+                )
     return examples
 
 

@@ -4,6 +4,7 @@ A task config names the data (a loader and its files), the task type, the label 
 the maximum length and the training protocol. It is validated like a pretraining recipe: unknown keys
 and impossible values stop with one line naming the key (ConfigError).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,6 +22,7 @@ PAPER_SEEDS = [42, 43, 44, 45, 46]
 
 # ------------------------------------------------------------------------------------ examples
 
+
 @dataclass
 class Example:
     """One document (classification) or one tagged text (NER), whatever format it came from.
@@ -29,13 +31,14 @@ class Example:
     original text. `group` keeps examples that must not be split apart (annotator rows of one note,
     snippets of one report) in the same split; `split` is the split the files themselves define.
     """
-    id: str                                      # where it came from: "file:line", "file#record", an id column
+
+    id: str  # where it came from: "file:line", "file#record", an id column
     text: str
-    labels: list[str] | None = None              # classification: label names (single-label: exactly one)
-    words: list[tuple[int, int]] | None = None   # NER: [start, end) character span of each word
-    tags: list[str] | None = None                # NER: one BIO tag per word
+    labels: list[str] | None = None  # classification: label names (single-label: exactly one)
+    words: list[tuple[int, int]] | None = None  # NER: [start, end) character span of each word
+    tags: list[str] | None = None  # NER: one BIO tag per word
     group: str | None = None
-    split: str | None = None                     # train | validation | test, when the source defines it
+    split: str | None = None  # train | validation | test, when the source defines it
 
     def word_texts(self) -> list[str]:
         return [self.text[start:end] for start, end in self.words]
@@ -43,31 +46,46 @@ class Example:
 
 # ------------------------------------------------------------------------------------ config
 
+
 @dataclass
 class DataSpec:
-    loader: str = _help("Loader: chemprot_tsv, phenotype, deid, brat, conll, jsonl, csv, parquet, hf, pubmed_mesh, pubmed_chemicals", None)
+    loader: str = _help(
+        "Loader: chemprot_tsv, phenotype, deid, brat, conll, jsonl, csv, parquet, hf, pubmed_mesh, pubmed_chemicals",
+        None,
+    )
     path: str | None = _help("Folder, file, glob or Hub dataset id (`--data_dir` sets it)", None)
-    files: dict | None = _help("Split -> file (relative to path), e.g. {train: train.tsv, validation: dev.tsv, test: test.tsv}", None)
+    files: dict | None = _help(
+        "Split -> file (relative to path), e.g. {train: train.tsv, validation: dev.tsv, test: test.tsv}", None
+    )
     notes: str | None = _help("phenotype: MIMIC-III NOTEEVENTS.csv(.gz), relative to path", None)
     text_field: str = _help("Column/field holding the text", "text")
-    label_field: str = _help("Column/field holding the label (classification) or labels (multi-label: list or separated string)", "label")
+    label_field: str = _help(
+        "Column/field holding the label (classification) or labels (multi-label: list or separated string)", "label"
+    )
     id_field: str | None = _help("Column/field naming each record (default: file and line)", None)
     label_separator: str | None = _help("Multi-label labels stored in one string, separated by this", None)
     words_field: str = _help("NER (jsonl/parquet/hf): field with the list of words", "tokens")
-    tags_field: str = _help("NER (jsonl/parquet/hf): field with the list of tags (names, or ids into the label list)", "ner_tags")
+    tags_field: str = _help(
+        "NER (jsonl/parquet/hf): field with the list of tags (names, or ids into the label list)", "ner_tags"
+    )
     token_column: int = _help("conll: column of the word", 0)
     tag_column: int = _help("conll: column of the tag", -1)
     subset: str | None = _help("hf: dataset configuration name", None)
     entity_types: list | None = _help("brat/deid: entity types kept as tags (others are counted and ignored)", None)
     unit: str = _help("brat: one example per `file` or per `Snippet` entity", "file")
     word_pattern: str = _help("Regex that splits text into words (NER from character offsets)", r"\w+|[^\w\s]")
-    label_combination: str = _help("phenotype: several annotators per note -> `majority` (at least half), `any` or `all`", "majority")
+    label_combination: str = _help(
+        "phenotype: several annotators per note -> `majority` (at least half), `any` or `all`", "majority"
+    )
     max_examples: int | None = _help("Keep at most this many examples (in file order), e.g. for demos", None)
     on_bad_record: str = _help("raise | skip (skipped records are counted and reported)", "raise")
-    strict_bio: bool = _help("An I- tag that does not continue an entity is an error (else it is repaired to B- and counted)", False)
+    strict_bio: bool = _help(
+        "An I- tag that does not continue an entity is an error (else it is repaired to B- and counted)", False
+    )
 
     def validate(self, key: str):
-        from modeling.task_data import LOADERS   # the registry lives with the loaders
+        from modeling.task_data import LOADERS  # the registry lives with the loaders
+
         if self.loader is None:
             raise ConfigError(f"{key}.loader: name a loader ({', '.join(sorted(LOADERS))})")
         _choice(f"{key}.loader", self.loader, sorted(LOADERS))
@@ -82,7 +100,9 @@ class DataSpec:
         reads = LOADERS[self.loader].reads | {"loader", "max_examples", "on_bad_record", "strict_bio"}
         for name in defaults:
             if name not in reads and getattr(self, name) != defaults[name]:
-                raise ConfigError(f"{key}.{name}: not read by loader '{self.loader}' (it reads: {', '.join(sorted(reads))})")
+                raise ConfigError(
+                    f"{key}.{name}: not read by loader '{self.loader}' (it reads: {', '.join(sorted(reads))})"
+                )
 
 
 SPLITS = ("train", "validation", "test")
@@ -92,7 +112,10 @@ SPLITS = ("train", "validation", "test")
 class SplitConfig:
     official: bool = _help("Use the splits the files define when they define them", True)
     seed: int = _help("Seed of the random split (by group, so a note never lands in two splits)", 42)
-    validation: float = _help("Share of groups for validation (random split), or carved from train when the files have no validation split", 0.15)
+    validation: float = _help(
+        "Share of groups for validation (random split), or carved from train when the files have no validation split",
+        0.15,
+    )
     test: float = _help("Share of groups for test (random split)", 0.15)
 
     def validate(self, key: str):
@@ -111,7 +134,9 @@ class TrainingConfig:
     weight_decay: float = _help("Weight decay", 0.01)
     epochs: float = _help("Training epochs (the best epoch on validation is kept)", 3)
     batch_size: int = _help("Examples (windows) per optimizer step", 16)
-    per_device_batch_size: int | None = _help("Per forward pass (default: batch_size); gradient accumulation makes up the rest", None)
+    per_device_batch_size: int | None = _help(
+        "Per forward pass (default: batch_size); gradient accumulation makes up the rest", None
+    )
     eval_batch_size: int = _help("Per device, for validation and test", 16)
     warmup_ratio: float = _help("Linear warmup as a fraction of training", 0.0)
     lr_scheduler: str = _help("transformers scheduler name (linear, cosine, constant, ...)", "linear")
@@ -127,7 +152,9 @@ class TrainingConfig:
         if self.per_device_batch_size is not None:
             _positive(f"{key}.per_device_batch_size", self.per_device_batch_size)
             if self.batch_size % self.per_device_batch_size:
-                raise ConfigError(f"{key}.per_device_batch_size={self.per_device_batch_size}: must divide batch_size ({self.batch_size})")
+                raise ConfigError(
+                    f"{key}.per_device_batch_size={self.per_device_batch_size}: must divide batch_size ({self.batch_size})"
+                )
         if self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"{key}: weight_decay must be >= 0 and warmup_ratio in [0, 1)")
         _choice(f"{key}.precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
@@ -138,8 +165,12 @@ class PeftSpec:
     r: int = _help("LoRA rank", 8)
     alpha: int = _help("LoRA alpha", 16)
     dropout: float = _help("LoRA dropout", 0.1)
-    target_modules: list | None = _help("Modules adapted (default for ModernBERT: Wqkv, Wo, Wi; name them for other encoders)", None)
-    modules_to_save: list | None = _help("Modules trained in full next to the adapter (default: classifier and ModernBERT's task head)", None)
+    target_modules: list | None = _help(
+        "Modules adapted (default for ModernBERT: Wqkv, Wo, Wi; name them for other encoders)", None
+    )
+    modules_to_save: list | None = _help(
+        "Modules trained in full next to the adapter (default: classifier and ModernBERT's task head)", None
+    )
     merge: bool = _help("Also save the model with the adapter merged into the weights", False)
 
     def validate(self, key: str):
@@ -163,22 +194,32 @@ class TaskConfig:
     split: SplitConfig = _help("Split rule", factory=SplitConfig)
     max_length: int | None = _help("Tokens per window (default: the model's maximum, 8192 for ModernBERT)", None)
     window_stride: int = _help("Tokens shared by consecutive windows of a longer document", 128)
-    window_aggregation: str = _help("Classification of a multi-window document: mean or max of the window logits", "mean")
+    window_aggregation: str = _help(
+        "Classification of a multi-window document: mean or max of the window logits", "mean"
+    )
     classifier_pooling: str | None = _help("ModernBERT: cls or mean pooling (default: the checkpoint's)", None)
     training: TrainingConfig = _help("Training protocol (the paper's defaults)", factory=TrainingConfig)
-    selection_metric: str | None = _help("Validation metric that picks the best epoch (default: weighted_f1, or seqeval_f1 for NER)", None)
+    selection_metric: str | None = _help(
+        "Validation metric that picks the best epoch (default: weighted_f1, or seqeval_f1 for NER)", None
+    )
     seeds: list = _help("One run per seed", factory=lambda: list(PAPER_SEEDS))
     peft: PeftSpec | None = _help("LoRA instead of full fine-tuning (null = full)", None)
     save_model: bool = _help("Save each run's best model (safetensors) next to its results", True)
-    allow_pickle: bool = _help("Also load pickle weights (pytorch_model.bin), which can run code; only for checkpoints you trust", False)
+    allow_pickle: bool = _help(
+        "Also load pickle weights (pytorch_model.bin), which can run code; only for checkpoints you trust", False
+    )
 
     def validate(self):
         if not self.name:
             raise ConfigError("name: a task config needs a name")
         _choice("task", self.task, TASK_TYPES)
-        _choice("attn_implementation", self.attn_implementation, ("sdpa", "eager", "flash_attention_2", "flex_attention"))
+        _choice(
+            "attn_implementation", self.attn_implementation, ("sdpa", "eager", "flash_attention_2", "flex_attention")
+        )
         if self.random_init and self.peft is not None:
-            raise ConfigError("peft: an adapter on a randomly initialised encoder is not a meaningful baseline; drop random_init or peft")
+            raise ConfigError(
+                "peft: an adapter on a randomly initialised encoder is not a meaningful baseline; drop random_init or peft"
+            )
         if not isinstance(self.labels, list) or not self.labels or not all(isinstance(x, str) for x in self.labels):
             raise ConfigError("labels: give the label names as a non-empty list of strings")
         if len(set(self.labels)) != len(self.labels):
@@ -195,7 +236,8 @@ class TaskConfig:
         if self.classifier_pooling is not None:
             _choice("classifier_pooling", self.classifier_pooling, ("cls", "mean"))
         self.training.validate("training")
-        from modeling.metrics import metric_names   # what each task type reports
+        from modeling.metrics import metric_names  # what each task type reports
+
         for name in self.negative_labels or []:
             if self.task != "single_label" or name not in self.labels:
                 raise ConfigError(f"negative_labels: '{name}' must be a label of a single_label task")

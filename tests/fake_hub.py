@@ -2,6 +2,7 @@
 and commit files (preupload answers "regular", so file contents arrive base64-encoded in the commit).
 Repos live in memory as {branch: {path: bytes}}; `fail[route]` lists the statuses the next calls of a route
 (create, branch, preupload, commit) answer instead of working."""
+
 from __future__ import annotations
 
 import base64
@@ -18,9 +19,9 @@ import yaml
 class FakeHub:
     def __init__(self, token: str):
         self.token = token
-        self.repos: dict[str, dict] = {}          # repo_id -> {"private": bool, "branches": {name: {path: bytes}}}
-        self.requests: list[tuple[str, str, str | None]] = []   # method, path, Authorization header
-        self.commits: list[tuple[str, str, list[str]]] = []     # repo, branch, paths
+        self.repos: dict[str, dict] = {}  # repo_id -> {"private": bool, "branches": {name: {path: bytes}}}
+        self.requests: list[tuple[str, str, str | None]] = []  # method, path, Authorization header
+        self.commits: list[tuple[str, str, list[str]]] = []  # repo, branch, paths
         self.fail: dict[str, list[int]] = {}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -50,7 +51,7 @@ class FakeHub:
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):   # quiet
+            def log_message(self, *args):  # quiet
                 pass
 
             def _reply(self, status: int, body: dict, headers: dict | None = None):
@@ -70,7 +71,13 @@ class FakeHub:
                 if auth != f"Bearer {hub.token}":
                     return self._reply(401, {"error": "Invalid credentials in Authorization header"})
                 path = self.path.split("?")[0]
-                route = "create" if path == "/api/repos/create" else path.split("/")[-2] if path.startswith("/api/models/") else None
+                route = (
+                    "create"
+                    if path == "/api/repos/create"
+                    else path.split("/")[-2]
+                    if path.startswith("/api/models/")
+                    else None
+                )
                 if hub.fail.get(route):
                     status = hub.fail[route].pop(0)
                     return self._reply(status, {"error": f"injected failure {status}"})
@@ -91,20 +98,28 @@ class FakeHub:
                     branches[revision] = dict(branches["main"])
                     return self._reply(200, {})
                 if revision not in branches:
-                    return self._reply(404, {"error": f"Invalid rev id: {revision}"}, {"X-Error-Code": "RevisionNotFound"})
+                    return self._reply(
+                        404, {"error": f"Invalid rev id: {revision}"}, {"X-Error-Code": "RevisionNotFound"}
+                    )
                 if action == "preupload":
                     files = json.loads(body)["files"]
-                    return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                                       for f in files]})
+                    return self._reply(
+                        200,
+                        {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+                    )
                 return self._commit(repo_id, revision, body)
 
             def _create(self, payload: dict):
-                repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+                repo_id = (
+                    f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+                )
                 url = {"url": f"{hub.url}/{repo_id}"}
                 if repo_id in hub.repos:
                     return self._reply(409, {"error": "You already created this model repo", **url})
-                hub.repos[repo_id] = {"private": payload.get("visibility") == "private" or bool(payload.get("private")),
-                                      "branches": {"main": {}}}
+                hub.repos[repo_id] = {
+                    "private": payload.get("visibility") == "private" or bool(payload.get("private")),
+                    "branches": {"main": {}},
+                }
                 return self._reply(200, url)
 
             def _validate(self, payload: dict):
@@ -133,7 +148,8 @@ class FakeHub:
                         return self._reply(400, {"error": f"unsupported operation {line['key']}"})
                 hub.commits.append((repo_id, revision, changed))
                 oid = hashlib.sha1(json.dumps(sorted(changed)).encode() + str(len(hub.commits)).encode()).hexdigest()
-                return self._reply(200, {"commitUrl": f"{hub.url}/{repo_id}/commit/{oid}", "commitOid": oid,
-                                         "success": True})
+                return self._reply(
+                    200, {"commitUrl": f"{hub.url}/{repo_id}/commit/{oid}", "commitOid": oid, "success": True}
+                )
 
         return Handler

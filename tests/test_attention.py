@@ -1,9 +1,10 @@
 """Attention never crosses documents: every document of a packed batch gives the logits it gives alone."""
+
 import pytest
 import torch
+from conftest import synthetic_documents, tiny_model_config
 from transformers import ModernBertForMaskedLM
 
-from conftest import synthetic_documents, tiny_model_config
 from modeling import attention
 from modeling.attention import packed_attention_kwargs
 from modeling.packing import Chunker, collate_rows, pack
@@ -22,20 +23,26 @@ def _each_document_alone(model, rows):
     for b, row in enumerate(rows):
         offset = 0
         for length in row["doc_lengths"]:
-            ids = torch.tensor([row["input_ids"][offset:offset + length]])
+            ids = torch.tensor([row["input_ids"][offset : offset + length]])
             yield b, offset, length, model(input_ids=ids).logits[0]
             offset += length
 
 
-@pytest.mark.parametrize("implementation", ["sdpa", "eager", "flex_attention", "document_sdpa"])   # flex: forward only on CPU
+@pytest.mark.parametrize(
+    "implementation", ["sdpa", "eager", "flex_attention", "document_sdpa"]
+)  # flex: forward only on CPU
 def test_packed_logits_equal_documents_alone(tiny_tokenizer, implementation):
     torch.manual_seed(0)
-    model = ModernBertForMaskedLM._from_config(tiny_model_config(tiny_tokenizer), attn_implementation=implementation).eval()
+    model = ModernBertForMaskedLM._from_config(
+        tiny_model_config(tiny_tokenizer), attn_implementation=implementation
+    ).eval()
     rows, batch = _packed_batch(tiny_tokenizer)
     kwargs = packed_attention_kwargs(batch["doc_ids"], implementation, model.config.sliding_window)
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], **kwargs).logits
-        worst = max((alone - packed[b, o:o + n]).abs().max().item() for b, o, n, alone in _each_document_alone(model, rows))
+        worst = max(
+            (alone - packed[b, o : o + n]).abs().max().item() for b, o, n, alone in _each_document_alone(model, rows)
+        )
     print(f"packed vs alone, {implementation}: max abs logit difference {worst:.2e}")
     assert worst <= 1e-5, f"{implementation}: a packed document differs from itself alone by {worst}"
 
@@ -47,9 +54,14 @@ def test_without_document_masks_documents_leak(tiny_tokenizer):
     model = ModernBertForMaskedLM._from_config(tiny_model_config(tiny_tokenizer), attn_implementation="sdpa").eval()
     rows, batch = _packed_batch(tiny_tokenizer)
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                       attention_mask=(batch["doc_ids"] >= 0).long()).logits
-        worst = max((alone - packed[b, o:o + n]).abs().max().item() for b, o, n, alone in _each_document_alone(model, rows))
+        packed = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            attention_mask=(batch["doc_ids"] >= 0).long(),
+        ).logits
+        worst = max(
+            (alone - packed[b, o : o + n]).abs().max().item() for b, o, n, alone in _each_document_alone(model, rows)
+        )
     assert worst > 1e-4
 
 
@@ -61,7 +73,7 @@ def test_eager_gets_additive_masks_and_sdpa_boolean(tiny_tokenizer):
     full = sdpa["full_attention"][0, 0]
     assert full[0, 1] and not full[1, 2] and full[2, 4] and not full[5, 4] and full[5, 5]
     sliding = sdpa["sliding_attention"][0, 0]
-    assert sliding[2, 3] and not sliding[2, 4]          # same document, outside the window
+    assert sliding[2, 3] and not sliding[2, 4]  # same document, outside the window
     assert torch.equal(eager["full_attention"] == 0, sdpa["full_attention"])
 
 
@@ -72,21 +84,26 @@ def test_flash_segments_cover_documents_and_padding():
     assert kwargs["max_length_q"] == 5
 
 
-@pytest.mark.parametrize("local_block", [512, 8])   # 8: documents longer than a block go through several
+@pytest.mark.parametrize("local_block", [512, 8])  # 8: documents longer than a block go through several
 def test_document_sdpa_trains_exactly_as_dense_masks(tiny_tokenizer, monkeypatch, local_block):
     """Same loss and gradients as sdpa with dense document masks, local layers included."""
     monkeypatch.setattr(attention, "LOCAL_BLOCK", local_block)
     rows, batch = _packed_batch(tiny_tokenizer)
     chosen = torch.rand(batch["input_ids"].shape, generator=torch.Generator().manual_seed(0)) < 0.3
-    labels = torch.where(chosen & (batch["doc_ids"] >= 0), batch["input_ids"], -100)   # padding is never a target
+    labels = torch.where(chosen & (batch["doc_ids"] >= 0), batch["input_ids"], -100)  # padding is never a target
     results = {}
     for implementation in ("sdpa", "document_sdpa"):
         torch.manual_seed(0)
-        model = ModernBertForMaskedLM._from_config(tiny_model_config(tiny_tokenizer), attn_implementation=implementation)
+        model = ModernBertForMaskedLM._from_config(
+            tiny_model_config(tiny_tokenizer), attn_implementation=implementation
+        )
         kwargs = packed_attention_kwargs(batch["doc_ids"], implementation, model.config.sliding_window)
         loss = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=labels, **kwargs).loss
         loss.backward()
-        results[implementation] = (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        results[implementation] = (
+            loss.item(),
+            {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+        )
     (dense_loss, dense_grads), (doc_loss, doc_grads) = results["sdpa"], results["document_sdpa"]
     assert abs(dense_loss - doc_loss) < 1e-5
     assert dense_grads.keys() == doc_grads.keys()
@@ -95,8 +112,12 @@ def test_document_sdpa_trains_exactly_as_dense_masks(tiny_tokenizer, monkeypatch
 
 def test_document_sdpa_model_takes_padded_batches_and_saves_stock(tiny_tokenizer, tmp_path):
     torch.manual_seed(0)
-    model = ModernBertForMaskedLM._from_config(tiny_model_config(tiny_tokenizer), attn_implementation="document_sdpa").eval()
-    encoded = tiny_tokenizer(["fever and cough", "patient denies chest pain fever cough dyspnea"], padding=True, return_tensors="pt")
+    model = ModernBertForMaskedLM._from_config(
+        tiny_model_config(tiny_tokenizer), attn_implementation="document_sdpa"
+    ).eval()
+    encoded = tiny_tokenizer(
+        ["fever and cough", "patient denies chest pain fever cough dyspnea"], padding=True, return_tensors="pt"
+    )
     model.save_pretrained(tmp_path)
     assert "document_sdpa" not in (tmp_path / "config.json").read_text()
     stock = ModernBertForMaskedLM.from_pretrained(tmp_path, attn_implementation="sdpa").eval()

@@ -1,4 +1,5 @@
 """Windows for long documents, first-sub-token labels, and merging windows back to documents and words."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,16 @@ from modeling.tasks import Example, task_from_dict
 
 
 def ner_task(**extra):
-    return task_from_dict({"name": "t", "task": "ner", "labels": ["Drug"], "data": {"loader": "jsonl", "path": "/x"},
-                           "window_stride": 4, **extra})
+    return task_from_dict(
+        {
+            "name": "t",
+            "task": "ner",
+            "labels": ["Drug"],
+            "data": {"loader": "jsonl", "path": "/x"},
+            "window_stride": 4,
+            **extra,
+        }
+    )
 
 
 def ner_example(words, tags, id="doc"):
@@ -34,7 +43,9 @@ def test_ner_tokenizer_puts_a_space_before_each_word(tokenizer_dir):
     encoded = ner(words, is_split_into_words=True)
     spaced = ner.convert_ids_to_tokens(encoded["input_ids"])
     # the same tokens as the words in running text, and every word's first sub-token carries the space
-    assert spaced[1:-1] == ner.convert_ids_to_tokens(ner(" patient denies fever", add_special_tokens=False)["input_ids"])
+    assert spaced[1:-1] == ner.convert_ids_to_tokens(
+        ner(" patient denies fever", add_special_tokens=False)["input_ids"]
+    )
     word_ids = encoded.word_ids()
     firsts = [t for i, t in enumerate(spaced) if word_ids[i] is not None and word_ids[i] != word_ids[i - 1]]
     assert len(firsts) == 3 and all(t.startswith("Ġ") for t in firsts)
@@ -56,7 +67,7 @@ def test_long_ner_document_is_windowed_and_each_word_labelled_once(tokenizer_dir
                 assert label_ids[label] == tags[word]
                 labelled.setdefault(word, 0)
                 labelled[word] += 1
-    assert set(labelled) == set(range(len(words)))   # every word is labelled in some window (the overlap twice)
+    assert set(labelled) == set(range(len(words)))  # every word is labelled in some window (the overlap twice)
 
     # Merge: logits that say "B-Drug" exactly where the word is a drug give back the gold tags, one per word.
     logits = np.zeros((len(split.features), 32, 3), dtype=np.float32)
@@ -71,7 +82,9 @@ def test_long_ner_document_is_windowed_and_each_word_labelled_once(tokenizer_dir
 def test_word_prediction_comes_from_the_window_with_most_context(tokenizer_dir):
     tokenizer = load_task_tokenizer(tokenizer_dir, "ner")
     words = ("blood pressure heart rate normal " * 8).split()
-    split = encode_split("test", [ner_example(words, ["O"] * len(words))], tokenizer, ner_task(window_stride=8), max_length=24)
+    split = encode_split(
+        "test", [ner_example(words, ["O"] * len(words))], tokenizer, ner_task(window_stride=8), max_length=24
+    )
     shared = [w for w in range(len(words)) if sum(w in ww for ww in split.window_words) > 1]
     assert shared, "windows must overlap"
     logits = np.zeros((len(split.features), 24, 3), dtype=np.float32)
@@ -87,14 +100,21 @@ def test_word_prediction_comes_from_the_window_with_most_context(tokenizer_dir):
 
 def test_classification_windows_carry_the_document_label_and_are_aggregated(tokenizer_dir):
     tokenizer = load_task_tokenizer(tokenizer_dir, "single_label")
-    task = task_from_dict({"name": "t", "task": "single_label", "labels": ["neg", "pos"], "window_stride": 4,
-                           "data": {"loader": "jsonl", "path": "/x"}})
+    task = task_from_dict(
+        {
+            "name": "t",
+            "task": "single_label",
+            "labels": ["neg", "pos"],
+            "window_stride": 4,
+            "data": {"loader": "jsonl", "path": "/x"},
+        }
+    )
     long = Example(id="a", text="patient denies chest pain fever cough " * 20, labels=["pos"])
     short = Example(id="b", text="discharged home stable", labels=["neg"])
     split = encode_split("validation", [long, short], tokenizer, task, max_length=32, sort_by_length=True)
     windows_of_long = [i for i, e in enumerate(split.window_example) if e == 0]
     assert len(windows_of_long) > 2 and all(split.features[i]["labels"] == 1 for i in windows_of_long)
-    assert split.window_example[-1] == 1   # sorted longest first: the short document's single window comes last
+    assert split.window_example[-1] == 1  # sorted longest first: the short document's single window comes last
     logits = np.array([[float(i), -float(i)] for i in range(len(split.features))])
     mean = document_logits(split, logits, "mean")
     maximum = document_logits(split, logits, "max")

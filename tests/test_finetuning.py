@@ -1,4 +1,5 @@
 """Real fine-tuning runs of tiny models (ModernBERT and BERT) on easy fixture tasks, offline."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, WORDS, tiny_model_config
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-from conftest import ROOT, WORDS, tiny_model_config
 from modeling import finetuning
 from modeling.encoding import encode_split, load_task_tokenizer
 from modeling.task_data import load_task_examples
@@ -24,6 +25,7 @@ FILLER = [w for w in WORDS if w not in DRUGS]
 @pytest.fixture(scope="module")
 def modernbert_dir(tmp_path_factory, tiny_tokenizer):
     from transformers import ModernBertForMaskedLM
+
     folder = tmp_path_factory.mktemp("modernbert")
     torch.manual_seed(0)
     ModernBertForMaskedLM(tiny_model_config(tiny_tokenizer)).save_pretrained(folder)
@@ -36,18 +38,37 @@ def bert_dir(tmp_path_factory):
     """A tiny BERT with a WordPiece tokenizer trained here: the non-ModernBERT encoder."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
+
     folder = tmp_path_factory.mktemp("bert")
     backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    backend.train_from_iterator([" ".join(WORDS)] * 20, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
-    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                        sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
+    backend.train_from_iterator(
+        [" ".join(WORDS)] * 20, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials)
+    )
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    )
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=128, pad_token_id=0)
+    config = BertConfig(
+        vocab_size=200,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
     BertForMaskedLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
@@ -80,11 +101,20 @@ def write_task(folder, task: str, n: int = 200):
 
 def make_task(tmp_path, model, task, **extra):
     labels = {"single_label": DRUGS, "multi_label": DRUGS[:2], "ner": ["Drug"]}[task]
-    raw = {"name": f"easy_{task}", "task": task, "model": model, "labels": labels, "output_dir": str(tmp_path / "results"),
-           "data": {"loader": "jsonl", "path": str(write_task(tmp_path / "data", task))},
-           "split": {"seed": 0, "validation": 0.2, "test": 0.2}, "max_length": 64, "window_stride": 16, "seeds": [3],
-           "training": {"lr": 5e-3, "epochs": 6, "batch_size": 8, "logging_steps": 5}}
-    if task != "ner" and "modernbert" in model:   # mean pooling: presence of a word is learnt in a few steps
+    raw = {
+        "name": f"easy_{task}",
+        "task": task,
+        "model": model,
+        "labels": labels,
+        "output_dir": str(tmp_path / "results"),
+        "data": {"loader": "jsonl", "path": str(write_task(tmp_path / "data", task))},
+        "split": {"seed": 0, "validation": 0.2, "test": 0.2},
+        "max_length": 64,
+        "window_stride": 16,
+        "seeds": [3],
+        "training": {"lr": 5e-3, "epochs": 6, "batch_size": 8, "logging_steps": 5},
+    }
+    if task != "ner" and "modernbert" in model:  # mean pooling: presence of a word is learnt in a few steps
         raw["classifier_pooling"] = "mean"
     raw.update(extra)
     return task_from_dict(raw)
@@ -98,11 +128,13 @@ def untrained_validation(task, seed):
     model = finetuning.build_task_model(task, seed).eval()
     batches = []
     for start in range(0, len(split.features), 16):
-        features = split.features[start:start + 16]
-        padded = tokenizer.pad([{k: f[k] for k in ("input_ids", "attention_mask")} for f in features], return_tensors="pt")
+        features = split.features[start : start + 16]
+        padded = tokenizer.pad(
+            [{k: f[k] for k in ("input_ids", "attention_mask")} for f in features], return_tensors="pt"
+        )
         with torch.no_grad():
             logits = model(**padded).logits.numpy()
-        if logits.ndim == 3:   # pad the token axis to the longest window overall
+        if logits.ndim == 3:  # pad the token axis to the longest window overall
             logits = np.pad(logits, ((0, 0), (0, task.max_length - logits.shape[1]), (0, 0)))
         batches.append(logits)
     scores, _ = finetuning.score_split(task, split, np.concatenate(batches))
@@ -140,7 +172,7 @@ def test_ner_predictions_are_spans_with_character_offsets(tmp_path, modernbert_d
     assert len(rows) == len(texts)
     for row in rows:
         for entity in row["entities"] + row["gold_entities"]:
-            assert texts[row["id"]][entity["start"]:entity["end"]] == entity["text"]
+            assert texts[row["id"]][entity["start"] : entity["end"]] == entity["text"]
     assert sum(len(r["gold_entities"]) for r in rows) > 0
     assert not (tmp_path / "results" / "seed3" / "model").exists()
 
@@ -160,13 +192,19 @@ def test_non_modernbert_encoder_with_two_seeds_aggregated(tmp_path, bert_dir):
     saved = json.loads((tmp_path / "results" / "aggregate.json").read_text())
     assert saved["seeds"] == [3, 4] and "| accuracy |" in (tmp_path / "results" / "aggregate.md").read_text()
     # the aggregate command rebuilds the same figures from the results.json files
-    out = subprocess.run([sys.executable, "finetune.py", "aggregate", str(tmp_path / "results")], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "finetune.py", "aggregate", str(tmp_path / "results")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert f"{summary['test']['accuracy']['mean']:.4f} +- {summary['test']['accuracy']['std']:.4f}" in out
 
 
 def test_lora_adapter_saved_alone_reloads_and_merges(tmp_path, modernbert_dir):
     from peft import PeftModel
+
     task = make_task(tmp_path, modernbert_dir, "single_label", peft={"r": 4, "alpha": 8, "dropout": 0.0, "merge": True})
     model = finetuning.build_task_model(task, seed=3)
     trainable = {n.split(".")[-2] if "lora" in n else n for n, p in model.named_parameters() if p.requires_grad}
@@ -175,8 +213,12 @@ def test_lora_adapter_saved_alone_reloads_and_merges(tmp_path, modernbert_dir):
     record = json.loads((tmp_path / "results" / "seed3" / "results.json").read_text())
     adapter, merged = record["saved"]["adapter"], record["saved"]["model"]
     assert sorted(p.name for p in (tmp_path / "results" / "seed3" / "adapter").glob("adapter_*")) == [
-        "adapter_config.json", "adapter_model.safetensors"]
-    base = AutoModelForSequenceClassification.from_pretrained(modernbert_dir, num_labels=3, classifier_pooling=task.classifier_pooling)
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    base = AutoModelForSequenceClassification.from_pretrained(
+        modernbert_dir, num_labels=3, classifier_pooling=task.classifier_pooling
+    )
     with_adapter = PeftModel.from_pretrained(base, adapter).eval()
     plain = AutoModelForSequenceClassification.from_pretrained(merged).eval()
     tokenizer = load_task_tokenizer(modernbert_dir, "single_label")
@@ -187,11 +229,15 @@ def test_lora_adapter_saved_alone_reloads_and_merges(tmp_path, modernbert_dir):
 
 
 def test_learning_rate_grid_picks_the_best_mean_validation(tmp_path, modernbert_dir):
-    task = make_task(tmp_path, modernbert_dir, "single_label", training={"lr_grid": [1e-7, 3e-3], "epochs": 3},
-                     save_model=False)
+    task = make_task(
+        tmp_path, modernbert_dir, "single_label", training={"lr_grid": [1e-7, 3e-3], "epochs": 3}, save_model=False
+    )
     summary = finetuning.run(task)
     assert summary["lr"] == 3e-3 and set(summary["by_lr"]) == {"1e-07", "0.003"}
-    assert summary["by_lr"]["0.003"]["validation"]["weighted_f1"]["mean"] > summary["by_lr"]["1e-07"]["validation"]["weighted_f1"]["mean"]
+    assert (
+        summary["by_lr"]["0.003"]["validation"]["weighted_f1"]["mean"]
+        > summary["by_lr"]["1e-07"]["validation"]["weighted_f1"]["mean"]
+    )
 
 
 def test_cli_reports_a_bad_config_in_one_line(tmp_path):
@@ -204,12 +250,27 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
 
 def test_two_processes_under_accelerate_write_one_result_with_every_test_example(tmp_path, modernbert_dir):
     import yaml
+
     task = make_task(tmp_path, modernbert_dir, "ner", training={"lr": 5e-3, "epochs": 4, "batch_size": 8})
     path = tmp_path / "task.yaml"
     raw = json.loads(json.dumps(__import__("dataclasses").asdict(task)))
     path.write_text(yaml.safe_dump(raw))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "finetune.py", str(path)]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "finetune.py",
+        str(path),
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / "results" / "seed3" / "results.json").read_text())
@@ -226,14 +287,17 @@ def test_two_processes_under_accelerate_write_one_result_with_every_test_example
     logits = np.zeros((len(test.features), alone.max_length, len(alone.tag_names)), dtype=np.float32)
     for i, feature in enumerate(test.features):
         with torch.no_grad():
-            logits[i, :len(feature["input_ids"])] = model(input_ids=torch.tensor([feature["input_ids"]])).logits[0].numpy()
+            logits[i, : len(feature["input_ids"])] = (
+                model(input_ids=torch.tensor([feature["input_ids"]])).logits[0].numpy()
+            )
     scores, _ = finetuning.score_split(alone, test, logits)
-    assert record["metrics"]["test"]["seqeval_f1"] > 0.5   # a model that found entities, so order matters
+    assert record["metrics"]["test"]["seqeval_f1"] > 0.5  # a model that found entities, so order matters
     assert scores["seqeval_f1"] == pytest.approx(record["metrics"]["test"]["seqeval_f1"], abs=1e-6)
 
 
 def test_finished_runs_are_reused_and_other_settings_refused(tmp_path, modernbert_dir):
     from modeling.config import ConfigError
+
     task = make_task(tmp_path, modernbert_dir, "multi_label", save_model=False, training={"epochs": 1})
     finetuning.run(task)
     results = tmp_path / "results" / "seed3" / "results.json"
@@ -253,14 +317,28 @@ def test_shipped_chemprot_config_runs_from_the_command_line(tmp_path, modernbert
     labels = ["CPR:3", "CPR:4", "CPR:5", "CPR:6", "CPR:9", "false"]
     for name, n in (("train", 40), ("dev", 12), ("test", 12)):
         rows = ["index\tsentence\tlabel"] + [
-            f"{i}.T1.T2\t@CHEMICAL$ {' '.join(sentence(rng))} @GENE$ .\t{labels[i % 6]}" for i in range(n)]
+            f"{i}.T1.T2\t@CHEMICAL$ {' '.join(sentence(rng))} @GENE$ .\t{labels[i % 6]}" for i in range(n)
+        ]
         (tmp_path / f"{name}.tsv").write_text("\n".join(rows) + "\n")
-    command = [sys.executable, "finetune.py", "eval_configs/chemprot.yaml", "--model", modernbert_dir, "--data_dir",
-               str(tmp_path), "--seeds", "7", "--output_dir", str(tmp_path / "out"), "--training.epochs", "1"]
+    command = [
+        sys.executable,
+        "finetune.py",
+        "eval_configs/chemprot.yaml",
+        "--model",
+        modernbert_dir,
+        "--data_dir",
+        str(tmp_path),
+        "--seeds",
+        "7",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--training.epochs",
+        "1",
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / "out" / "seed7" / "results.json").read_text())
     assert record["examples"] == {"train": 40, "validation": 12, "test": 12}
-    assert record["max_length"] == 512   # the model's maximum when the config leaves it open
+    assert record["max_length"] == 512  # the model's maximum when the config leaves it open
     assert {"positive_micro_f1", "micro_f1", "weighted_f1"} <= set(record["metrics"]["test"])
     assert "| positive_micro_f1 |" in result.stdout

@@ -1,6 +1,7 @@
 """Publishing, end to end against a real HTTP server on 127.0.0.1 (tests/fake_hub.py): a tiny two-phase run
 that pushes each phase as it ends, fine-tuning results on its last phase, cards filled from both, pushes
 that arrive byte for byte on the right branch, retries, resuming a failed push, and loading what arrived."""
+
 import json
 import os
 import re
@@ -12,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import ModelCard
-
 from conftest import ROOT, write_recipe
 from fake_hub import FakeHub
+from huggingface_hub import ModelCard
+from test_finetuning import make_task
+
 from modeling import finetuning, hub
 from modeling.config import ConfigError
-from test_finetuning import make_task
 
 TOKEN = "hf_TestSecretToken0123456789"
 REPO = "clinical-org/tiny-bioclinical"
@@ -33,7 +34,8 @@ def fake_hub():
 @pytest.fixture(autouse=True)
 def _online_to_the_local_hub(fake_hub, monkeypatch):
     import huggingface_hub.constants
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)   # conftest keeps the real Hub off
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # conftest keeps the real Hub off
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
 
@@ -43,20 +45,48 @@ def run(tmp_path_factory, fake_hub):
     """train_mlm.py with hub.repo_id set, so each phase is pushed when it ends; then fine-tuning on its last
     phase (two seeds), a random-init baseline and a LoRA adapter."""
     tmp = tmp_path_factory.mktemp("publish")
-    recipe = write_recipe(tmp, **{"hub.repo_id": REPO, "hub.license": "apache-2.0", "hub.private": True,
-                                  "sources.notes.domain": "clinical"})
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache"), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": fake_hub.url,
-           "HF_TOKEN": TOKEN, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run([sys.executable, str(ROOT / "train_mlm.py"), str(recipe)], capture_output=True, text=True,
-                            env=env, cwd=tmp, timeout=300)
+    recipe = write_recipe(
+        tmp,
+        **{"hub.repo_id": REPO, "hub.license": "apache-2.0", "hub.private": True, "sources.notes.domain": "clinical"},
+    )
+    env = {
+        **os.environ,
+        "XDG_CACHE_HOME": str(tmp / "cache"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_ENDPOINT": fake_hub.url,
+        "HF_TOKEN": TOKEN,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train_mlm.py"), str(recipe)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out, encoder = tmp / "out", str(tmp / "out" / "phase2")
     common = dict(seeds=[3, 4], training={"lr": 5e-3, "epochs": 2, "batch_size": 8, "logging_steps": 5})
     finetuning.run(make_task(tmp / "ft", encoder, "single_label", output_dir=str(tmp / "results" / "own"), **common))
-    finetuning.run(make_task(tmp / "ft", encoder, "single_label", output_dir=str(tmp / "results" / "random"),
-                             random_init=True, **common))
-    finetuning.run(make_task(tmp / "ft", encoder, "single_label", output_dir=str(tmp / "lora"), seeds=[3],
-                             training=common["training"], peft={"r": 4, "alpha": 8, "dropout": 0.0}))
+    finetuning.run(
+        make_task(
+            tmp / "ft", encoder, "single_label", output_dir=str(tmp / "results" / "random"), random_init=True, **common
+        )
+    )
+    finetuning.run(
+        make_task(
+            tmp / "ft",
+            encoder,
+            "single_label",
+            output_dir=str(tmp / "lora"),
+            seeds=[3],
+            training=common["training"],
+            peft={"r": 4, "alpha": 8, "dropout": 0.0},
+        )
+    )
     return {"tmp": tmp, "out": out, "results": tmp / "results", "log": result.stderr}
 
 
@@ -77,16 +107,38 @@ def test_training_pushed_each_phase_to_its_branch_and_the_last_to_main(run, fake
 
 def test_card_is_filled_from_the_run_and_parses_back(run, tmp_path):
     stage = tmp_path / "stage"
-    assert hub.main(["card", str(run["out"] / "phase2"), "--repo", REPO, "--results", str(run["results"]),
-                     "--stage", str(stage)]) == 0
+    assert (
+        hub.main(
+            [
+                "card",
+                str(run["out"] / "phase2"),
+                "--repo",
+                REPO,
+                "--results",
+                str(run["results"]),
+                "--stage",
+                str(stage),
+            ]
+        )
+        == 0
+    )
     card = ModelCard.load(stage / "README.md")
     data = card.data
-    assert (data.license, data.library_name, data.pipeline_tag, data.language) == ("apache-2.0", "transformers", "fill-mask", ["en"])
-    assert "clinical" in data.tags and data.base_model is None   # a fresh model: no base model to name
+    assert (data.license, data.library_name, data.pipeline_tag, data.language) == (
+        "apache-2.0",
+        "transformers",
+        "fill-mask",
+        ["en"],
+    )
+    assert "clinical" in data.tags and data.base_model is None  # a fresh model: no base model to name
     # model-index: the selection metric's mean over the two seeds, test split
     seeds = [json.loads(p.read_text()) for p in sorted((run["results"] / "own").glob("seed*/results.json"))]
     (result,) = data.eval_results
-    assert (result.dataset_name, result.dataset_split, result.metric_type) == ("easy_single_label", "test", "weighted_f1")
+    assert (result.dataset_name, result.dataset_split, result.metric_type) == (
+        "easy_single_label",
+        "test",
+        "weighted_f1",
+    )
     assert result.metric_value == round(statistics.fmean(r["metrics"]["test"]["weighted_f1"] for r in seeds), 4)
     # the recipe table and the clinical share come from training_summary.json
     summary = json.loads((run["out"] / "training_summary.json").read_text())
@@ -98,16 +150,24 @@ def test_card_is_filled_from_the_run_and_parses_back(run, tmp_path):
     random_mean = statistics.fmean(r["metrics"]["test"]["weighted_f1"] for r in random)
     assert re.search(rf"\*\*weighted_f1\*\* \| [0-9.]+ \+- [0-9.]+ \| 2 \| {random_mean:.4f}", card.text)
     listed = {p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()} - {hub.STAGE_MARKER}
-    assert {"README.md", "model.safetensors", "config.json", "tokenizer.json", "training_curves.png",
-            "training_summary.json", "eval/easy_single_label/aggregate.json"} <= listed
+    assert {
+        "README.md",
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "training_curves.png",
+        "training_summary.json",
+        "eval/easy_single_label/aggregate.json",
+    } <= listed
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in listed)
-    with pytest.raises(ConfigError, match="not a staging folder"):   # never clears a folder it did not write
+    with pytest.raises(ConfigError, match="not a staging folder"):  # never clears a folder it did not write
         hub.prepare(run["out"] / "phase2", REPO, run["out"] / "phase1")
     assert (run["out"] / "phase1" / "model.safetensors").exists()
 
 
 def test_push_arrives_byte_for_byte_and_loads_with_stock_transformers(run, tmp_path, fake_hub):
     from transformers import AutoModel, pipeline
+
     repo, stage = "clinical-org/pushed", tmp_path / "stage"
     result = hub.push(run["out"] / "phase2", repo, results=[run["results"]], revision="phase2", stage_dir=stage)
     arrived = fake_hub.files(repo, "phase2")
@@ -124,14 +184,16 @@ def test_push_arrives_byte_for_byte_and_loads_with_stock_transformers(run, tmp_p
     snippets = re.findall(r"```python\n(.*?)```", arrived["README.md"].decode(), re.S)
     assert len(snippets) == 2
     for code in snippets:
-        exec(code.replace(f'"{repo}", revision="phase2"', f'"{downloaded}"').replace(f'"{repo}"', f'"{downloaded}"'), {})
+        exec(
+            code.replace(f'"{repo}", revision="phase2"', f'"{downloaded}"').replace(f'"{repo}"', f'"{downloaded}"'), {}
+        )
 
 
 def test_transient_errors_are_retried_with_backoff(run, fake_hub, caplog):
     repo = "clinical-org/flaky"
     fake_hub.fail = {"create": [503, 502], "commit": [503]}
     hub.push(run["out"] / "phase2", repo, retry_wait=0.01)
-    assert fake_hub.fail == {"create": [], "commit": []}   # every injected failure was met, then it went through
+    assert fake_hub.fail == {"create": [], "commit": []}  # every injected failure was met, then it went through
     assert "model.safetensors" in fake_hub.files(repo)
     assert "retry 2 of 4" in caplog.text and TOKEN not in caplog.text
 
@@ -139,7 +201,7 @@ def test_transient_errors_are_retried_with_backoff(run, fake_hub, caplog):
 def test_failed_push_leaves_the_folder_untouched_and_the_printed_command_resumes(run, fake_hub, capsys, caplog):
     repo, folder = "clinical-org/resumed", run["out"] / "phase2"
     before = _digest(folder)
-    fake_hub.fail = {"commit": [403]}   # not transient: fails at once
+    fake_hub.fail = {"commit": [403]}  # not transient: fails at once
     assert hub.main(["push", str(folder), "--repo", repo, "--private", "--retry-wait", "0.01"]) == 1
     err = capsys.readouterr().err
     assert "403" in err and f"{folder} is untouched" in err and TOKEN not in err + caplog.text
@@ -156,7 +218,11 @@ def test_task_model_and_adapter_cards_name_their_base_and_their_snippets_run(run
     hub.push(seed_dir / "model", "clinical-org/tiny-task", base_model=REPO)
     arrived = fake_hub.files("clinical-org/tiny-task")
     card = ModelCard(arrived["README.md"].decode())
-    assert (card.data.pipeline_tag, card.data.base_model, card.data.library_name) == ("text-classification", REPO, "transformers")
+    assert (card.data.pipeline_tag, card.data.base_model, card.data.library_name) == (
+        "text-classification",
+        REPO,
+        "transformers",
+    )
     own = json.loads((seed_dir / "results.json").read_text())
     assert f"{own['metrics']['test']['weighted_f1']:.4f}" in card.text
     assert {"results.json", "eval/aggregate.json", "curves.png"} <= set(arrived)
@@ -177,15 +243,20 @@ def test_task_model_and_adapter_cards_name_their_base_and_their_snippets_run(run
     adapter_dir = fake_hub.write_out("clinical-org/tiny-adapter", "main", tmp_path / "adapter")
     scope = {}
     for code in re.findall(r"```python\n(.*?)```", card.text, re.S):
-        exec(code.replace(f'"{REPO}"', f'"{encoder_dir}"').replace('"clinical-org/tiny-adapter"', f'"{adapter_dir}"'), scope)
+        exec(
+            code.replace(f'"{REPO}"', f'"{encoder_dir}"').replace('"clinical-org/tiny-adapter"', f'"{adapter_dir}"'),
+            scope,
+        )
     assert scope["logits"].shape == (1, 3)
 
 
 def test_pickle_weights_are_refused_unless_allowed_and_never_published(tmp_path, tiny_tokenizer):
-    from transformers import AutoModelForMaskedLM, ModernBertForMaskedLM
     from conftest import tiny_model_config
+    from transformers import AutoModelForMaskedLM, ModernBertForMaskedLM
+
     from modeling.card import _model_files
     from modeling.model import load_pretrained
+
     folder = tmp_path / "pickled"
     model = ModernBertForMaskedLM(tiny_model_config(tiny_tokenizer))
     model.config.save_pretrained(folder)
@@ -194,7 +265,7 @@ def test_pickle_weights_are_refused_unless_allowed_and_never_published(tmp_path,
         load_pretrained(AutoModelForMaskedLM, str(folder))
     loaded = load_pretrained(AutoModelForMaskedLM, str(folder), allow_pickle=True)
     assert torch.equal(loaded.model.embeddings.tok_embeddings.weight, model.model.embeddings.tok_embeddings.weight)
-    model.save_pretrained(folder)   # safetensors beside the pickle: only the safetensors go out
+    model.save_pretrained(folder)  # safetensors beside the pickle: only the safetensors go out
     kept, left_out = _model_files(folder)
     assert "model.safetensors" in kept and "pytorch_model.bin" not in kept and "pickle" in left_out["pytorch_model.bin"]
 

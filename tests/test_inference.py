@@ -1,5 +1,6 @@
 """Embedding / classifying notes: packed, length-sorted batches give what stock transformers gives for
 each note alone, and the CLI writes it for a file of notes."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,15 @@ import random
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForSequenceClassification, ModernBertForMaskedLM, ModernBertForSequenceClassification
-
 from conftest import synthetic_documents, tiny_model_config
+from safetensors.torch import load_file
+from transformers import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    ModernBertForMaskedLM,
+    ModernBertForSequenceClassification,
+)
+
 from modeling.inference import NoteEncoder, main, packed_batches, tokenize_notes
 
 MAX_LENGTH = 96
@@ -38,9 +44,15 @@ def classifier_dir(tmp_path_factory, tiny_tokenizer):
     folder = tmp_path_factory.mktemp("classifier")
     torch.manual_seed(1)
     labels = ["cardiac", "renal", "infection"]
-    config = tiny_model_config(tiny_tokenizer, max_position_embeddings=MAX_LENGTH, num_labels=3, classifier_pooling="mean",
-                               problem_type="multi_label_classification",
-                               id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    config = tiny_model_config(
+        tiny_tokenizer,
+        max_position_embeddings=MAX_LENGTH,
+        num_labels=3,
+        classifier_pooling="mean",
+        problem_type="multi_label_classification",
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+    )
     ModernBertForSequenceClassification(config).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     return folder
@@ -67,11 +79,11 @@ def test_packed_batches_are_full_sorted_and_keep_every_note():
     seen = [i for rows in batches for row in rows for i in row]
     assert sorted(seen) == list(range(200))
     for rows in batches:
-        width = lengths[rows[0][0]]                              # the batch's first note is its longest
+        width = lengths[rows[0][0]]  # the batch's first note is its longest
         assert all(sum(lengths[i] for i in row) <= width for row in rows)
         assert len(rows) == 1 or len(rows) * width <= 256
     positions = sum(len(rows) * lengths[rows[0][0]] for rows in batches)
-    assert sum(lengths) / positions > 0.95                      # padding only at row ends
+    assert sum(lengths) / positions > 0.95  # padding only at row ends
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
@@ -102,15 +114,24 @@ def test_tokenize_notes_wraps_and_cuts_like_training(tiny_tokenizer):
 def test_cli_writes_embeddings_in_input_order(encoder_dir, tmp_path, capsys):
     texts = notes(12, seed=5)
     path = tmp_path / "notes.jsonl"
-    lines = [json.dumps({"text": t}) for t in texts[:6]] + [json.dumps({"text": "  "})] + [json.dumps({"text": t}) for t in texts[6:]]
+    lines = (
+        [json.dumps({"text": t}) for t in texts[:6]]
+        + [json.dumps({"text": "  "})]
+        + [json.dumps({"text": t}) for t in texts[6:]]
+    )
     path.write_text("\n".join(lines) + "\n")
     assert main([str(encoder_dir), str(path), "--output_dir", str(tmp_path / "out"), "--batch_tokens", "200"]) == 0
     embeddings = load_file(tmp_path / "out" / "embeddings.safetensors")["embeddings"]
     records = [json.loads(line) for line in (tmp_path / "out" / "notes.jsonl").read_text().splitlines()]
     assert embeddings.shape[0] == len(texts) == len(records)
-    assert records[6]["where"] == f"{path}:8"                  # the blank line 7 was skipped, not shifted
+    assert records[6]["where"] == f"{path}:8"  # the blank line 7 was skipped, not shifted
     encoder = NoteEncoder.from_pretrained(str(encoder_dir))
-    alone = stock_outputs(AutoModel.from_pretrained(encoder_dir), encoder.tokenizer, tokenize_notes(encoder.tokenizer, texts, MAX_LENGTH).ids, "mean")
+    alone = stock_outputs(
+        AutoModel.from_pretrained(encoder_dir),
+        encoder.tokenizer,
+        tokenize_notes(encoder.tokenizer, texts, MAX_LENGTH).ids,
+        "mean",
+    )
     assert (embeddings - alone).abs().max() <= 1e-5
     out = capsys.readouterr().out
     assert f"{len(texts)} notes" in out and "1 records skipped" in out

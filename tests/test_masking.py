@@ -1,4 +1,5 @@
 """Masking: 80/10/10, never special tokens or padding, a pure function of (seed, stream, row index)."""
+
 import torch
 
 from modeling.masking import MLMCollator
@@ -12,20 +13,31 @@ def _rows(tokenizer, n=64, length=120):
     for r in range(n):
         body = [ordinary[i] for i in torch.randint(len(ordinary), (length - 4,), generator=g)]
         half = len(body) // 2
-        ids = [tokenizer.cls_token_id, *body[:half], tokenizer.sep_token_id, tokenizer.cls_token_id, *body[half:], tokenizer.sep_token_id]
-        rows.append({"input_ids": ids, "doc_lengths": [half + 2, len(body) - half + 2], "doc_sources": [0, 0], "row_index": r})
+        ids = [
+            tokenizer.cls_token_id,
+            *body[:half],
+            tokenizer.sep_token_id,
+            tokenizer.cls_token_id,
+            *body[half:],
+            tokenizer.sep_token_id,
+        ]
+        rows.append(
+            {"input_ids": ids, "doc_lengths": [half + 2, len(body) - half + 2], "doc_sources": [0, 0], "row_index": r}
+        )
     return rows
 
 
 def _collator(tokenizer, p=0.3, end=None, total=64, seed=1, stream="train/p1"):
-    return MLMCollator(tokenizer, MaskingSchedule(p, p if end is None else end, total), seed, stream, max_seq_length=128)
+    return MLMCollator(
+        tokenizer, MaskingSchedule(p, p if end is None else end, total), seed, stream, max_seq_length=128
+    )
 
 
 def test_80_10_10_and_never_special_or_padding(tiny_tokenizer):
     rows = _rows(tiny_tokenizer)
     original = torch.full((len(rows), 128), tiny_tokenizer.pad_token_id)
     for b, r in enumerate(rows):
-        original[b, :len(r["input_ids"])] = torch.tensor(r["input_ids"])
+        original[b, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
     batch = _collator(tiny_tokenizer)(rows)
     chosen = batch["labels"] != -100
     special = torch.isin(original, torch.tensor(tiny_tokenizer.all_special_ids))
@@ -38,7 +50,7 @@ def test_80_10_10_and_never_special_or_padding(tiny_tokenizer):
     randomised = chosen & ~masked & ~unchanged
     n = chosen.sum()
     assert abs(masked.sum() / n - 0.8) < 0.03
-    assert abs((unchanged.sum() / n) - 0.1) < 0.03      # includes random draws that hit the same token (rare)
+    assert abs((unchanged.sum() / n) - 0.1) < 0.03  # includes random draws that hit the same token (rare)
     assert abs(randomised.sum() / n - 0.1) < 0.03
     assert not torch.isin(batch["input_ids"][randomised], torch.tensor(tiny_tokenizer.all_special_ids)).any()
     assert torch.equal(batch["input_ids"][~chosen], original[~chosen])
@@ -48,7 +60,7 @@ def test_masking_depends_only_on_seed_stream_and_row(tiny_tokenizer):
     rows = _rows(tiny_tokenizer, n=8)
     whole = _collator(tiny_tokenizer)(rows)
     # The same rows, collated in other groupings and in another order, mask the same way.
-    parts = [_collator(tiny_tokenizer)(rows[i:i + 3]) for i in (0, 3, 6)]
+    parts = [_collator(tiny_tokenizer)(rows[i : i + 3]) for i in (0, 3, 6)]
     assert torch.equal(torch.cat([p["labels"] for p in parts]), whole["labels"])
     backwards = _collator(tiny_tokenizer)(rows[::-1])
     assert torch.equal(backwards["input_ids"].flip(0), whole["input_ids"])
@@ -68,7 +80,11 @@ def test_ramp_follows_the_row_position(tiny_tokenizer):
 
 
 def test_a_row_always_gets_a_target(tiny_tokenizer):
-    row = {"input_ids": [tiny_tokenizer.cls_token_id, 100, tiny_tokenizer.sep_token_id], "doc_lengths": [3],
-           "doc_sources": [0], "row_index": 0}
+    row = {
+        "input_ids": [tiny_tokenizer.cls_token_id, 100, tiny_tokenizer.sep_token_id],
+        "doc_lengths": [3],
+        "doc_sources": [0],
+        "row_index": 0,
+    }
     batch = _collator(tiny_tokenizer, p=0.01)([row])
     assert batch["labels"].ne(-100).sum() == 1 and batch["labels"][0, 1] == 100

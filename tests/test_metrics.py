@@ -1,4 +1,5 @@
 """The local evaluate modules against values computed by hand."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,6 +9,7 @@ from modeling.metrics import load_metric, metric_names, task_scores
 
 def test_modules_load_offline_through_evaluate():
     import evaluate
+
     for name in ("seqeval_entities", "classification_f1", "multilabel_f1"):
         assert isinstance(load_metric(name), evaluate.Metric)
 

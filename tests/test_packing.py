@@ -1,13 +1,13 @@
 """Tokenize + chunk + best-fit pack: nothing lost, nothing over length, rows nearly full."""
+
 import itertools
 import random
 from collections import Counter
 
 import pytest
-
+from conftest import synthetic_documents
 from torch.utils.data import DataLoader
 
-from conftest import synthetic_documents
 from modeling.mixture import PhaseMixture
 from modeling.packing import BestFitPacker, Chunker, PackedRows, collate_rows, pack, packing_efficiency
 from modeling.sources import SourceSpec
@@ -22,7 +22,7 @@ def test_documents_are_wrapped_and_long_ones_cut_into_wrapped_chunks(tiny_tokeni
     long_chunks = [ids for source, ids in chunks if source == 1]
     assert len(long_chunks) == -(-len(body) // 62)
     assert all(ids[0] == cls and ids[-1] == sep and len(ids) <= 64 for ids in long_chunks)
-    assert [t for ids in long_chunks for t in ids[1:-1]] == body   # every token kept, in order
+    assert [t for ids in long_chunks for t in ids[1:-1]] == body  # every token kept, in order
 
 
 def test_best_fit_keeps_every_chunk_and_respects_the_length():
@@ -31,14 +31,16 @@ def test_best_fit_keeps_every_chunk_and_respects_the_length():
     rows = list(pack(chunks, 256, open_rows=8))
     assert all(len(r["input_ids"]) <= 256 for r in rows)
     assert all(sum(r["doc_lengths"]) == len(r["input_ids"]) for r in rows)
-    packed = Counter(tuple(r["input_ids"][o:o + n]) for r in rows for o, n in zip(_offsets(r["doc_lengths"]), r["doc_lengths"]))
+    packed = Counter(
+        tuple(r["input_ids"][o : o + n]) for r in rows for o, n in zip(_offsets(r["doc_lengths"]), r["doc_lengths"])
+    )
     assert packed == Counter(tuple(ids) for _, ids in chunks)
 
 
 def test_best_fit_picks_the_tightest_open_row():
     packer = BestFitPacker(10, open_rows=4)
-    assert packer.add(0, [1] * 6) == [] and packer.add(0, [1] * 5) == []   # two rows: 4 free and 5 free
-    done = packer.add(0, [2] * 4)   # fits both; the tightest is the row with 4 free, which becomes full
+    assert packer.add(0, [1] * 6) == [] and packer.add(0, [1] * 5) == []  # two rows: 4 free and 5 free
+    done = packer.add(0, [2] * 4)  # fits both; the tightest is the row with 4 free, which becomes full
     assert [r["doc_lengths"] for r in done] == [[6, 4]]
 
 
@@ -69,8 +71,10 @@ def test_efficiency_on_abstract_like_lengths():
 
 
 def test_collate_numbers_documents_and_restarts_positions():
-    rows = [{"input_ids": [1, 5, 2, 1, 6, 7, 2], "doc_lengths": [3, 4], "doc_sources": [0, 1]},
-            {"input_ids": [1, 8, 2], "doc_lengths": [3], "doc_sources": [1]}]
+    rows = [
+        {"input_ids": [1, 5, 2, 1, 6, 7, 2], "doc_lengths": [3, 4], "doc_sources": [0, 1]},
+        {"input_ids": [1, 8, 2], "doc_lengths": [3], "doc_sources": [1]},
+    ]
     batch = collate_rows(rows, pad_id=0, max_seq_length=8, num_sources=2)
     assert batch["input_ids"].shape == (2, 8)
     assert batch["doc_ids"][0].tolist() == [0, 0, 0, 1, 1, 1, 1, -1]
@@ -82,7 +86,9 @@ def test_collate_numbers_documents_and_restarts_positions():
 def _mixture(tmp_path, n=120):
     path = tmp_path / "docs.txt"
     path.write_text("\n".join(synthetic_documents(n, seed=5)) + "\n")
-    return PhaseMixture([SourceSpec("docs", str(path), "text")], None, holdout_fraction=0.05, seed=1, phase="p", shuffle_buffer=16)
+    return PhaseMixture(
+        [SourceSpec("docs", str(path), "text")], None, holdout_fraction=0.05, seed=1, phase="p", shuffle_buffer=16
+    )
 
 
 def test_rows_do_not_depend_on_the_number_of_workers(tmp_path, tiny_tokenizer):
@@ -97,6 +103,7 @@ def test_rows_do_not_depend_on_the_number_of_workers(tmp_path, tiny_tokenizer):
 
 def test_held_out_documents_never_reach_training(tmp_path, tiny_tokenizer):
     from modeling.mixture import StreamStats
+
     mixture = _mixture(tmp_path, n=400)
     held = [text for _, text in mixture.held_out_documents(1000)]
     stats = StreamStats()
@@ -111,12 +118,14 @@ def test_held_out_documents_never_reach_training(tmp_path, tiny_tokenizer):
 def test_memory_does_not_grow_with_the_corpus(tmp_path, tiny_tokenizer):
     """Reading, shuffling, tokenizing and packing a corpus 10x larger peaks at about the same memory."""
     import tracemalloc
+
     peaks = {}
     for n in (3_000, 30_000):
         path = tmp_path / f"docs{n}.txt"
         path.write_text("\n".join(synthetic_documents(n, seed=n)) + "\n")
-        mixture = PhaseMixture([SourceSpec("docs", str(path), "text")], None, holdout_fraction=0.01, seed=1,
-                               phase="p", shuffle_buffer=500)
+        mixture = PhaseMixture(
+            [SourceSpec("docs", str(path), "text")], None, holdout_fraction=0.01, seed=1, phase="p", shuffle_buffer=500
+        )
         rows = PackedRows(mixture, tiny_tokenizer, max_seq_length=256, batch_size=4, epochs=1)
         tracemalloc.start()
         count = sum(1 for _ in rows)
@@ -135,28 +144,43 @@ def _source(tmp_path, name, n, seed):
 
 def test_weighted_sources_are_sampled_by_weight_and_restart(tmp_path):
     from modeling.mixture import StreamStats
-    mixture = PhaseMixture([_source(tmp_path, "big", 300, 1), _source(tmp_path, "small", 30, 2)], [1.0, 3.0],
-                           holdout_fraction=0.01, seed=3, phase="p", shuffle_buffer=50)
+
+    mixture = PhaseMixture(
+        [_source(tmp_path, "big", 300, 1), _source(tmp_path, "small", 30, 2)],
+        [1.0, 3.0],
+        holdout_fraction=0.01,
+        seed=3,
+        phase="p",
+        shuffle_buffer=50,
+    )
     stats = StreamStats()
     picked = [source for source, _ in itertools.islice(mixture.documents(stats), 2000)]
-    assert 0.72 < picked.count(1) / len(picked) < 0.78          # weight 3 of 4
-    assert stats.sources["small"].passes_started > 10            # the small source starts again and again
+    assert 0.72 < picked.count(1) / len(picked) < 0.78  # weight 3 of 4
+    assert stats.sources["small"].passes_started > 10  # the small source starts again and again
 
 
 def test_natural_proportion_reads_each_source_once_per_epoch(tmp_path):
     from modeling.mixture import StreamStats
-    mixture = PhaseMixture([_source(tmp_path, "a", 200, 1), _source(tmp_path, "b", 50, 2)], None,
-                           holdout_fraction=0.01, seed=3, phase="p", shuffle_buffer=50)
+
+    mixture = PhaseMixture(
+        [_source(tmp_path, "a", 200, 1), _source(tmp_path, "b", 50, 2)],
+        None,
+        holdout_fraction=0.01,
+        seed=3,
+        phase="p",
+        shuffle_buffer=50,
+    )
     stats = StreamStats()
     texts = [text for _, text in mixture.documents(stats, epochs=2)]
     per_epoch = stats.sources["a"].documents + stats.sources["b"].documents
     assert len(texts) == 2 * per_epoch and sorted(texts[:per_epoch]) == sorted(texts[per_epoch:])
-    assert texts[:per_epoch] != texts[per_epoch:]                 # each epoch shuffled on its own
+    assert texts[:per_epoch] != texts[per_epoch:]  # each epoch shuffled on its own
 
 
 def test_natural_proportion_of_a_hub_dataset_needs_weights():
     from modeling.mixture import StreamStats
     from modeling.sources import DataError
+
     mixture = PhaseMixture([SourceSpec("hub", "some-org/notes", "hf")], None, holdout_fraction=0.01, seed=1, phase="p")
     with pytest.raises(DataError, match="give the phase's sources explicit weights"):
         next(mixture.epoch_documents(StreamStats(), 0))

@@ -1,11 +1,12 @@
 """Phase lengths and LR schedules: steps from tokens/steps/epochs, warmup-stable-decay as transformers runs it."""
+
 import math
 
 import pytest
 import torch
+from conftest import write_recipe
 from transformers import get_scheduler
 
-from conftest import write_recipe
 from modeling.config import load_recipe, parse_overrides
 from modeling.schedules import plan_phase
 
@@ -16,8 +17,13 @@ def _recipe(tmp_path, *overrides):
 
 def _lrs(plan):
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=plan.lr)
-    scheduler = get_scheduler("warmup_stable_decay", optimizer, num_warmup_steps=plan.warmup_steps,
-                              num_training_steps=plan.steps, scheduler_specific_kwargs=plan.scheduler_kwargs())
+    scheduler = get_scheduler(
+        "warmup_stable_decay",
+        optimizer,
+        num_warmup_steps=plan.warmup_steps,
+        num_training_steps=plan.steps,
+        scheduler_specific_kwargs=plan.scheduler_kwargs(),
+    )
     lrs = []
     for _ in range(plan.steps):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -43,14 +49,14 @@ def test_global_tokens_become_rows(tmp_path):
 
 
 def test_constant_after_warmup(tmp_path):
-    plan = plan_phase(_recipe(tmp_path, "--phases.0.length", "{steps: 20}"), 0)   # warmup 0.25, no decay
+    plan = plan_phase(_recipe(tmp_path, "--phases.0.length", "{steps: 20}"), 0)  # warmup 0.25, no decay
     lrs = _lrs(plan)
     assert plan.warmup_steps == 5 and plan.decay_steps == 0
     assert lrs[0] == 0 and lrs[4] < plan.lr and all(lr == plan.lr for lr in lrs[5:])
 
 
 def test_one_minus_sqrt_decay_to_the_minimum_ratio(tmp_path):
-    plan = plan_phase(_recipe(tmp_path), 1, rows_per_epoch=800)                      # 100 steps, decay the whole phase
+    plan = plan_phase(_recipe(tmp_path), 1, rows_per_epoch=800)  # 100 steps, decay the whole phase
     lrs = _lrs(plan)
     assert (plan.warmup_steps, plan.stable_steps, plan.decay_steps) == (0, 0, 100)
     assert lrs[0] == plan.lr
@@ -60,10 +66,15 @@ def test_one_minus_sqrt_decay_to_the_minimum_ratio(tmp_path):
 
 
 def test_decay_over_the_last_tokens_and_cosine_with_warmup(tmp_path):
-    recipe = _recipe(tmp_path, "--phases.0.length", "{steps: 100}",
-                     "--phases.0.schedule", "{warmup: 0.1, decay: cosine, decay_tokens: 20480, min_lr_ratio: 0}")
+    recipe = _recipe(
+        tmp_path,
+        "--phases.0.length",
+        "{steps: 100}",
+        "--phases.0.schedule",
+        "{warmup: 0.1, decay: cosine, decay_tokens: 20480, min_lr_ratio: 0}",
+    )
     plan = plan_phase(recipe, 0)
-    assert (plan.warmup_steps, plan.stable_steps, plan.decay_steps) == (10, 70, 20)   # 20480 tokens / 1024 per step
+    assert (plan.warmup_steps, plan.stable_steps, plan.decay_steps) == (10, 70, 20)  # 20480 tokens / 1024 per step
     lrs = _lrs(plan)
     assert lrs[10] == lrs[79] == plan.lr and lrs[90] == pytest.approx(plan.lr * 0.5)
 

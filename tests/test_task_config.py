@@ -1,4 +1,5 @@
 """Task configs: every shipped config loads; unknown keys and impossible values stop with one line."""
+
 from __future__ import annotations
 
 import pytest
@@ -34,7 +35,12 @@ def test_shipped_configs_load(name):
 
 def test_paper_protocol_is_the_default():
     config = load_task_config("chemprot")
-    assert (config.training.lr, config.training.weight_decay, config.training.epochs, config.training.batch_size) == (2e-5, 0.01, 3, 16)
+    assert (config.training.lr, config.training.weight_decay, config.training.epochs, config.training.batch_size) == (
+        2e-5,
+        0.01,
+        3,
+        16,
+    )
     assert config.seeds == [42, 43, 44, 45, 46] and config.max_length is None
     assert config.negative_labels == ["false"]
 
@@ -47,21 +53,27 @@ def test_ner_tags_derived_from_entity_types():
     assert given.tag_names == ["O", "B-X", "I-X"]
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"colour": 1}, "unknown key 'colour'"),
-    ({"task": "regression"}, "task='regression': allowed values are single_label, multi_label, ner"),
-    ({"data.loader": "excel"}, "data.loader='excel'"),
-    ({"data.unit": "snippet"}, "data.unit: not read by loader 'jsonl'"),
-    ({"training.lr": -1}, "training.lr=-1.0: must be a number > 0"),
-    ({"training.batch_size": 16, "training.per_device_batch_size": 5}, "per_device_batch_size=5: must divide batch_size"),
-    ({"labels": ["yes"]}, "at least 2 labels"),
-    ({"labels": ["a", "a"]}, "listed twice"),
-    ({"selection_metric": "seqeval_f1"}, "selection_metric='seqeval_f1'"),
-    ({"negative_labels": ["maybe"]}, "negative_labels: 'maybe'"),
-    ({"split.test": 0.6, "split.validation": 0.5}, "leaves nothing to train on"),
-    ({"max_length": 512, "window_stride": 300}, "window_stride=300"),
-    ({"seeds": "42"}, "seeds"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"colour": 1}, "unknown key 'colour'"),
+        ({"task": "regression"}, "task='regression': allowed values are single_label, multi_label, ner"),
+        ({"data.loader": "excel"}, "data.loader='excel'"),
+        ({"data.unit": "snippet"}, "data.unit: not read by loader 'jsonl'"),
+        ({"training.lr": -1}, "training.lr=-1.0: must be a number > 0"),
+        (
+            {"training.batch_size": 16, "training.per_device_batch_size": 5},
+            "per_device_batch_size=5: must divide batch_size",
+        ),
+        ({"labels": ["yes"]}, "at least 2 labels"),
+        ({"labels": ["a", "a"]}, "listed twice"),
+        ({"selection_metric": "seqeval_f1"}, "selection_metric='seqeval_f1'"),
+        ({"negative_labels": ["maybe"]}, "negative_labels: 'maybe'"),
+        ({"split.test": 0.6, "split.validation": 0.5}, "leaves nothing to train on"),
+        ({"max_length": 512, "window_stride": 300}, "window_stride=300"),
+        ({"seeds": "42"}, "seeds"),
+    ],
+)
 def test_bad_values_stop_with_the_key(changes, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         task_from_dict(minimal(**changes))

@@ -1,4 +1,5 @@
 """Generic loaders (JSONL, CSV, Parquet, a Hugging Face dataset folder), label checks, BIO repair, splits."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from modeling.sources import DataError
+from modeling.sources import DataError, SkipLog
 from modeling.task_data import assign_splits, bio_tags, load_task_examples, word_spans
-from modeling.sources import SkipLog
 from modeling.tasks import Example, task_from_dict
 
 
@@ -18,8 +18,15 @@ def write_jsonl(path, rows):
 
 
 def config(path, task="single_label", labels=("yes", "no"), **data):
-    return task_from_dict({"name": "t", "task": task, "labels": list(labels), "seeds": [1],
-                           "data": {"loader": "jsonl", "path": str(path), **data}})
+    return task_from_dict(
+        {
+            "name": "t",
+            "task": task,
+            "labels": list(labels),
+            "seeds": [1],
+            "data": {"loader": "jsonl", "path": str(path), **data},
+        }
+    )
 
 
 def test_jsonl_with_official_splits_and_validation_carved_from_train(tmp_path):
@@ -31,9 +38,20 @@ def test_jsonl_with_official_splits_and_validation_carved_from_train(tmp_path):
 
 
 def test_multi_label_from_a_separated_string_in_csv(tmp_path):
-    pd.DataFrame({"note": [f"n{i}" for i in range(10)], "codes": ["a|b", "b", "", "a"] * 2 + ["a", "b"]}).to_csv(tmp_path / "d.csv", index=False)
-    splits, _ = load_task_examples(config(tmp_path / "d.csv", task="multi_label", labels=("a", "b"), loader="csv",
-                                          text_field="note", label_field="codes", label_separator="|"))
+    pd.DataFrame({"note": [f"n{i}" for i in range(10)], "codes": ["a|b", "b", "", "a"] * 2 + ["a", "b"]}).to_csv(
+        tmp_path / "d.csv", index=False
+    )
+    splits, _ = load_task_examples(
+        config(
+            tmp_path / "d.csv",
+            task="multi_label",
+            labels=("a", "b"),
+            loader="csv",
+            text_field="note",
+            label_field="codes",
+            label_separator="|",
+        )
+    )
     examples = {e.text: e.labels for s in splits.values() for e in s}
     assert examples["n0"] == ["a", "b"] and examples["n2"] == [] and len(examples) == 10
 
@@ -52,7 +70,7 @@ def test_hugging_face_dataset_folder_keeps_its_splits(tmp_path):
         write_jsonl(tmp_path / f"{split}.jsonl", [{"sentence": f"{split} {i}", "label": i % 2} for i in range(n)])
     splits, _ = load_task_examples(config(tmp_path, loader="hf", text_field="sentence"))
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [12, 3, 4]
-    assert splits["test"][1].labels == ["no"]   # class id 1 -> the second label
+    assert splits["test"][1].labels == ["no"]  # class id 1 -> the second label
 
 
 def test_label_not_in_the_list_names_file_and_line(tmp_path):
@@ -60,7 +78,7 @@ def test_label_not_in_the_list_names_file_and_line(tmp_path):
     with pytest.raises(DataError, match=r"d.jsonl:2: label 'maybe' is not in the label list \(yes, no\)"):
         load_task_examples(config(tmp_path / "d.jsonl"))
     skipped = config(tmp_path / "d.jsonl", on_bad_record="skip")
-    with pytest.raises(DataError, match="split is empty"):   # one example left: nothing to split
+    with pytest.raises(DataError, match="split is empty"):  # one example left: nothing to split
         load_task_examples(skipped)
 
 

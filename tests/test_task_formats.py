@@ -1,5 +1,6 @@
 """Tests for modeling.task_formats: each benchmark's original format, on small fixture files written here in
 exactly that layout, with the expected examples worked out by hand; and every bad input the loaders detect."""
+
 import gzip
 import logging
 import re
@@ -14,7 +15,9 @@ from modeling.tasks import task_from_dict
 
 
 def task(loader, labels, kind="ner", **data):
-    return task_from_dict({"name": "t", "task": kind, "labels": labels, "data": {"loader": loader, **data}, "seeds": [1]})
+    return task_from_dict(
+        {"name": "t", "task": kind, "labels": labels, "data": {"loader": loader, **data}, "seeds": [1]}
+    )
 
 
 def read(config):
@@ -33,14 +36,16 @@ def entities(example):
 
 CPR_LABELS = ["CPR:3", "CPR:4", "CPR:5", "CPR:6", "CPR:9", "false"]
 CHEMPROT_HEADER = "index\tsentence\tlabel\n"
-CHEMPROT_TRAIN = ('16357751.T1.T2\t@CHEMICAL$ selectively inhibits "activated" @GENE$ .\tCPR:4\n'
-                  '16357751.T1.T3\t@CHEMICAL$ spares the "inactive" kinase but not @GENE$ .\tfalse\n')
+CHEMPROT_TRAIN = (
+    '16357751.T1.T2\t@CHEMICAL$ selectively inhibits "activated" @GENE$ .\tCPR:4\n'
+    '16357751.T1.T3\t@CHEMICAL$ spares the "inactive" kinase but not @GENE$ .\tfalse\n'
+)
 
 
 @pytest.fixture
 def chemprot(tmp_path):
     (tmp_path / "train.tsv").write_text(CHEMPROT_HEADER + CHEMPROT_TRAIN)
-    (tmp_path / "dev.tsv").write_text(CHEMPROT_HEADER + "10064839.T5.T6\t\"Binding\" of @CHEM-GENE$ was weak .\tCPR:3\n")
+    (tmp_path / "dev.tsv").write_text(CHEMPROT_HEADER + '10064839.T5.T6\t"Binding" of @CHEM-GENE$ was weak .\tCPR:3\n')
     (tmp_path / "test.tsv").write_text(CHEMPROT_HEADER + "23194825.T2.T8\t@GENE$ is activated by @CHEMICAL$ .\tCPR:3\n")
     return tmp_path
 
@@ -73,10 +78,21 @@ def test_chemprot_file_without_header_is_an_error(chemprot):
 
 # ------------------------------------------------------------------------------ Phenotype
 
-PHENOTYPES = ["ADVANCED.CANCER", "ADVANCED.HEART.DISEASE", "ADVANCED.LUNG.DISEASE", "ALCOHOL.ABUSE",
-              "CHRONIC.NEUROLOGICAL.DYSTROPHIES", "CHRONIC.PAIN.FIBROMYALGIA", "DEMENTIA", "DEPRESSION",
-              "DEVELOPMENTAL.DELAY.RETARDATION", "NON.ADHERENCE", "OBESITY", "OTHER.SUBSTANCE.ABUSE",
-              "SCHIZOPHRENIA.AND.OTHER.PSYCHIATRIC.DISORDERS"]
+PHENOTYPES = [
+    "ADVANCED.CANCER",
+    "ADVANCED.HEART.DISEASE",
+    "ADVANCED.LUNG.DISEASE",
+    "ALCOHOL.ABUSE",
+    "CHRONIC.NEUROLOGICAL.DYSTROPHIES",
+    "CHRONIC.PAIN.FIBROMYALGIA",
+    "DEMENTIA",
+    "DEPRESSION",
+    "DEVELOPMENTAL.DELAY.RETARDATION",
+    "NON.ADHERENCE",
+    "OBESITY",
+    "OTHER.SUBSTANCE.ABUSE",
+    "SCHIZOPHRENIA.AND.OTHER.PSYCHIATRIC.DISORDERS",
+]
 PHENOTYPE_LABELS = PHENOTYPES + ["UNSURE"]
 ACTDB_COLUMNS = ["ROW_ID", "SUBJECT_ID", "HADM_ID", "BATCH.ID", "OPERATOR", *PHENOTYPES, "NONE", "UNSURE"]
 
@@ -119,20 +135,24 @@ def phenotype(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("combination, expected", [
-    ("majority", {"101": ["DEPRESSION", "OBESITY"], "102": ["ALCOHOL.ABUSE"], "103": ["DEMENTIA"]}),
-    ("any", {"101": ["DEPRESSION", "OBESITY"], "102": ["ALCOHOL.ABUSE"], "103": ["DEMENTIA", "OBESITY"]}),
-    ("all", {"101": ["DEPRESSION"], "102": [], "103": []}),
-])
+@pytest.mark.parametrize(
+    "combination, expected",
+    [
+        ("majority", {"101": ["DEPRESSION", "OBESITY"], "102": ["ALCOHOL.ABUSE"], "103": ["DEMENTIA"]}),
+        ("any", {"101": ["DEPRESSION", "OBESITY"], "102": ["ALCOHOL.ABUSE"], "103": ["DEMENTIA", "OBESITY"]}),
+        ("all", {"101": ["DEPRESSION"], "102": [], "103": []}),
+    ],
+)
 def test_phenotype_combines_annotators_into_one_example_per_note(phenotype, combination, expected):
-    examples, skips = read(task("phenotype", PHENOTYPE_LABELS, "multi_label", path=str(phenotype),
-                                label_combination=combination))
+    examples, skips = read(
+        task("phenotype", PHENOTYPE_LABELS, "multi_label", path=str(phenotype), label_combination=combination)
+    )
     assert {e.group: e.labels for e in examples} == expected
     assert [e.id for e in examples] == [f"{phenotype}/ACTdb102003.csv#ROW_ID={n}" for n in ("101", "102", "103")]
     assert skips == {}
 
 
-@pytest.mark.parametrize("notes", [None, "mimic/NOTEEVENTS.csv"])   # default .csv.gz, or data.notes
+@pytest.mark.parametrize("notes", [None, "mimic/NOTEEVENTS.csv"])  # default .csv.gz, or data.notes
 def test_phenotype_joins_multiline_note_texts_and_logs_the_combination(phenotype, notes, caplog):
     caplog.set_level(logging.INFO, logger="modeling.task_formats")
     data = {"notes": notes} if notes else {}
@@ -142,20 +162,34 @@ def test_phenotype_joins_multiline_note_texts_and_logs_the_combination(phenotype
     assert "t: 7 annotator rows combined into 3 notes (label_combination: majority)" in caplog.messages
 
 
-@pytest.mark.parametrize("row, message, reason", [
-    (annotator_row("104", "A", ["NONE", "DEPRESSION"]),
-     r"ACTdb102003\.csv:9 \(ROW_ID 104\): NONE=1 but phenotypes set: DEPRESSION", "NONE=1 but phenotypes set"),
-    (annotator_row("999", "A", ["DEMENTIA"]),
-     r"ACTdb102003\.csv:9 \(ROW_ID 999\): note not found in \S*NOTEEVENTS\.csv\.gz", "note not found in"),
-    (annotator_row("104", "A", ["DEMENTIA"], one="yes"),
-     r"ACTdb102003\.csv:9 \(ROW_ID 104\): not 0, 1 or blank: DEMENTIA='yes'", "not 0, 1 or blank"),
-])
+@pytest.mark.parametrize(
+    "row, message, reason",
+    [
+        (
+            annotator_row("104", "A", ["NONE", "DEPRESSION"]),
+            r"ACTdb102003\.csv:9 \(ROW_ID 104\): NONE=1 but phenotypes set: DEPRESSION",
+            "NONE=1 but phenotypes set",
+        ),
+        (
+            annotator_row("999", "A", ["DEMENTIA"]),
+            r"ACTdb102003\.csv:9 \(ROW_ID 999\): note not found in \S*NOTEEVENTS\.csv\.gz",
+            "note not found in",
+        ),
+        (
+            annotator_row("104", "A", ["DEMENTIA"], one="yes"),
+            r"ACTdb102003\.csv:9 \(ROW_ID 104\): not 0, 1 or blank: DEMENTIA='yes'",
+            "not 0, 1 or blank",
+        ),
+    ],
+)
 def test_phenotype_bad_rows_name_file_line_and_note_or_are_counted(phenotype, row, message, reason):
     with open(phenotype / "ACTdb102003.csv", "a") as handle:
         handle.write(row)
     with pytest.raises(DataError, match=message):
         read(task("phenotype", PHENOTYPE_LABELS, "multi_label", path=str(phenotype)))
-    examples, skips = read(task("phenotype", PHENOTYPE_LABELS, "multi_label", path=str(phenotype), on_bad_record="skip"))
+    examples, skips = read(
+        task("phenotype", PHENOTYPE_LABELS, "multi_label", path=str(phenotype), on_bad_record="skip")
+    )
     assert [e.group for e in examples] == ["101", "102", "103"]
     assert len(skips) == 1 and next(iter(skips)).startswith(reason) and sum(skips.values()) == 1
 
@@ -198,14 +232,32 @@ def write_deid(folder, masked=DEID_MASKED):
 def test_deid_aligns_masks_with_the_original_text(tmp_path):
     examples, skips = read(task("deid", DEID_KINDS, path=str(write_deid(tmp_path))))
     assert [(e.id, e.group) for e in examples] == [
-        (f"{tmp_path}/id.text#1||||1", "1||||1"), (f"{tmp_path}/id.text#1||||2", "1||||2"),
-        (f"{tmp_path}/id.text#2||||1", "2||||1")]
-    assert examples[0].text == "Pt seen by Dr. John Smith on 04/18 at Boston General.\nAge 92, call 555-1234 or mail js@x.org.\n"
+        (f"{tmp_path}/id.text#1||||1", "1||||1"),
+        (f"{tmp_path}/id.text#1||||2", "1||||2"),
+        (f"{tmp_path}/id.text#2||||1", "2||||1"),
+    ]
+    assert (
+        examples[0].text
+        == "Pt seen by Dr. John Smith on 04/18 at Boston General.\nAge 92, call 555-1234 or mail js@x.org.\n"
+    )
     assert entities(examples[0]) == [
-        ("John", "B-name"), ("Smith", "B-name"), ("04", "B-date"), ("/", "I-date"), ("18", "I-date"),
-        ("Boston", "B-location"), ("General", "I-location"), ("92", "B-age"),
-        ("555", "B-phone_nb"), ("-", "I-phone_nb"), ("1234", "I-phone_nb"),
-        ("js", "B-other"), ("@", "I-other"), ("x", "I-other"), (".", "I-other"), ("org", "I-other")]
+        ("John", "B-name"),
+        ("Smith", "B-name"),
+        ("04", "B-date"),
+        ("/", "I-date"),
+        ("18", "I-date"),
+        ("Boston", "B-location"),
+        ("General", "I-location"),
+        ("92", "B-age"),
+        ("555", "B-phone_nb"),
+        ("-", "I-phone_nb"),
+        ("1234", "I-phone_nb"),
+        ("js", "B-other"),
+        ("@", "I-other"),
+        ("x", "I-other"),
+        (".", "I-other"),
+        ("org", "I-other"),
+    ]
     assert entities(examples[1]) == [("Mary", "B-name"), ("1994", "B-date"), ("Q7", "B-other")]
     assert entities(examples[2]) == [] and examples[2].word_texts() == ["No", "events", "."]
     assert skips == {"unrecognised PHI mask mapped to other": 1}
@@ -214,38 +266,69 @@ def test_deid_aligns_masks_with_the_original_text(tmp_path):
 def test_deid_kinds_outside_entity_types_are_counted_not_tagged(tmp_path):
     examples, skips = read(task("deid", ["date", "name"], path=str(write_deid(tmp_path))))
     assert entities(examples[1]) == [("Mary", "B-name"), ("1994", "B-date")]
-    assert skips == {"unrecognised PHI mask mapped to other": 1, "PHI kind 'location' not in entity_types": 1,
-                     "PHI kind 'age' not in entity_types": 1, "PHI kind 'phone_nb' not in entity_types": 1,
-                     "PHI kind 'other' not in entity_types": 2}
+    assert skips == {
+        "unrecognised PHI mask mapped to other": 1,
+        "PHI kind 'location' not in entity_types": 1,
+        "PHI kind 'age' not in entity_types": 1,
+        "PHI kind 'phone_nb' not in entity_types": 1,
+        "PHI kind 'other' not in entity_types": 2,
+    }
 
 
-@pytest.mark.parametrize("mask, kind", [
-    ("Hospital 1", "location"), ("Location (un) 4", "location"), ("Street Address 12", "location"),
-    ("Hospital Unit Name 10", "location"), ("State 3", "location"), ("1994", "date"), ("04-18", "date"),
-    ("Date range (1) 123", "date"), ("Month/Year 2", "date"), ("Holiday 4", "date"), ("Age over 90 ", "age"),
-    ("First Name (Titles) ", "name"), ("Known lastname 5", "name"), ("Doctor Last Name 2", "name"),
-    ("Initials (NamePattern1) ", "name"), ("Telephone/Fax (1) 2345", "phone_nb"), ("Pager number 3", "phone_nb"),
-    ("E-mail address 3", "other"), ("Company 2", "other"), ("Medical Record Number 8", "other"),
-    ("Social Security Number 1", "other"), ("Wombat 3", None),
-])
+@pytest.mark.parametrize(
+    "mask, kind",
+    [
+        ("Hospital 1", "location"),
+        ("Location (un) 4", "location"),
+        ("Street Address 12", "location"),
+        ("Hospital Unit Name 10", "location"),
+        ("State 3", "location"),
+        ("1994", "date"),
+        ("04-18", "date"),
+        ("Date range (1) 123", "date"),
+        ("Month/Year 2", "date"),
+        ("Holiday 4", "date"),
+        ("Age over 90 ", "age"),
+        ("First Name (Titles) ", "name"),
+        ("Known lastname 5", "name"),
+        ("Doctor Last Name 2", "name"),
+        ("Initials (NamePattern1) ", "name"),
+        ("Telephone/Fax (1) 2345", "phone_nb"),
+        ("Pager number 3", "phone_nb"),
+        ("E-mail address 3", "other"),
+        ("Company 2", "other"),
+        ("Medical Record Number 8", "other"),
+        ("Social Security Number 1", "other"),
+        ("Wombat 3", None),
+    ],
+)
 def test_deid_mask_kind_rules(mask, kind):
     assert phi_kind(mask) == kind
 
 
-@pytest.mark.parametrize("text, masked, spans", [
-    # the text after the last mask must end the note, even where it also occurs inside the PHI
-    ("At St. Elsewhere.", "At [**Hospital 2**].", [(3, 16, ["Hospital 2"])]),
-    # masks with no text between them share one span
-    ("Dr. JohnSmith saw", "Dr. [**First Name **][**Last Name **] saw", [(4, 13, ["First Name ", "Last Name "])]),
-])
+@pytest.mark.parametrize(
+    "text, masked, spans",
+    [
+        # the text after the last mask must end the note, even where it also occurs inside the PHI
+        ("At St. Elsewhere.", "At [**Hospital 2**].", [(3, 16, ["Hospital 2"])]),
+        # masks with no text between them share one span
+        ("Dr. JohnSmith saw", "Dr. [**First Name **][**Last Name **] saw", [(4, 13, ["First Name ", "Last Name "])]),
+    ],
+)
 def test_deid_mask_spans(text, masked, spans):
     assert _phi_spans(text, masked) == spans
 
 
-@pytest.mark.parametrize("masked, message", [
-    (DEID_MASKED.rsplit("START_OF_RECORD", 1)[0], r"id\.text has 3 records but \S*id\.res has 2"),
-    (DEID_MASKED.replace("=1||||2||||", "=1||||3||||"), r"id\.res:5: record 1\|\|\|\|3 where \S*id\.text:5 has record 1\|\|\|\|2"),
-])
+@pytest.mark.parametrize(
+    "masked, message",
+    [
+        (DEID_MASKED.rsplit("START_OF_RECORD", 1)[0], r"id\.text has 3 records but \S*id\.res has 2"),
+        (
+            DEID_MASKED.replace("=1||||2||||", "=1||||3||||"),
+            r"id\.res:5: record 1\|\|\|\|3 where \S*id\.text:5 has record 1\|\|\|\|2",
+        ),
+    ],
+)
 def test_deid_files_holding_different_records_are_an_error(tmp_path, masked, message):
     with pytest.raises(DataError, match=message):
         read(task("deid", DEID_KINDS, path=str(write_deid(tmp_path, masked)), on_bad_record="skip"))
@@ -262,6 +345,7 @@ def test_deid_misaligned_mask_names_file_record_and_character_or_is_counted(tmp_
 
 # ------------------------------------------------------------------------------ BRAT
 
+
 def brat_entity(entity_id, kind, text, *fragments):
     """A text-bound line, each fragment the next occurrence of a phrase; covered text as BRAT writes it."""
     spans, position = [], 0
@@ -274,25 +358,32 @@ def brat_entity(entity_id, kind, text, *fragments):
 
 COS_LABELS = ["Cos", "Ref", "Loc", "Attr", "Val"]
 REPORT_1 = "FINDINGS: Persistent left basilar opacity. Heart size normal.\nIMPRESSION: New right effusion and\nclear upper apex.\n"
-REPORT_1_ANN = "".join([
-    brat_entity("T1", "Snippet", REPORT_1, "Persistent left basilar opacity."),
-    brat_entity("T2", "Snippet", REPORT_1, "New right effusion and\nclear upper apex."),
-    brat_entity("T3", "Cos", REPORT_1, "Persistent"),
-    brat_entity("T4", "Loc", REPORT_1, "left basilar"),
-    brat_entity("T5", "Attr", REPORT_1, "basilar opacity"),     # overlaps T4 and is longer: T4 is dropped
-    brat_entity("T6", "Loc", REPORT_1, "Heart"),                # in no snippet
-    brat_entity("T7", "Cos", REPORT_1, "New"),
-    brat_entity("T8", "Loc", REPORT_1, "right"),
-    brat_entity("T9", "Attr", REPORT_1, "effusion"),
-    brat_entity("T10", "Diagnosis", REPORT_1, "effusion"),      # a type the task does not keep
-    brat_entity("T11", "Attr", REPORT_1, "clear", "apex"),      # discontinuous
-    "R1\tModifies Arg1:T9 Arg2:T8\n",
-    "A1\tNegated T7\n",
-    "#1\tAnnotatorNotes T5\tcheck\n",
-])
+REPORT_1_ANN = "".join(
+    [
+        brat_entity("T1", "Snippet", REPORT_1, "Persistent left basilar opacity."),
+        brat_entity("T2", "Snippet", REPORT_1, "New right effusion and\nclear upper apex."),
+        brat_entity("T3", "Cos", REPORT_1, "Persistent"),
+        brat_entity("T4", "Loc", REPORT_1, "left basilar"),
+        brat_entity("T5", "Attr", REPORT_1, "basilar opacity"),  # overlaps T4 and is longer: T4 is dropped
+        brat_entity("T6", "Loc", REPORT_1, "Heart"),  # in no snippet
+        brat_entity("T7", "Cos", REPORT_1, "New"),
+        brat_entity("T8", "Loc", REPORT_1, "right"),
+        brat_entity("T9", "Attr", REPORT_1, "effusion"),
+        brat_entity("T10", "Diagnosis", REPORT_1, "effusion"),  # a type the task does not keep
+        brat_entity("T11", "Attr", REPORT_1, "clear", "apex"),  # discontinuous
+        "R1\tModifies Arg1:T9 Arg2:T8\n",
+        "A1\tNegated T7\n",
+        "#1\tAnnotatorNotes T5\tcheck\n",
+    ]
+)
 REPORT_2 = "Stable small nodule.\n"
-REPORT_2_ANN = "".join([brat_entity("T1", "Snippet", REPORT_2, "Stable small nodule."),
-                        brat_entity("T2", "Cos", REPORT_2, "Stable"), brat_entity("T3", "Val", REPORT_2, "small")])
+REPORT_2_ANN = "".join(
+    [
+        brat_entity("T1", "Snippet", REPORT_2, "Stable small nodule."),
+        brat_entity("T2", "Cos", REPORT_2, "Stable"),
+        brat_entity("T3", "Val", REPORT_2, "small"),
+    ]
+)
 
 
 @pytest.fixture
@@ -309,16 +400,29 @@ def test_brat_snippets_are_examples_with_their_entities(cos):
     assert [(e.id, e.group, e.text) for e in examples] == [
         (f"{cos}/report1.ann#T1", f"{cos}/report1.txt", "Persistent left basilar opacity."),
         (f"{cos}/report1.ann#T2", f"{cos}/report1.txt", "New right effusion and\nclear upper apex."),
-        (f"{cos}/report2.ann#T1", f"{cos}/report2.txt", "Stable small nodule.")]
+        (f"{cos}/report2.ann#T1", f"{cos}/report2.txt", "Stable small nodule."),
+    ]
     assert [entities(e) for e in examples] == [
         [("Persistent", "B-Cos"), ("basilar", "B-Attr"), ("opacity", "I-Attr")],
-        [("New", "B-Cos"), ("right", "B-Loc"), ("effusion", "B-Attr"),
-         ("clear", "B-Attr"), ("upper", "I-Attr"), ("apex", "I-Attr")],
-        [("Stable", "B-Cos"), ("small", "B-Val")]]
-    assert skips == {"overlapping entity dropped (longest kept)": 1, "entity outside every Snippet": 1,
-                     "entity type 'Diagnosis' not in entity_types": 1,
-                     "discontinuous entity tagged over its whole extent": 1, "BRAT relation line ignored": 1,
-                     "BRAT attribute line ignored": 1, "BRAT note line ignored": 1}
+        [
+            ("New", "B-Cos"),
+            ("right", "B-Loc"),
+            ("effusion", "B-Attr"),
+            ("clear", "B-Attr"),
+            ("upper", "I-Attr"),
+            ("apex", "I-Attr"),
+        ],
+        [("Stable", "B-Cos"), ("small", "B-Val")],
+    ]
+    assert skips == {
+        "overlapping entity dropped (longest kept)": 1,
+        "entity outside every Snippet": 1,
+        "entity type 'Diagnosis' not in entity_types": 1,
+        "discontinuous entity tagged over its whole extent": 1,
+        "BRAT relation line ignored": 1,
+        "BRAT attribute line ignored": 1,
+        "BRAT note line ignored": 1,
+    }
 
 
 SH_NOTE_1 = "Smokes 1 pack per day. Drinks socially.\nLives with\nwife.\n"
@@ -327,34 +431,62 @@ SH_NOTE_2 = "Denies drug use.\n"
 
 def test_brat_files_are_examples_with_whitespace_words(tmp_path):
     (tmp_path / "note1.txt").write_text(SH_NOTE_1)
-    (tmp_path / "note1.ann").write_text("".join([
-        brat_entity("T1", "Tobacco", SH_NOTE_1, "Smokes 1 pack per day"),
-        brat_entity("T2", "Amount", SH_NOTE_1, "1 pack"),           # nested in T1: dropped
-        brat_entity("T3", "Frequency", SH_NOTE_1, "per day"),       # nested in T1: dropped
-        brat_entity("T4", "Alcohol", SH_NOTE_1, "Drinks socially"),
-        brat_entity("T5", "LivingStatus", SH_NOTE_1, "Lives with\nwife")]))   # covered text "Lives with wife"
+    (tmp_path / "note1.ann").write_text(
+        "".join(
+            [
+                brat_entity("T1", "Tobacco", SH_NOTE_1, "Smokes 1 pack per day"),
+                brat_entity("T2", "Amount", SH_NOTE_1, "1 pack"),  # nested in T1: dropped
+                brat_entity("T3", "Frequency", SH_NOTE_1, "per day"),  # nested in T1: dropped
+                brat_entity("T4", "Alcohol", SH_NOTE_1, "Drinks socially"),
+                brat_entity("T5", "LivingStatus", SH_NOTE_1, "Lives with\nwife"),
+            ]
+        )
+    )  # covered text "Lives with wife"
     (tmp_path / "note2.txt").write_text(SH_NOTE_2)
     (tmp_path / "note2.ann").write_text(brat_entity("T1", "Drug", SH_NOTE_2, "drug"))
-    config = task("brat", ["Alcohol", "Amount", "Drug", "Frequency", "LivingStatus", "Tobacco"],
-                  path=str(tmp_path), unit="file", word_pattern=r"\S+")
+    config = task(
+        "brat",
+        ["Alcohol", "Amount", "Drug", "Frequency", "LivingStatus", "Tobacco"],
+        path=str(tmp_path),
+        unit="file",
+        word_pattern=r"\S+",
+    )
     examples, skips = read(config)
     assert [(e.id, e.group, e.text) for e in examples] == [
         (f"{tmp_path}/note1.txt", f"{tmp_path}/note1.txt", SH_NOTE_1),
-        (f"{tmp_path}/note2.txt", f"{tmp_path}/note2.txt", SH_NOTE_2)]
+        (f"{tmp_path}/note2.txt", f"{tmp_path}/note2.txt", SH_NOTE_2),
+    ]
     assert list(zip(examples[0].word_texts(), examples[0].tags)) == [
-        ("Smokes", "B-Tobacco"), ("1", "I-Tobacco"), ("pack", "I-Tobacco"), ("per", "I-Tobacco"), ("day.", "I-Tobacco"),
-        ("Drinks", "B-Alcohol"), ("socially.", "I-Alcohol"),
-        ("Lives", "B-LivingStatus"), ("with", "I-LivingStatus"), ("wife.", "I-LivingStatus")]
+        ("Smokes", "B-Tobacco"),
+        ("1", "I-Tobacco"),
+        ("pack", "I-Tobacco"),
+        ("per", "I-Tobacco"),
+        ("day.", "I-Tobacco"),
+        ("Drinks", "B-Alcohol"),
+        ("socially.", "I-Alcohol"),
+        ("Lives", "B-LivingStatus"),
+        ("with", "I-LivingStatus"),
+        ("wife.", "I-LivingStatus"),
+    ]
     assert examples[1].tags == ["O", "B-Drug", "O"]
     assert skips == {"overlapping entity dropped (longest kept)": 2}
 
 
-@pytest.mark.parametrize("line, message, reason", [
-    ("T4\tCos 7 500\tsmall nodule", r"report2\.ann:4: span outside the text: 7 500, the \.txt has 21 characters",
-     "span outside the text"),
-    ("T4\tCos 0 6\tSteady", r"report2\.ann:4: covered text differs from the \.txt: 'Steady' in the \.ann, 'Stable' in the \.txt",
-     "covered text differs from the .txt"),
-])
+@pytest.mark.parametrize(
+    "line, message, reason",
+    [
+        (
+            "T4\tCos 7 500\tsmall nodule",
+            r"report2\.ann:4: span outside the text: 7 500, the \.txt has 21 characters",
+            "span outside the text",
+        ),
+        (
+            "T4\tCos 0 6\tSteady",
+            r"report2\.ann:4: covered text differs from the \.txt: 'Steady' in the \.ann, 'Stable' in the \.txt",
+            "covered text differs from the .txt",
+        ),
+    ],
+)
 def test_brat_bad_spans_name_file_and_line_or_are_counted(cos, line, message, reason):
     (cos / "report2.ann").write_text(REPORT_2_ANN + line + "\n")
     with pytest.raises(DataError, match=message):
@@ -363,8 +495,13 @@ def test_brat_bad_spans_name_file_and_line_or_are_counted(cos, line, message, re
     assert len(examples) == 3 and skips[reason] == 1
 
 
-@pytest.mark.parametrize("orphan, message", [("orphan.ann", r"orphan\.ann: no orphan\.txt next to it"),
-                                             ("lonely.txt", r"lonely\.txt: no lonely\.ann next to it")])
+@pytest.mark.parametrize(
+    "orphan, message",
+    [
+        ("orphan.ann", r"orphan\.ann: no orphan\.txt next to it"),
+        ("lonely.txt", r"lonely\.txt: no lonely\.ann next to it"),
+    ],
+)
 def test_brat_file_without_its_partner_is_an_error(cos, orphan, message):
     (cos / orphan).write_text("T1\tCos 0 3\tNew\n" if orphan.endswith(".ann") else "New\n")
     with pytest.raises(DataError, match=message):
@@ -394,7 +531,7 @@ Stable JJ O"""
 def conll(tmp_path):
     (tmp_path / "train.conll").write_text(CONLL_TRAIN)
     (tmp_path / "dev.conll").write_text("No\tDT\tO\nfever\tNN\tB-Problem\n\n")
-    (tmp_path / "test.conll").write_text("Cough   NN   I-Problem\n\n")   # IOB1-style I- at the start
+    (tmp_path / "test.conll").write_text("Cough   NN   I-Problem\n\n")  # IOB1-style I- at the start
     return tmp_path
 
 
@@ -407,7 +544,8 @@ def test_conll_sentences_in_their_splits_grouped_by_document(conll):
     assert [(e.id, e.text, e.group) for e in train] == [
         (f"{conll}/train.conll:3", "Patient has diabetes mellitus .", f"{conll}/train.conll:1"),
         (f"{conll}/train.conll:9", "Aspirin given", f"{conll}/train.conll:1"),
-        (f"{conll}/train.conll:14", "Stable", f"{conll}/train.conll:12")]
+        (f"{conll}/train.conll:14", "Stable", f"{conll}/train.conll:12"),
+    ]
     assert entities(train[0]) == [("diabetes", "B-Problem"), ("mellitus", "I-Problem")]
     assert train[1].tags == ["B-Drug", "O"]
     assert [(e.word_texts(), e.tags) for e in splits["validation"]] == [(["No", "fever"], ["O", "B-Problem"])]
@@ -426,8 +564,16 @@ def test_conll_line_without_a_tag_names_file_and_line_or_skips_its_sentence(conl
 
 # ------------------------------------------------------------------------------ registry
 
-@pytest.mark.parametrize("loader, setting", [("conll", {"unit": "snippet"}), ("phenotype", {"files": {"train": "x.csv"}}),
-                                             ("deid", {"notes": "x"}), ("chemprot_tsv", {"entity_types": ["x"]})])
+
+@pytest.mark.parametrize(
+    "loader, setting",
+    [
+        ("conll", {"unit": "snippet"}),
+        ("phenotype", {"files": {"train": "x.csv"}}),
+        ("deid", {"notes": "x"}),
+        ("chemprot_tsv", {"entity_types": ["x"]}),
+    ],
+)
 def test_settings_a_loader_does_not_read_are_config_errors(loader, setting):
     with pytest.raises(ConfigError, match=re.escape(f"data.{next(iter(setting))}: not read by loader '{loader}'")):
         task(loader, ["a", "b"], path="/nowhere", **setting)

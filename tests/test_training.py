@@ -1,5 +1,6 @@
 """End to end on a tiny recipe: phases, outputs that stock transformers loads, resume after a kill,
 two processes under accelerate, and bad input stopping with one line."""
+
 import json
 import os
 import shutil
@@ -10,21 +11,32 @@ import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
-
 from conftest import ROOT, write_recipe
+from safetensors.torch import load_file
 
 SCRIPT = str(ROOT / "train_mlm.py")
 
 
 def _env(tmp_path):
-    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def _train(tmp_path, *args, check=True):
-    result = subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True,
-                            env=_env(tmp_path), cwd=tmp_path, timeout=300)
+    result = subprocess.run(
+        [sys.executable, SCRIPT, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        timeout=300,
+    )
     if check and result.returncode != 0:
         raise AssertionError(result.stderr[-3000:])
     return result
@@ -43,6 +55,7 @@ def finished_run(tmp_path_factory):
 
 def test_each_phase_leaves_a_folder_stock_transformers_loads(finished_run):
     from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer, pipeline
+
     for phase in ("phase1", "phase2"):
         folder = finished_run / phase
         assert (folder / "model.safetensors").exists()
@@ -79,9 +92,13 @@ def test_summary_counts_tokens_and_loss_falls_in_both_phases(finished_run):
     assert 0.8 * notes["documents_per_pass"] <= phase2["documents_trained"]["notes"] <= notes["documents_per_pass"]
     assert notes["documents_per_pass"] + notes["held_out_per_pass"] == 400
     assert abs(phase1["masking"]["measured"] - 0.3) < 0.03
-    assert 0.15 < phase2["masking"]["measured"] < 0.3                   # the 0.30 -> 0.15 ramp
+    assert 0.15 < phase2["masking"]["measured"] < 0.3  # the 0.30 -> 0.15 ramp
     assert phase2["lr"]["decay"] == "1-sqrt" and phase2["lr"]["decay_steps"] == phase2["steps"]
-    logged = [e for e in (json.loads((finished_run / "phase2" / "phase_summary.json").read_text())["log_history"]) if "loss" in e]
+    logged = [
+        e
+        for e in (json.loads((finished_run / "phase2" / "phase_summary.json").read_text())["log_history"])
+        if "loss" in e
+    ]
     assert logged[0]["masking_rate"] > logged[-1]["masking_rate"]
     assert logged[-1]["learning_rate"] < logged[0]["learning_rate"]
     assert (finished_run / "training_curves.png").stat().st_size > 10_000
@@ -89,19 +106,33 @@ def test_summary_counts_tokens_and_loss_falls_in_both_phases(finished_run):
 
 def test_tensorboard_gets_loss_lr_masking_rate_and_tokens(finished_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(next((finished_run / "tensorboard" / "phase2").rglob("events.out.tfevents.*")).parent))
+
+    events = EventAccumulator(
+        str(next((finished_run / "tensorboard" / "phase2").rglob("events.out.tfevents.*")).parent)
+    )
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/learning_rate", "train/masking_rate", "train/tokens_seen", "train/tokens_per_second"} <= tags
+    assert {
+        "train/loss",
+        "train/learning_rate",
+        "train/masking_rate",
+        "train/tokens_seen",
+        "train/tokens_per_second",
+    } <= tags
     rates = [e.value for e in events.Scalars("train/masking_rate")]
-    assert rates[0] > rates[-1]   # phase 2 ramps masking down
+    assert rates[0] > rates[-1]  # phase 2 ramps masking down
 
 
 def test_resume_after_a_kill_ends_with_the_same_parameters(tmp_path, finished_run):
     """Kill the run (SIGKILL) as soon as a mid-phase checkpoint exists, resume, compare every parameter."""
     recipe = write_recipe(tmp_path)
-    process = subprocess.Popen([sys.executable, SCRIPT, str(recipe)], env=_env(tmp_path), cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, SCRIPT, str(recipe)],
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     marker = tmp_path / "out" / "phase2" / "checkpoints" / "checkpoint-3" / "checkpoint_complete.json"
     deadline = time.time() + 240
     while not marker.exists() and process.poll() is None and time.time() < deadline:
@@ -117,7 +148,10 @@ def test_resume_after_a_kill_ends_with_the_same_parameters(tmp_path, finished_ru
         worst = max((resumed[k] - uninterrupted[k]).abs().max().item() for k in uninterrupted)
         print(f"killed and resumed vs uninterrupted, {phase}: max abs parameter difference {worst:.2e}")
         assert worst <= 1e-6, f"{phase}: resumed run differs by {worst}"
-    summaries = [json.loads((root / "training_summary.json").read_text())["phases"][1] for root in (tmp_path / "out", finished_run)]
+    summaries = [
+        json.loads((root / "training_summary.json").read_text())["phases"][1]
+        for root in (tmp_path / "out", finished_run)
+    ]
     assert summaries[0]["tokens_per_source"] == summaries[1]["tokens_per_source"]
     assert summaries[0]["held_out"]["loss_end"] == pytest.approx(summaries[1]["held_out"]["loss_end"], abs=1e-6)
 
@@ -136,6 +170,7 @@ def test_dataloader_workers_train_exactly_as_the_main_process(tmp_path):
 
 def test_incomplete_last_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     from modeling.training import last_complete_checkpoint
+
     folder = tmp_path / "checkpoints"
     for step, complete in ((3, True), (6, True), (9, False)):
         (folder / f"checkpoint-{step}").mkdir(parents=True)
@@ -156,7 +191,7 @@ def test_resume_skips_an_incomplete_checkpoint_and_matches(tmp_path, finished_ru
         (phase2 / leftover).unlink()
     checkpoints = sorted((phase2 / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     for newer in checkpoints[-2:]:
-        shutil.rmtree(newer)   # keep the state as it was a few steps before the end
+        shutil.rmtree(newer)  # keep the state as it was a few steps before the end
     last = sorted((phase2 / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
     broken = last.with_name("checkpoint-999")
     shutil.copytree(last, broken)
@@ -171,9 +206,28 @@ def test_two_processes_under_accelerate(tmp_path):
     recipe = write_recipe(tmp_path, **{"phases.0.length.steps": 3, "phases.1.length": {"steps": 2}, "logging.steps": 1})
     result = subprocess.run(
         # --multi_gpu picks accelerate's torchrun launcher; with no GPU the processes train on the CPU over gloo.
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", SCRIPT, str(recipe)],
-        capture_output=True, text=True, env=_env(tmp_path), cwd=tmp_path, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            SCRIPT,
+            str(recipe),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes x 1 accumulation" in result.stderr
     summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
@@ -184,12 +238,26 @@ def test_two_processes_under_accelerate(tmp_path):
 
 
 def test_skipped_records_are_counted_and_reported(tmp_path):
-    lines = [line for day in range(5) for line in
-             ('{"text": "fever and cough for %d days"}' % day, '{"text": broken', '{"text": ""}', '{"note": "no text"}')]
+    lines = [
+        line
+        for day in range(5)
+        for line in (
+            '{"text": "fever and cough for %d days"}' % day,
+            '{"text": broken',
+            '{"text": ""}',
+            '{"note": "no text"}',
+        )
+    ]
     (tmp_path / "mixed.jsonl").write_text("\n".join(lines) + "\n")
-    recipe = write_recipe(tmp_path, **{
-        "sources.mixed": {"path": str(tmp_path / "mixed.jsonl"), "format": "jsonl", "on_bad_record": "skip"},
-        "phases.0.sources.mixed": 1.0, "phases.0.length.steps": 2, "phases.1.length": {"steps": 1}})
+    recipe = write_recipe(
+        tmp_path,
+        **{
+            "sources.mixed": {"path": str(tmp_path / "mixed.jsonl"), "format": "jsonl", "on_bad_record": "skip"},
+            "phases.0.sources.mixed": 1.0,
+            "phases.0.length.steps": 2,
+            "phases.1.length": {"steps": 1},
+        },
+    )
     result = _train(tmp_path, recipe)
     assert "skipped, bad record at" in result.stderr and "mixed.jsonl:2" in result.stderr
     summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
@@ -199,17 +267,29 @@ def test_skipped_records_are_counted_and_reported(tmp_path):
     assert summary["total"]["documents_skipped_per_pass"]["mixed"] == {"bad record": 10, "empty document": 5}
 
 
-@pytest.mark.parametrize("change, expected", [
-    ({"sources.notes.path": "/nonexistent/notes.txt"}, "no file matches '/nonexistent/notes.txt'"),
-    ({"sources.extra": {"path": "EMPTY", "format": "text"}, "phases.0.sources.extra": 1.0}, "empty file"),
-    ({"sources.extra": {"path": "BADJSON", "format": "jsonl"}, "phases.0.sources.extra": 1.0}, "bad.jsonl:2"),
-    ({"sources.extra": {"path": "LATIN1", "format": "text"}, "phases.0.sources.extra": 1.0}, "latin1.txt:2: not valid UTF-8"),
-    ({"sources.extra": {"path": "BLANKS", "format": "jsonl"}, "phases.0.sources.extra": 1.0},
-     "phase 'phase1': source 'extra' yielded no training documents"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"sources.notes.path": "/nonexistent/notes.txt"}, "no file matches '/nonexistent/notes.txt'"),
+        ({"sources.extra": {"path": "EMPTY", "format": "text"}, "phases.0.sources.extra": 1.0}, "empty file"),
+        ({"sources.extra": {"path": "BADJSON", "format": "jsonl"}, "phases.0.sources.extra": 1.0}, "bad.jsonl:2"),
+        (
+            {"sources.extra": {"path": "LATIN1", "format": "text"}, "phases.0.sources.extra": 1.0},
+            "latin1.txt:2: not valid UTF-8",
+        ),
+        (
+            {"sources.extra": {"path": "BLANKS", "format": "jsonl"}, "phases.0.sources.extra": 1.0},
+            "phase 'phase1': source 'extra' yielded no training documents",
+        ),
+    ],
+)
 def test_bad_input_stops_with_one_line(tmp_path, change, expected):
-    files = {"EMPTY": ("empty.txt", b""), "BADJSON": ("bad.jsonl", b'{"text": "fine"}\n{"text": broken\n'),
-             "LATIN1": ("latin1.txt", "fine line\nfi\u00e8vre\n".encode("latin-1")), "BLANKS": ("blank_records.jsonl", b'{"text": ""}\n{"text": "  "}\n')}
+    files = {
+        "EMPTY": ("empty.txt", b""),
+        "BADJSON": ("bad.jsonl", b'{"text": "fine"}\n{"text": broken\n'),
+        "LATIN1": ("latin1.txt", "fine line\nfi\u00e8vre\n".encode("latin-1")),
+        "BLANKS": ("blank_records.jsonl", b'{"text": ""}\n{"text": "  "}\n'),
+    }
     for key, value in list(change.items()):
         if isinstance(value, dict) and value.get("path") in files:
             name, data = files[value["path"]]
@@ -224,13 +304,15 @@ def test_bad_input_stops_with_one_line(tmp_path, change, expected):
 
 def test_pretraining_models_run_the_decoder_on_masked_positions_only(tmp_path, tiny_tokenizer):
     import torch
+
     from modeling.config import load_recipe
     from modeling.model import build_model
     from modeling.training import _reload
+
     recipe = load_recipe(write_recipe(tmp_path))
     fresh = build_model(recipe, tiny_tokenizer)
     fresh.config.sparse_prediction = False
-    fresh.save_pretrained(tmp_path / "phase")          # as a finished phase is saved: dense in config.json
+    fresh.save_pretrained(tmp_path / "phase")  # as a finished phase is saved: dense in config.json
     input_ids = torch.randint(10, len(tiny_tokenizer), (2, 20))
     labels = torch.full_like(input_ids, -100)
     labels[0, 3], labels[1, 7], labels[1, 9] = 11, 12, 13
@@ -252,14 +334,16 @@ def test_a_single_cpu_process_under_accelerate_launch_uses_every_core(monkeypatc
     """accelerate launch (no config, no --cpu) sets OMP_NUM_THREADS=1; a lone CPU process takes its cores back."""
     import torch
     from accelerate import PartialState
+
     from modeling.training import use_every_core
+
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
-        use_every_core(PartialState(cpu=True))                 # not launched by accelerate: left alone
+        use_every_core(PartialState(cpu=True))  # not launched by accelerate: left alone
         assert torch.get_num_threads() == 1
-        monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")   # what accelerate launch exports
+        monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")  # what accelerate launch exports
         use_every_core(PartialState(cpu=True))
         assert torch.get_num_threads() == len(os.sched_getaffinity(0))
     finally:

@@ -6,6 +6,7 @@
 
 `task_scores` turns them into one flat dict whose keys say which metric each number is.
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,6 +36,7 @@ DESCRIPTIONS = {
 @functools.cache
 def load_metric(name: str):
     import evaluate
+
     # keep_in_memory: no arrow cache files, so several processes can score at once
     return evaluate.load(str(METRICS_DIR / name), keep_in_memory=True)
 
@@ -44,11 +46,15 @@ def metric_names(task: str, negative_labels: list[str] | None = None) -> list[st
         return [name for name in DESCRIPTIONS if name.startswith("seqeval")] + ["token_accuracy"]
     if task == "single_label":
         names = ["accuracy", "micro_f1", "macro_f1", "weighted_f1"]
-        return names + (["positive_micro_precision", "positive_micro_recall", "positive_micro_f1"] if negative_labels else [])
+        return names + (
+            ["positive_micro_precision", "positive_micro_recall", "positive_micro_f1"] if negative_labels else []
+        )
     return ["micro_f1", "macro_f1", "weighted_f1", "subset_accuracy"]
 
 
-def task_scores(task: str, predictions, references, labels: list[str], negative_labels: list[str] | None = None) -> dict:
+def task_scores(
+    task: str, predictions, references, labels: list[str], negative_labels: list[str] | None = None
+) -> dict:
     """NER: tag-name sequences. single_label: class ids. multi_label: per-label logits vs 0/1 vectors."""
     if task == "ner":
         scores, metric = {}, load_metric("seqeval_entities")
@@ -59,7 +65,10 @@ def task_scores(task: str, predictions, references, labels: list[str], negative_
         scores["token_accuracy"] = result["token_accuracy"]
         return scores
     if task == "single_label":
-        positives = [i for i, name in enumerate(labels) if name not in set(negative_labels)] if negative_labels else None
-        return load_metric("classification_f1").compute(predictions=predictions, references=references,
-                                                        num_labels=len(labels), positive_labels=positives)
+        positives = (
+            [i for i, name in enumerate(labels) if name not in set(negative_labels)] if negative_labels else None
+        )
+        return load_metric("classification_f1").compute(
+            predictions=predictions, references=references, num_labels=len(labels), positive_labels=positives
+        )
     return load_metric("multilabel_f1").compute(predictions=predictions, references=references)

@@ -1,6 +1,7 @@
 """Multi-label classification: a label is predicted when its logit is above the threshold (0, i.e.
 probability 0.5); micro / macro / weighted F1 over labels and the exact-match (subset) accuracy.
 """
+
 import datasets
 import evaluate
 import numpy as np
@@ -13,10 +14,12 @@ class MultilabelF1(evaluate.Metric):
             description=__doc__,
             citation="Pedregosa et al. (2011). Scikit-learn: Machine Learning in Python. JMLR 12.",
             inputs_description="predictions: per-label logits; references: per-label 0/1; threshold on logits (default 0)",
-            features=datasets.Features({
-                "predictions": datasets.Sequence(datasets.Value("float32")),
-                "references": datasets.Sequence(datasets.Value("int64")),
-            }),
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Value("float32")),
+                    "references": datasets.Sequence(datasets.Value("int64")),
+                }
+            ),
         )
 
     def _compute(self, predictions, references, threshold=0.0):

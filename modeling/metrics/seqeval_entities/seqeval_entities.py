@@ -3,6 +3,7 @@
 `mode="default"` is CoNLL-style: an entity is a B- or I- run of one type, so a stray I- starts an entity.
 `mode="strict"` reads the tags as IOB2: an entity must start with B-, and only exact spans count.
 """
+
 import datasets
 import evaluate
 from seqeval.metrics import accuracy_score, classification_report
@@ -15,10 +16,12 @@ class SeqevalEntities(evaluate.Metric):
             description=__doc__,
             citation="Nakayama, H. (2018). seqeval: A Python framework for sequence labeling evaluation.",
             inputs_description="predictions, references: lists of tag sequences (lists of strings); mode: default | strict",
-            features=datasets.Features({
-                "predictions": datasets.Sequence(datasets.Value("string")),
-                "references": datasets.Sequence(datasets.Value("string")),
-            }),
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Value("string")),
+                    "references": datasets.Sequence(datasets.Value("string")),
+                }
+            ),
         )
 
     def _compute(self, predictions, references, mode="default"):
@@ -30,8 +33,18 @@ class SeqevalEntities(evaluate.Metric):
         for average in ("macro avg", "weighted avg"):
             report.pop(average, None)
         return {
-            "precision": float(micro["precision"]), "recall": float(micro["recall"]), "f1": float(micro["f1-score"]),
-            "entities": int(micro["support"]), "token_accuracy": float(accuracy_score(references, predictions)),
-            "per_type": {kind: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
-                                "support": int(v["support"])} for kind, v in report.items()},
+            "precision": float(micro["precision"]),
+            "recall": float(micro["recall"]),
+            "f1": float(micro["f1-score"]),
+            "entities": int(micro["support"]),
+            "token_accuracy": float(accuracy_score(references, predictions)),
+            "per_type": {
+                kind: {
+                    "precision": float(v["precision"]),
+                    "recall": float(v["recall"]),
+                    "f1": float(v["f1-score"]),
+                    "support": int(v["support"]),
+                }
+                for kind, v in report.items()
+            },
         }
