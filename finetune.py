@@ -12,13 +12,13 @@ Any task-config key can be overridden with --dotted.key VALUE (values are read a
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 
-from modeling.config import ConfigError, parse_overrides
-from modeling.sources import DataError
-from modeling.tasks import describe_task_fields, load_task_config
+from modeling.common.cli import run_command
+from modeling.common.config import parse_overrides
+from modeling.common.errors import ConfigError
+from modeling.common.runtime import is_main_process
+from modeling.finetune.config import describe_task_fields, load_task_config
 
 
 def parse_args(argv: list[str]):
@@ -48,35 +48,29 @@ def parse_args(argv: list[str]):
     return args, overrides
 
 
-def main(argv: list[str] | None = None) -> int:
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    logging.basicConfig(
-        level=logging.INFO if main_process else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    try:
-        args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-        if args.config == "aggregate":
-            from modeling.results import aggregate_folder, markdown_table
+def finetune(argv: list[str]) -> int:
+    args, overrides = parse_args(argv)
+    if args.config == "aggregate":
+        from modeling.finetune.results import aggregate_folder, markdown_summary
 
-            if not args.folder:
-                raise ConfigError("aggregate: name the results folder, e.g. `finetune.py aggregate results/chemprot`")
-            print(markdown_table(aggregate_folder(args.folder)))
-            return 0
-        task = load_task_config(args.config, overrides)
-        from modeling.finetuning import run  # heavy imports only once the config is known to be good
+        if not args.folder:
+            raise ConfigError("aggregate: name the results folder, e.g. `finetune.py aggregate results/chemprot`")
+        print(markdown_summary(aggregate_folder(args.folder)))
+        return 0
+    task = load_task_config(args.config, overrides)
+    # heavy imports only once the config is known to be good
+    from modeling.finetune.results import markdown_summary
+    from modeling.finetune.runner import run
 
-        summary = run(task)
-    except (ConfigError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if main_process:
-        from modeling.results import markdown_table
-
-        print("\n" + markdown_table(summary))
+    aggregate = run(task)
+    if is_main_process():
+        print("\n" + markdown_summary(aggregate))
         print(f"results: {task.results_dir()}/ aggregate.json, aggregate.md, curves.png and one folder per run")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(finetune, argv)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ SHAPES = {
 
 def demo_tokenizer():
     """The demo recipe's BPE tokenizer (8,192 tokens), trained on the abstracts once and cached."""
-    from modeling.config import load_recipe
-    from modeling.model import build_tokenizer
+    from modeling.pretrain.recipe import load_recipe
+    from modeling.pretrain.tokenizer import build_tokenizer
 
     return build_tokenizer(load_recipe(ROOT / "recipes" / "demo.yaml"))
 
@@ -46,7 +46,7 @@ def demo_tokenizer():
 def pubmed_abstracts(limit: int | None = None) -> list[str]:
     import itertools
 
-    from modeling.sources import SkipLog, SourceSpec, iter_documents
+    from modeling.data.sources import SkipLog, SourceSpec, iter_documents
 
     spec = SourceSpec("pubmed", PUBMED_FILES, format="pubmed")
     return list(itertools.islice(iter_documents(spec, SkipLog(quiet=True)), limit))
@@ -90,6 +90,9 @@ def bench_model(
     seed: int = 0,
     **overrides,
 ) -> ModernBertForMaskedLM:
+    from modeling.common.attention import register_document_sdpa
+
+    register_document_sdpa()  # the project's CPU backend, one of the sides benchmarked
     torch.manual_seed(seed)
     fields = dict(
         SHAPES[shape],

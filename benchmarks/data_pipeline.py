@@ -59,11 +59,11 @@ def child(corpus: str, tokenizer_dir: str, row_length: int) -> dict:
     """One epoch of the training data pipeline over `corpus`, on one thread."""
     from transformers import AutoTokenizer
 
-    from modeling.masking import MLMCollator
-    from modeling.mixture import PhaseMixture
-    from modeling.packing import PackedRows
-    from modeling.schedules import MaskingSchedule
-    from modeling.sources import SourceSpec
+    from modeling.data.mixture import PhaseMixture
+    from modeling.data.packing import PackedRows
+    from modeling.data.sources import SourceSpec
+    from modeling.pretrain.masking import MLMCollator
+    from modeling.pretrain.schedules import MaskingSchedule
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     mixture = PhaseMixture(
@@ -75,8 +75,8 @@ def child(corpus: str, tokenizer_dir: str, row_length: int) -> dict:
     collate_seconds, start, cpu_start = 0.0, time.perf_counter(), time.process_time()  # the stream only, not imports
     iterator = iter(rows)
     while batch_rows := list(itertools.islice(iterator, 8)):
-        tokens += sum(len(r["input_ids"]) for r in batch_rows)
-        documents += sum(sum(r["doc_starts"]) for r in batch_rows)
+        tokens += sum(len(r.input_ids) for r in batch_rows)
+        documents += sum(sum(r.doc_starts) for r in batch_rows)
         t = time.perf_counter()
         collator(batch_rows)
         collate_seconds += time.perf_counter() - t

@@ -35,8 +35,8 @@ from benchmarks.common import (
     pubmed_abstracts,
     write_json,
 )
-from modeling.attention import DOCUMENT_SDPA
-from modeling.inference import NoteEncoder, TokenizedNotes, packed_batches, padded_batches
+from modeling.common.attention import DOCUMENT_SDPA
+from modeling.inference.encoder import NoteEncoder, TokenizedNotes, packed_batches, padded_batches
 
 MAX_LENGTH = 8192
 

@@ -5,7 +5,7 @@ step), where real tokens are document tokens (padding excluded), for:
 
   project       documents cut at the row length and packed best-fit into rows (modeling.packing),
                 masked per row (modeling.masking.MLMCollator), attention kept inside each document
-                (modeling.attention; document_sdpa by default, --attention sdpa for dense masks),
+                (modeling.common.attention; document_sdpa by default, --attention sdpa for dense masks),
                 decoder run on masked positions only (sparse prediction)
   run_mlm       run_mlm.py --line_by_line: one document per row, cut at the row length, padded to the
                 batch's longest, stock DataCollatorForLanguageModeling, dense decoder
@@ -37,11 +37,11 @@ from benchmarks.common import (
     pubmed_abstracts,
     write_json,
 )
-from modeling.attention import DOCUMENT_SDPA, packed_model_inputs
-from modeling.masking import MLMCollator
-from modeling.model import set_sparse_prediction
-from modeling.packing import Chunker, pack
-from modeling.schedules import MaskingSchedule
+from modeling.common.attention import DOCUMENT_SDPA, packed_model_inputs
+from modeling.data.packing import Chunker, PackedRow, pack
+from modeling.pretrain.masking import MLMCollator
+from modeling.pretrain.model import set_sparse_prediction
+from modeling.pretrain.schedules import MaskingSchedule
 
 MASKING = 0.3
 ROW_LENGTH = {"pubmed": 1024, "clinical": 8192}  # the demo recipe's rows; the reproduction recipes' rows
@@ -56,16 +56,16 @@ def project_batches(tokenizer, texts, row_length: int, rows_per_batch: int, batc
     return mlm_batches(tokenizer, rows, row_length, rows_per_batch, seed)
 
 
-def exact_rows(tokenizer, texts, row_length: int, count: int) -> list[dict]:
+def exact_rows(tokenizer, texts, row_length: int, count: int) -> list[PackedRow]:
     """Rows that are each one document of exactly row_length tokens (the ideal the packer aims at)."""
     stream = list(itertools.chain.from_iterable(tokenizer(texts, verbose=False)["input_ids"]))
     blocks = [stream[s : s + row_length] for s in range(0, len(stream) - row_length + 1, row_length)][:count]
-    return [{"input_ids": b, "doc_lengths": [row_length], "doc_sources": [0], "doc_starts": [True]} for b in blocks]
+    return [PackedRow(b, doc_lengths=[row_length], doc_sources=[0], doc_starts=[True]) for b in blocks]
 
 
 def mlm_batches(tokenizer, rows, row_length, rows_per_batch, seed=0) -> list[dict]:
     for index, row in enumerate(rows):
-        row["row_index"] = index
+        row.row_index = index
     collator = MLMCollator(tokenizer, MaskingSchedule(MASKING, MASKING, len(rows)), seed, "benchmark", row_length)
     return [collator(rows[s : s + rows_per_batch]) for s in range(0, len(rows) - rows_per_batch + 1, rows_per_batch)]
 

@@ -23,10 +23,13 @@ from benchmarks.common import (
     write_json,
 )
 from benchmarks.pretraining import mlm_batches, training_step
-from modeling.attention import DOCUMENT_SDPA
+from modeling.common.attention import DOCUMENT_SDPA
+from modeling.data.packing import PackedRow
 
 
-def synthetic_rows(tokenizer, vocab: int, row_length: int, rows: int, documents_per_row: int, seed: int) -> list[dict]:
+def synthetic_rows(
+    tokenizer, vocab: int, row_length: int, rows: int, documents_per_row: int, seed: int
+) -> list[PackedRow]:
     generator = torch.Generator().manual_seed(seed)
     base, extra = divmod(row_length, documents_per_row)
     lengths = [base + (1 if d < extra else 0) for d in range(documents_per_row)]
@@ -39,14 +42,7 @@ def synthetic_rows(tokenizer, vocab: int, row_length: int, rows: int, documents_
                 *torch.randint(10, vocab, (n - 2,), generator=generator).tolist(),
                 tokenizer.sep_token_id,
             ]
-        out.append(
-            {
-                "input_ids": ids,
-                "doc_lengths": lengths,
-                "doc_sources": [0] * len(lengths),
-                "doc_starts": [True] * len(lengths),
-            }
-        )
+        out.append(PackedRow(ids, lengths, doc_sources=[0] * len(lengths), doc_starts=[True] * len(lengths)))
     return out
 
 

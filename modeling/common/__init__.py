@@ -1,0 +1,1 @@
+"""Shared machinery used by every lifecycle; see README.md."""

@@ -1,0 +1,191 @@
+"""Attention that never crosses documents in a packed row, for every backend ModernBERT has.
+
+ModernBERT (transformers >= 5.1) takes position_ids for RoPE only; document boundaries must come
+in through the attention mask, in the form each backend understands:
+  sdpa               dict of bool [B,1,T,T] masks (True = attend), per layer type
+  eager              dict of additive float masks (0 / -inf); a bool mask is silently wrong there
+  flex_attention     dict of BlockMasks
+  flash_attention_2  no mask; cu_seq_lens/max_length kwargs over the flattened batch
+  document_sdpa      (this module's) document spans: torch sdpa run per document, no mask at all
+Sliding-window layers get the window (|i - j| <= config.sliding_window) on top of the document mask.
+Padding positions attend to themselves only, so no mask row is empty (an empty row gives NaN).
+
+Dense masks make every layer cost (row length)^2 however short the documents are, and the local
+layers as much as the global ones. `document_sdpa` is the CPU counterpart of flash-attn's varlen path:
+global layers cost the sum of (document length)^2, local layers (document length) x (block + window).
+`register_document_sdpa()` registers it with transformers' AttentionInterface under that name; a stock
+ModernBERT then uses it when built or loaded with attn_implementation="document_sdpa", and nothing of it
+is saved with the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+DOCUMENT_SDPA = "document_sdpa"
+LOCAL_BLOCK = 512  # queries per sdpa call in local layers: a block attends to itself plus the window either side
+
+
+BATCH_ONLY_KEYS = ("doc_ids", "source_tokens", "source_documents")  # collated for masks and counters, not for the model
+
+
+def packed_model_inputs(batch: dict, config, dtype=torch.float32) -> dict:
+    """A collated packed batch (modeling.data.packing.collate_rows) -> the model's forward kwargs."""
+    inputs = {key: value for key, value in batch.items() if key not in BATCH_ONLY_KEYS}
+    inputs.update(packed_attention_kwargs(batch["doc_ids"], config._attn_implementation, config.sliding_window, dtype))
+    return inputs
+
+
+def packed_attention_kwargs(
+    doc_ids: torch.Tensor, implementation: str, sliding_window: int, dtype=torch.float32
+) -> dict:
+    """Forward kwargs that confine attention to each document. doc_ids: [B,T], -1 on padding."""
+    if implementation == "flash_attention_2":
+        return _flash_kwargs(doc_ids)
+    if implementation == "flex_attention":
+        return {"attention_mask": _flex_masks(doc_ids, sliding_window)}
+    if implementation == DOCUMENT_SDPA:
+        spans = DocumentSpans.from_doc_ids(doc_ids, sliding_window)
+        return {"attention_mask": {"full_attention": spans, "sliding_attention": spans}}
+    full, sliding = _dense_masks(doc_ids, sliding_window)
+    if implementation == "eager":
+        full, sliding = _additive(full, dtype), _additive(sliding, dtype)
+    elif implementation != "sdpa":
+        raise ValueError(
+            f"attention implementation '{implementation}': packed rows support sdpa, eager, flex_attention, "
+            f"flash_attention_2, {DOCUMENT_SDPA}"
+        )
+    return {"attention_mask": {"full_attention": full, "sliding_attention": sliding}}
+
+
+def _dense_masks(doc_ids: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = doc_ids.shape[1]
+    same_doc = (doc_ids[:, :, None] == doc_ids[:, None, :]) & (doc_ids[:, :, None] >= 0)
+    same_doc |= torch.eye(length, dtype=torch.bool, device=doc_ids.device)
+    positions = torch.arange(length, device=doc_ids.device)
+    in_window = (positions[:, None] - positions[None, :]).abs() <= window
+    return same_doc[:, None], (same_doc & in_window)[:, None]
+
+
+def _additive(mask: torch.Tensor, dtype) -> torch.Tensor:
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+def _flash_kwargs(doc_ids: torch.Tensor) -> dict:
+    """Segments of the flattened batch: one per document, and one per padded tail of a row."""
+    flat = doc_ids.reshape(-1)
+    row_start = torch.zeros_like(flat, dtype=torch.bool)
+    row_start[:: doc_ids.shape[1]] = True
+    starts = row_start.clone()
+    starts[1:] |= flat[1:] != flat[:-1]
+    boundaries = torch.nonzero(starts).flatten()
+    cu_seq_lens = torch.cat([boundaries, torch.tensor([flat.numel()], device=flat.device)]).to(torch.int32)
+    max_length = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
+    return {
+        "cu_seq_lens_q": cu_seq_lens,
+        "cu_seq_lens_k": cu_seq_lens,
+        "max_length_q": max_length,
+        "max_length_k": max_length,
+    }
+
+
+def _flex_masks(doc_ids: torch.Tensor, window: int) -> dict:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, length = doc_ids.shape
+
+    def same_document(b, h, q, kv):
+        return ((doc_ids[b, q] == doc_ids[b, kv]) & (doc_ids[b, q] >= 0)) | (q == kv)
+
+    def same_document_in_window(b, h, q, kv):
+        return same_document(b, h, q, kv) & ((q - kv).abs() <= window)
+
+    return {
+        name: create_block_mask(fn, batch, None, length, length, device=doc_ids.device)
+        for name, fn in (("full_attention", same_document), ("sliding_attention", same_document_in_window))
+    }
+
+
+@dataclass
+class DocumentSpans:
+    """Per row, the (start, end) of each document and of the padded tail; what document_sdpa takes as its mask."""
+
+    rows: list[list[tuple[int, int, bool]]]  # (start, end, is_document)
+    window: int
+
+    @classmethod
+    def from_doc_ids(cls, doc_ids: torch.Tensor, window: int) -> DocumentSpans:
+        ids = doc_ids.cpu()
+        length = ids.shape[1]
+        change = torch.ones_like(ids, dtype=torch.bool)
+        change[:, 1:] = ids[:, 1:] != ids[:, :-1]
+        rows = []
+        for b in range(ids.shape[0]):
+            starts = change[b].nonzero().flatten().tolist()
+            rows.append(
+                [
+                    (start, end, document >= 0)
+                    for start, end, document in zip(starts, starts[1:] + [length], ids[b, starts].tolist())
+                ]
+            )
+        return cls(rows, window)
+
+
+def document_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """query/key/value [B, heads, T, head_dim] -> [B, T, heads, head_dim], attending within each document
+    (and, in local layers, within the window). Any other mask (a plain padded batch) goes to stock sdpa."""
+    if not isinstance(attention_mask, DocumentSpans):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    local = getattr(module, "sliding_window", None) is not None
+    rows = []
+    for b, spans in enumerate(attention_mask.rows):
+        pieces = []
+        for start, end, is_document in spans:
+            if not is_document:  # padding: its output is never used
+                pieces.append(query.new_zeros(query.shape[1], end - start, value.shape[-1]))
+                continue
+            q, k, v = query[b, :, start:end], key[b, :, start:end], value[b, :, start:end]
+            if local and end - start > attention_mask.window + 1:
+                pieces.append(_local_attention(q, k, v, attention_mask.window, dropout, scaling))
+            else:
+                pieces.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling))
+        rows.append(torch.cat(pieces, dim=1))
+    return torch.stack(rows).transpose(1, 2).contiguous(), None
+
+
+def _local_attention(q, k, v, window: int, dropout: float, scaling) -> torch.Tensor:
+    """|i - j| <= window inside one document, LOCAL_BLOCK queries at a time against the keys they can reach."""
+    length, out = q.shape[1], []
+    for start in range(0, length, LOCAL_BLOCK):
+        end = min(start + LOCAL_BLOCK, length)
+        k_start, k_end = max(0, start - window), min(length, end + window)
+        rows = torch.arange(start, end, device=q.device)[:, None]
+        cols = torch.arange(k_start, k_end, device=q.device)[None, :]
+        band = (rows - cols).abs() <= window
+        out.append(
+            F.scaled_dot_product_attention(
+                q[:, start:end],
+                k[:, k_start:k_end],
+                v[:, k_start:k_end],
+                attn_mask=band,
+                dropout_p=dropout,
+                scale=scaling,
+            )
+        )
+    return torch.cat(out, dim=1)
+
+
+def register_document_sdpa():
+    """Make `attn_implementation="document_sdpa"` known to transformers. Called where models are built
+    (pretraining, inference), not at import: nothing changes in transformers unless a model asks for it.
+    Padded batches (pipelines, evaluation of a plain batch) get sdpa's mask through the same name."""
+    AttentionInterface.register(DOCUMENT_SDPA, document_sdpa_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(DOCUMENT_SDPA, sdpa_mask)

@@ -1,0 +1,225 @@
+"""Every file a run leaves: its name, its place, and the one way it is written (atomically).
+
+A reader never sees half a file: everything is written to a temporary file beside it (unique per
+process, so concurrent writers never share one) and renamed over the target, which POSIX makes atomic.
+A folder that must appear whole (a trained tokenizer in the cache) is built under a temporary name and
+renamed the same way.
+
+Pretraining run (`train_mlm.py`), `output_dir/`:
+
+    recipe.json                     the recipe as run, overrides applied
+    training_summary.json           per phase and in total: tokens, steps, held-out loss, wall time, skips
+    training_curves.png             loss, learning rate and masking rate over tokens seen
+    tensorboard/PHASE/              TensorBoard events (when logging.report_to names tensorboard)
+    PHASE/                          the phase's model: a stock transformers folder (safetensors)
+    PHASE/phase_state.json          held-out loss measured before the phase's first step (a resume reads it)
+    PHASE/epoch_rows.json           rows in one epoch, from the counting pass (phases measured in epochs)
+    PHASE/stream_stats.json         what the data stream read: documents, held out, skipped and why
+    PHASE/phase_summary.json        written when the phase is done; its presence marks the phase complete
+    PHASE/checkpoints/checkpoint-N/ resumable Trainer checkpoint; complete once checkpoint_complete.json is in it
+
+Fine-tuning results (`finetune.py`), `results/TASK/`:
+
+    aggregate.json, aggregate.md    mean, std, min, max over seeds of every metric
+    curves.png                      training loss and validation score per epoch of every run
+    seedN/ (lrX-seedN/ with a grid) one run: results.json, predictions_test.jsonl, model/ or adapter/
+
+Inference (`python -m modeling.inference`), `--output_dir`:
+
+    embeddings.safetensors, notes.jsonl   an encoder: one embedding per note, and where each note came from
+    predictions.jsonl                     a classifier: labels and per-label scores per note
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: Path | str, data, indent: int | None = 2) -> Path:
+    return write_text(path, json.dumps(data, indent=indent, default=str) + ("\n" if indent else ""))
+
+
+def read_json(path: Path | str):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yields a temporary folder beside `path`; on success it becomes `path` in one rename."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- pretraining runs
+
+
+class PretrainingRun:
+    """The files of one `train_mlm.py` run (see the module docstring)."""
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+
+    @property
+    def recipe_json(self) -> Path:
+        return self.folder / "recipe.json"
+
+    @property
+    def summary_json(self) -> Path:
+        return self.folder / "training_summary.json"
+
+    plot_name = "training_curves.png"
+
+    @property
+    def plot_png(self) -> Path:
+        return self.folder / self.plot_name
+
+    def tensorboard_dir(self, phase: str) -> Path:
+        return self.folder / "tensorboard" / phase
+
+    def phase(self, name: str) -> PhaseFolder:
+        return PhaseFolder(self.folder / name)
+
+    def holds_a_run(self) -> bool:
+        return self.folder.exists() and any(self.folder.iterdir())
+
+
+class PhaseFolder:
+    """One phase: the model it ends with, its state files and its checkpoints."""
+
+    CHECKPOINT_MARKER = "checkpoint_complete.json"  # written last: a checkpoint without it is incomplete
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def state_json(self) -> Path:
+        return self.folder / "phase_state.json"
+
+    @property
+    def epoch_rows_json(self) -> Path:
+        return self.folder / "epoch_rows.json"
+
+    @property
+    def stream_stats_json(self) -> Path:
+        return self.folder / "stream_stats.json"
+
+    @property
+    def summary_json(self) -> Path:
+        return self.folder / "phase_summary.json"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.folder / "checkpoints"
+
+    def checkpoints(self) -> list[Path]:
+        """checkpoint-N folders, newest first."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        found = [p for p in self.checkpoints_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+
+    def is_done(self) -> bool:
+        return self.summary_json.exists()
+
+
+# ---------------------------------------------------------------- fine-tuning results
+
+
+class TaskResults:
+    """The results folder of one task and model (see the module docstring)."""
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+
+    @property
+    def aggregate_json(self) -> Path:
+        return self.folder / "aggregate.json"
+
+    @property
+    def aggregate_md(self) -> Path:
+        return self.folder / "aggregate.md"
+
+    plot_name = "curves.png"
+
+    @property
+    def plot_png(self) -> Path:
+        return self.folder / self.plot_name
+
+    def run(self, seed: int, lr: float | None = None) -> TaskRun:
+        """One run's folder: seedN, or lrX-seedN when a learning-rate grid is searched."""
+        return TaskRun(self.folder / (f"lr{lr:g}-seed{seed}" if lr is not None else f"seed{seed}"))
+
+    def results_files(self) -> list[Path]:
+        return sorted(self.folder.rglob("results.json"))
+
+
+class TaskRun:
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    @property
+    def results_json(self) -> Path:
+        return self.folder / "results.json"
+
+    @property
+    def predictions_jsonl(self) -> Path:
+        return self.folder / "predictions_test.jsonl"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.folder / "model"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.folder / "adapter"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.folder / "checkpoints"
+
+
+# ---------------------------------------------------------------- inference
+
+
+class InferenceOutputs:
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+
+    @property
+    def embeddings_safetensors(self) -> Path:
+        return self.folder / "embeddings.safetensors"
+
+    @property
+    def notes_jsonl(self) -> Path:
+        return self.folder / "notes.jsonl"
+
+    @property
+    def predictions_jsonl(self) -> Path:
+        return self.folder / "predictions.jsonl"

@@ -1,0 +1,1 @@
+"""Fine-tuning and evaluation on a task, seed after seed; see README.md."""

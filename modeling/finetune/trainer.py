@@ -1,0 +1,141 @@
+"""The Trainer of one fine-tuning run, and how its window logits become document and word predictions.
+
+Evaluation scores documents, not windows: `TaskTrainer.evaluate` takes an EncodedSplit, predicts its
+windows (Trainer.predict: batching, devices, gathering across processes) and maps them back
+(modeling.finetune.encoding) before the task's metrics (modeling.finetune.metrics) score them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from seqeval.metrics.sequence_labeling import get_entities
+from torch.utils.data import SequentialSampler
+from transformers import Trainer, TrainingArguments
+
+from modeling.common.errors import ConfigError
+from modeling.common.run_files import TaskRun
+from modeling.common.runtime import resolve_precision, use_cpu
+from modeling.finetune.config import TaskConfig
+from modeling.finetune.encoding import EncodedSplit, document_logits, word_logits
+from modeling.finetune.metrics import task_scores
+
+
+class TaskTrainer(Trainer):
+    """Trainer whose evaluation scores documents, not windows: `evaluate` takes an EncodedSplit, predicts
+    its windows (Trainer.predict: batching, devices, gathering across processes) and maps them back."""
+
+    def __init__(self, *args, task: TaskConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.task = task
+
+    def _get_eval_sampler(self, eval_dataset):
+        # transformers applies train_sampling_strategy="group_by_length" to evaluation too, which shuffles the
+        # predictions; windows are mapped back to documents by position (and are already sorted by length).
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        split = eval_dataset if eval_dataset is not None else self.eval_dataset
+        output = self.predict(split.features, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        scores, _ = score_split(self.task, split, output.predictions)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in scores.items() if isinstance(v, float)}
+        metrics[f"{metric_key_prefix}_loss"] = output.metrics.get(f"{metric_key_prefix}_loss")
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+def score_split(task: TaskConfig, split: EncodedSplit, logits: np.ndarray) -> tuple[dict, list[dict]]:
+    """Scores of a split from its window logits, and one prediction record per example."""
+    labels = task.tag_names
+    if task.task == "ner":
+        per_word = word_logits(split, logits)
+        predicted = [[labels[i] for i in rows.argmax(-1)] for rows in per_word]
+        gold = [e.tags for e in split.examples]
+        records = [
+            {"id": e.id, "entities": _entities(e, tags), "gold_entities": _entities(e, e.tags)}
+            for e, tags in zip(split.examples, predicted)
+        ]
+        return task_scores("ner", predicted, gold, labels), records
+    per_doc = document_logits(split, logits, task.window_aggregation)
+    if task.task == "single_label":
+        probabilities = torch.softmax(torch.from_numpy(per_doc).float(), -1).numpy()
+        predicted = per_doc.argmax(-1)
+        gold = [labels.index(e.labels[0]) for e in split.examples]
+        scores = task_scores("single_label", predicted.tolist(), gold, labels, task.negative_labels)
+        records = [
+            {"id": e.id, "label": labels[p], "gold": e.labels[0], "probabilities": dict(zip(labels, map(_round, row)))}
+            for e, p, row in zip(split.examples, predicted, probabilities)
+        ]
+        return scores, records
+    probabilities = torch.sigmoid(torch.from_numpy(per_doc).float()).numpy()
+    gold = [[int(name in e.labels) for name in labels] for e in split.examples]
+    scores = task_scores("multi_label", per_doc.tolist(), gold, labels)
+    records = [
+        {
+            "id": e.id,
+            "labels": [n for n, logit in zip(labels, row) if logit > 0],
+            "gold": e.labels,
+            "probabilities": dict(zip(labels, map(_round, probs))),
+        }
+        for e, row, probs in zip(split.examples, per_doc, probabilities)
+    ]
+    return scores, records
+
+
+def _entities(example, tags: list[str]) -> list[dict]:
+    """BIO tags of words -> entities with character offsets into the example's text."""
+    spans = []
+    for kind, first, last in get_entities(list(tags)):
+        start, end = example.words[first][0], example.words[last][1]
+        spans.append({"type": kind, "start": start, "end": end, "text": example.text[start:end]})
+    return spans
+
+
+def _round(x) -> float:
+    return round(float(x), 6)
+
+
+def training_arguments(task: TaskConfig, seed: int, lr: float, run: TaskRun) -> TrainingArguments:
+    spec = task.training
+    world = PartialState().num_processes
+    # batch_size is the global batch: split over processes, the rest made up by gradient accumulation
+    per_device = spec.per_device_batch_size or max(1, spec.batch_size // world)
+    if spec.batch_size % (per_device * world):
+        raise ConfigError(
+            f"training.batch_size={spec.batch_size} is not divisible by per-device batch {per_device} x "
+            f"{world} processes; set training.per_device_batch_size"
+        )
+    accumulation = spec.batch_size // (per_device * world)
+    precision = resolve_precision(spec.precision)
+    return TrainingArguments(
+        output_dir=str(run.checkpoints_dir),
+        seed=seed,
+        data_seed=seed,
+        learning_rate=lr,
+        weight_decay=spec.weight_decay,
+        num_train_epochs=spec.epochs,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        per_device_eval_batch_size=spec.eval_batch_size,
+        warmup_steps=float(spec.warmup_ratio),
+        lr_scheduler_type=spec.lr_scheduler,
+        max_grad_norm=spec.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model=f"eval_{task.metric_for_selection}",
+        greater_is_better=True,
+        save_total_limit=1,
+        save_only_model=True,
+        logging_steps=spec.logging_steps,
+        report_to=[],
+        train_sampling_strategy="group_by_length",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        use_cpu=use_cpu(),
+        disable_tqdm=False,
+    )

@@ -1,0 +1,212 @@
+"""Embed or classify many notes of very different lengths, fast and with the outputs of one-by-one runs.
+
+Notes are tokenized once (`[CLS] ... [SEP]`, cut at `max_length` and counted when cut), sorted
+longest first, and packed into rows: each batch's rows are as long as its longest note and shorter
+notes share a row, their attention confined to themselves by the same document masks training uses
+(modeling.common.attention) and positions restarting in each note. So almost no position is padding, and
+each note's output equals the note run alone. `batching="padded"` is the usual way (notes in file
+order, batches padded to their longest): kept as the reference the packed outputs are checked against.
+
+An encoder (a pretraining phase folder, AutoModel) gives one embedding per note; a fine-tuned
+sequence classifier gives labels and scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+from modeling.common.attention import packed_attention_kwargs
+from modeling.common.errors import ConfigError
+from modeling.common.loading import load_pretrained
+from modeling.data.packing import PackedRow, collate_rows, plain_backend
+
+POOLINGS = ("mean", "cls")
+BATCHINGS = ("packed", "padded")
+
+
+@dataclass
+class TokenizedNotes:
+    ids: list[list[int]]  # per note, [CLS] ... [SEP], at most max_length
+    truncated: list[bool]  # cut at max_length
+
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.ids]
+
+
+def tokenize_notes(tokenizer, texts: list[str], max_length: int, batch_size: int = 1024) -> TokenizedNotes:
+    """`[CLS] tokens [SEP]` per note, as training wraps documents; a note longer than max_length keeps
+    its first max_length - 2 tokens (and is marked cut)."""
+    backend = plain_backend(tokenizer)
+    cls, sep, body = tokenizer.cls_token_id, tokenizer.sep_token_id, max_length - 2
+    ids, truncated = [], []
+    for start in range(0, len(texts), batch_size):
+        for encoded in backend.encode_batch(texts[start : start + batch_size], add_special_tokens=False):
+            ids.append([cls, *encoded.ids[:body], sep])
+            truncated.append(len(encoded.ids) > body)
+    return TokenizedNotes(ids, truncated)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def padded_batches(lengths: list[int], notes_per_batch: int) -> list[list[list[int]]]:
+    """The usual way: notes in file order, `notes_per_batch` at a time, one note per row."""
+    return [
+        [[i] for i in range(s, min(s + notes_per_batch, len(lengths)))] for s in range(0, len(lengths), notes_per_batch)
+    ]
+
+
+def packed_batches(lengths: list[int], batch_tokens: int) -> list[list[list[int]]]:
+    """Batches of rows of note indices. Notes go longest first; a batch's rows are as long as its first
+    (longest) note, each later note goes into the first row it fits (first-fit decreasing), and a batch
+    closes when another row would pass `batch_tokens` positions (it always holds at least one row)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, rows, free, row_length = [], [], [], 0
+    for i in order:
+        n = lengths[i]
+        fit = next((r for r, space in enumerate(free) if space >= n), None)
+        if fit is not None:
+            rows[fit].append(i)
+            free[fit] -= n
+            continue
+        if rows and (len(rows) + 1) * row_length > batch_tokens:
+            batches.append(rows)
+            rows, free = [], []
+        if not rows:
+            row_length = n
+        rows.append([i])
+        free.append(row_length - n)
+    if rows:
+        batches.append(rows)
+    return batches
+
+
+# --------------------------------------------------------------------------- model
+
+
+class NoteEncoder:
+    """A ModernBERT encoder (AutoModel) or sequence classifier, run over batches of notes.
+
+    `encode` returns per note either the pooled embedding [hidden] or, for a classifier, its logits."""
+
+    def __init__(self, model, tokenizer, max_length: int | None = None, pooling: str | None = None):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.classifier = hasattr(model, "classifier")
+        self.encoder = model.model if self.classifier else model
+        config = model.config
+        self.max_length = min(max_length or config.max_position_embeddings, config.max_position_embeddings)
+        # A classifier pools as it was trained to; an embedding pools as asked.
+        self.pooling = config.classifier_pooling if self.classifier else (pooling or "mean")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling '{self.pooling}': choose one of {', '.join(POOLINGS)}")
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str,
+        attn_implementation: str = "sdpa",
+        allow_pickle: bool = False,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        **kwargs,
+    ) -> NoteEncoder:
+        """A sequence classifier when the folder's config says so, else the bare encoder (AutoModel;
+        an MLM checkpoint such as a pretraining phase loads as one)."""
+        architectures = AutoConfig.from_pretrained(path).architectures or []
+        auto = (
+            AutoModelForSequenceClassification
+            if any("SequenceClassification" in a for a in architectures)
+            else AutoModel
+        )
+        model = load_pretrained(
+            auto, path, allow_pickle, flag="--allow_pickle", attn_implementation=attn_implementation, dtype=dtype
+        )
+        return cls(model.to(device), AutoTokenizer.from_pretrained(path), **kwargs)
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: list[str],
+        batching: str = "packed",
+        batch_tokens: int = 16384,
+        notes_per_batch: int = 16,
+        progress: bool = False,
+    ) -> tuple[torch.Tensor, TokenizedNotes]:
+        """Outputs in the order of `texts` ([notes, hidden] embeddings or [notes, labels] logits) and
+        the tokenized notes (lengths, which were cut)."""
+        notes = tokenize_notes(self.tokenizer, texts, self.max_length)
+        return self.encode_tokenized(notes, batching, batch_tokens, notes_per_batch, progress), notes
+
+    @torch.inference_mode()
+    def encode_tokenized(
+        self,
+        notes: TokenizedNotes,
+        batching: str = "packed",
+        batch_tokens: int = 16384,
+        notes_per_batch: int = 16,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        if batching == "packed":
+            batches = packed_batches(notes.lengths(), batch_tokens)
+        elif batching == "padded":
+            batches = padded_batches(notes.lengths(), notes_per_batch)
+        else:
+            raise ConfigError(f"batching '{batching}': choose one of {', '.join(BATCHINGS)}")
+        outputs: list[torch.Tensor | None] = [None] * len(notes.ids)
+        with tqdm(total=len(notes.ids), desc="notes", unit=" notes", disable=not progress) as bar:
+            for rows in batches:
+                for i, output in zip(
+                    (i for row in rows for i in row), self._run(rows, notes, packed=batching == "packed")
+                ):
+                    outputs[i] = output
+                bar.update(sum(len(row) for row in rows))
+        width = self.model.config.num_labels if self.classifier else self.model.config.hidden_size
+        return torch.stack(outputs) if outputs else torch.zeros((0, width))
+
+    def _run(self, rows: list[list[int]], notes: TokenizedNotes, packed: bool) -> Iterator[torch.Tensor]:
+        packed_rows = [
+            PackedRow(input_ids=[t for i in row for t in notes.ids[i]], doc_lengths=[len(notes.ids[i]) for i in row])
+            for row in rows
+        ]
+        width = max(len(row.input_ids) for row in packed_rows)
+        batch = {k: v.to(self.device) for k, v in collate_rows(packed_rows, self.tokenizer.pad_token_id, width).items()}
+        doc_ids = batch["doc_ids"]
+        config = self.encoder.config
+        if packed:
+            masks = packed_attention_kwargs(
+                doc_ids, config._attn_implementation, config.sliding_window, self.encoder.dtype
+            )
+            hidden = self.encoder(
+                input_ids=batch["input_ids"], position_ids=batch["position_ids"], **masks
+            ).last_hidden_state
+        else:
+            hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=(doc_ids >= 0).long()).last_hidden_state
+        pooled = []
+        for r, row in enumerate(rows):
+            offset = 0
+            for i in row:
+                n = len(notes.ids[i])
+                span = hidden[r, offset : offset + n]
+                pooled.append(span[0] if self.pooling == "cls" else span.mean(dim=0))
+                offset += n
+        pooled = torch.stack(pooled)
+        if self.classifier:
+            pooled = self.model.classifier(self.model.drop(self.model.head(pooled)))
+        return iter(pooled.float().cpu())
+
+    def label_scores(self, logits: torch.Tensor) -> tuple[list[str], list[list[str]], torch.Tensor]:
+        """The label names, and per note the predicted labels and per-label scores (sigmoid for multi-label, else softmax)."""
+        names = [self.model.config.id2label[i] for i in range(logits.shape[1])]
+        if self.model.config.problem_type == "multi_label_classification":
+            scores = torch.sigmoid(logits)
+            labels = [[names[j] for j in torch.nonzero(row >= 0.5).flatten().tolist()] for row in scores]
+        else:
+            scores = torch.softmax(logits, dim=-1)
+            labels = [[names[int(row.argmax())]] for row in scores]
+        return names, labels, scores

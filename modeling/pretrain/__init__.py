@@ -1,0 +1,1 @@
+"""Continued MLM pretraining, phase after phase; see README.md."""

@@ -1,0 +1,70 @@
+"""The model a recipe trains: continued from a checkpoint (a Hub id or folder) or a fresh ModernBERT built
+from a config, with sparse prediction on (the decoder runs on masked positions only).
+
+Only stock transformers classes are used, so everything saved here loads with AutoModel* and no
+trust_remote_code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModelForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
+
+from modeling.common.attention import DOCUMENT_SDPA, register_document_sdpa
+from modeling.common.errors import ConfigError
+from modeling.common.loading import load_pretrained
+from modeling.pretrain.recipe import Recipe
+
+
+def build_model(recipe: Recipe, tokenizer) -> ModernBertForMaskedLM:
+    """`model.init` alone: its weights. `model.config` (with or without init): a fresh model."""
+    spec = recipe.model
+    if spec.config is None:
+        model = load_pretrained(
+            AutoModelForMaskedLM, spec.init, spec.allow_pickle, attn_implementation=spec.attn_implementation
+        )
+    else:
+        base = AutoConfig.from_pretrained(spec.init).to_dict() if spec.init else {}
+        fields = {**base, **spec.config}
+        fields.setdefault("vocab_size", _round_up(len(tokenizer), 64))
+        fields.update(
+            pad_token_id=tokenizer.pad_token_id,
+            cls_token_id=tokenizer.cls_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+            bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+        )
+        fields.pop("model_type", None)
+        try:
+            config = ModernBertConfig(**fields)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.config: {e}") from None
+        if spec.attn_implementation == DOCUMENT_SDPA:
+            register_document_sdpa()
+        model = ModernBertForMaskedLM._from_config(config, attn_implementation=spec.attn_implementation)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ConfigError(
+            f"tokenizer: {len(tokenizer)} tokens do not fit the model's vocab_size {model.config.vocab_size}"
+        )
+    recipe.check_model_limits(model.config.max_position_embeddings)
+    set_sparse_prediction(model, True)
+    return model
+
+
+def reload_phase_model(folder: Path, recipe: Recipe) -> ModernBertForMaskedLM:
+    """A finished phase's model, to train the next phase from (sparse prediction back on)."""
+    model = load_pretrained(AutoModelForMaskedLM, str(folder), attn_implementation=recipe.model.attn_implementation)
+    set_sparse_prediction(model, True)
+    return model
+
+
+def set_sparse_prediction(model: ModernBertForMaskedLM, enabled: bool):
+    """Sparse prediction runs the head and decoder on masked positions only (same loss, far less compute).
+    ModernBertForMaskedLM copies config.sparse_prediction into an attribute when it is built, and forward
+    reads that attribute: setting the config alone afterwards does nothing."""
+    model.config.sparse_prediction = model.sparse_prediction = enabled
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple

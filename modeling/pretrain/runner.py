@@ -1,0 +1,306 @@
+"""Continued MLM pretraining, phase after phase, on Hugging Face Trainer under accelerate.
+
+Per phase: plan the steps, measure the held-out loss, train (resuming mid-phase from the last
+complete checkpoint when asked), measure again, save a stock-transformers folder, record the phase
+(phase_summary.json, training_summary.json, the plot) and hand the finished phase to `on_phase_end`
+(train_mlm.py pushes it to the Hub there when the recipe names a repo).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from accelerate import PartialState
+from transformers import Trainer, set_seed
+
+from modeling.common import run_files
+from modeling.common.errors import ConfigError
+from modeling.common.records import Record
+from modeling.common.run_files import PhaseFolder, PretrainingRun
+from modeling.common.runtime import join_processes
+from modeling.data.mixture import PhaseMixture, SourceReport
+from modeling.data.packing import PackedRow, PackedRows, count_rows, held_out_rows
+from modeling.data.sources import resolve_files
+from modeling.pretrain.masking import MLMCollator
+from modeling.pretrain.model import build_model, reload_phase_model
+from modeling.pretrain.plot import plot_training
+from modeling.pretrain.recipe import PhaseConfig, Recipe
+from modeling.pretrain.schedules import MaskingSchedule, PhasePlan, plan_phase
+from modeling.pretrain.summary import (
+    HeldOutRecord,
+    LearningRateRecord,
+    MaskingRecord,
+    PhaseSummary,
+    TrainingSummary,
+)
+from modeling.pretrain.tokenizer import build_tokenizer
+from modeling.pretrain.trainer import PretrainingTrainer, trainer_callbacks, training_arguments
+
+log = logging.getLogger(__name__)
+
+# Called on the main process when a phase has been trained and recorded: (run folder, phase name, is the last).
+PhaseEndHook = Callable[[Path, str, bool], None]
+
+
+@dataclass
+class PhaseState(Record):
+    """phase_state.json: what a resumed phase needs from before its first step."""
+
+    held_out_loss_start: float
+
+
+@dataclass
+class EpochRows(Record):
+    """epoch_rows.json: one epoch of a natural-proportion phase, measured by the counting pass."""
+
+    rows: int
+    tokens: int
+
+
+def run(recipe: Recipe, resume: bool = False, on_phase_end: PhaseEndHook | None = None) -> TrainingSummary:
+    """Train every phase of the recipe; returns the training summary."""
+    state = join_processes()
+    run_folder = PretrainingRun(recipe.output_dir)
+    holds_a_run = run_folder.holds_a_run()
+    state.wait_for_everyone()  # every process has looked before the main one writes
+    if holds_a_run and not resume:
+        raise ConfigError(
+            f"output_dir={run_folder.folder}: already holds a run; pass --resume to continue it, "
+            "or choose another output_dir"
+        )
+    for spec in recipe.sources.values():
+        if spec.format != "hf":
+            resolve_files(spec)  # a missing file stops the run now, not hours into it
+    if state.is_main_process:
+        run_folder.folder.mkdir(parents=True, exist_ok=True)
+        run_files.write_json(run_folder.recipe_json, recipe.to_dict())
+    set_seed(recipe.seed)
+    with state.main_process_first():  # the main process trains and caches a tokenizer; the others load it
+        tokenizer = build_tokenizer(recipe)
+    model = build_model(recipe, tokenizer)
+    log.info(
+        "model: %.2fM parameters, %s attention; tokenizer: %d tokens",
+        model.num_parameters() / 1e6,
+        model.config._attn_implementation,
+        len(tokenizer),
+    )
+
+    phases: list[PhaseSummary] = []
+    previous_checkpoint = None
+    for index, phase in enumerate(recipe.phases):
+        folder = run_folder.phase(phase.name)
+        trained_now = not folder.is_done()
+        if folder.is_done():
+            summary = PhaseSummary.from_dict(run_files.read_json(folder.summary_json))
+            log.info("phase %s: already complete, skipping", phase.name)
+            model = reload_phase_model(folder.folder, recipe)
+        else:
+            summary = run_phase(recipe, index, model, tokenizer, previous_checkpoint, resume)
+        previous_checkpoint = summary.final_checkpoint
+        phases.append(summary)
+        if state.is_main_process:  # one writer: several processes renaming the same temporary file race
+            training = TrainingSummary.of_phases(
+                recipe.name, str(run_folder.recipe_json), recipe.max_seq_length, phases, run_folder.plot_name
+            )
+            run_files.write_json(run_folder.summary_json, training.to_dict())
+            plot_training(run_folder.plot_png, phases)
+            if on_phase_end and trained_now:  # the folder, summary and plot are final
+                on_phase_end(run_folder.folder, phase.name, index == len(recipe.phases) - 1)
+        state.wait_for_everyone()
+    return TrainingSummary.from_dict(run_files.read_json(run_folder.summary_json))
+
+
+def run_phase(
+    recipe: Recipe, index: int, model, tokenizer, previous_checkpoint: str | None, resume: bool
+) -> PhaseSummary:
+    phase = recipe.phases[index]
+    folder = PretrainingRun(recipe.output_dir).phase(phase.name)
+    folder.folder.mkdir(parents=True, exist_ok=True)
+    names = phase_source_names(phase)
+    mixture = PhaseMixture(
+        sources=[recipe.sources[n] for n in names],
+        weights=None if isinstance(phase.sources, list) else [float(phase.sources[n]) for n in names],
+        holdout_fraction=recipe.holdout.fraction,
+        seed=recipe.seed,
+        phase=phase.name,
+        shuffle_buffer=recipe.data.shuffle_buffer,
+    )
+    plan = plan_phase(recipe, index, _rows_per_epoch(recipe, phase, mixture, tokenizer, folder))
+    num_processes = PartialState().num_processes
+    accumulation = recipe.batch.accumulation_steps(recipe.max_seq_length, num_processes)
+    log.info(
+        "phase %s: %d steps of %d rows x %d tokens (%d per device x %d processes x %d accumulation); "
+        "lr %.2e, warmup %d / stable %d / decay %d (%s); masking %.2f -> %.2f",
+        phase.name,
+        plan.steps,
+        plan.rows_per_step,
+        recipe.max_seq_length,
+        recipe.batch.per_device,
+        num_processes,
+        accumulation,
+        plan.lr,
+        plan.warmup_steps,
+        plan.stable_steps,
+        plan.decay_steps,
+        plan.decay_type,
+        plan.masking.start,
+        plan.masking.end,
+    )
+
+    eval_rows = held_out_rows(
+        mixture, tokenizer, recipe.max_seq_length, recipe.holdout.max_documents, recipe.data.pack_open_rows
+    )
+    if not eval_rows:
+        raise ConfigError(f"holdout: phase '{phase.name}' has no held-out documents; raise holdout.fraction")
+    eval_masking = MaskingSchedule(plan.masking.end, plan.masking.end, len(eval_rows))
+    train_rows = PackedRows(
+        mixture,
+        tokenizer,
+        recipe.max_seq_length,
+        recipe.batch.per_device,
+        open_rows=recipe.data.pack_open_rows,
+        tokenize_batch=recipe.data.tokenize_batch,
+        stats_path=str(folder.stream_stats_json),
+    )
+    trainer = PretrainingTrainer(
+        model=model,
+        args=training_arguments(recipe, plan, folder, accumulation),
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        data_collator=MLMCollator(
+            tokenizer, plan.masking, recipe.seed, f"train/{phase.name}", recipe.max_seq_length, len(names)
+        ),
+        held_out_collator=MLMCollator(
+            tokenizer, eval_masking, recipe.seed, f"held-out/{phase.name}", recipe.max_seq_length, len(names)
+        ),
+        processing_class=tokenizer,
+        callbacks=trainer_callbacks(recipe, PretrainingRun(recipe.output_dir).tensorboard_dir(phase.name)),
+        source_names=names,
+        phase=phase.name,
+        carry_optimizer_from=None if phase.reset_optimizer else previous_checkpoint,
+    )
+    checkpoint = last_complete_checkpoint(folder) if resume else None
+    if checkpoint and folder.state_json.exists():
+        state = PhaseState.from_dict(run_files.read_json(folder.state_json))
+        trainer.restore_progress(checkpoint)
+        log.info("phase %s: resuming from %s", phase.name, checkpoint)
+    else:
+        if folder.checkpoints_dir.exists() and PartialState().is_main_process:
+            shutil.rmtree(folder.checkpoints_dir)  # a phase killed before its first checkpoint starts over
+        state = PhaseState(trainer.evaluate(metric_key_prefix="held_out")["held_out_loss"])
+        if trainer.args.should_save:
+            run_files.write_json(folder.state_json, state.to_dict())
+        checkpoint = None
+    trainer.session_start = time.monotonic()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    wall = trainer.wall_time()
+    held_out_end = trainer.evaluate(metric_key_prefix="held_out")["held_out_loss"]
+
+    final_checkpoint = last_complete_checkpoint(folder)
+    save_for_transformers(trainer, tokenizer, folder.folder)
+    summary = _phase_summary(recipe, plan, trainer, folder, eval_rows, state.held_out_loss_start, held_out_end, wall)
+    summary.final_checkpoint, summary.model_dir = final_checkpoint, str(folder.folder)
+    if trainer.args.should_save:
+        run_files.write_json(folder.summary_json, summary.to_dict())
+    log.info(
+        "phase %s done: held-out loss %.4f -> %.4f, %d tokens in %.0f s (%.0f tokens/s)",
+        phase.name,
+        state.held_out_loss_start,
+        held_out_end,
+        summary.tokens,
+        wall,
+        summary.tokens / max(wall, 1e-9),
+    )
+    return summary
+
+
+def phase_source_names(phase: PhaseConfig) -> list[str]:
+    return phase.sources if isinstance(phase.sources, list) else list(phase.sources)
+
+
+def last_complete_checkpoint(folder: PhaseFolder) -> str | None:
+    """Newest checkpoint with its completion marker; incomplete ones are skipped with a warning."""
+    for path in folder.checkpoints():
+        if (path / PhaseFolder.CHECKPOINT_MARKER).exists() and (path / "model.safetensors").exists():
+            return str(path)
+        log.warning("checkpoint %s is incomplete (interrupted while saving?); skipping it", path)
+    return None
+
+
+def _phase_summary(
+    recipe: Recipe,
+    plan: PhasePlan,
+    trainer: PretrainingTrainer,
+    folder: PhaseFolder,
+    eval_rows: list[PackedRow],
+    loss_start: float,
+    loss_end: float,
+    wall: float,
+) -> PhaseSummary:
+    counters = trainer.global_counters()
+    names = trainer.source_names
+    tokens_per_source = {n: int(counters.tokens[i]) for i, n in enumerate(names)}
+    tokens = sum(tokens_per_source.values())
+    stats = run_files.read_json(folder.stream_stats_json) if folder.stream_stats_json.exists() else {}
+    return PhaseSummary(
+        phase=plan.name,
+        index=plan.index,
+        steps=plan.steps,
+        rows=plan.steps * plan.rows_per_step,
+        tokens=tokens,
+        tokens_per_source=tokens_per_source,
+        documents_trained={n: int(counters.documents[i]) for i, n in enumerate(names)},
+        row_fill=tokens / (plan.steps * plan.tokens_per_step),
+        masking=MaskingRecord(plan.masking.start, plan.masking.end, counters.masking_rate()),
+        lr=LearningRateRecord(
+            peak=plan.lr,
+            warmup_steps=plan.warmup_steps,
+            stable_steps=plan.stable_steps,
+            decay_steps=plan.decay_steps,
+            decay=plan.decay_type,
+            min_lr_ratio=plan.min_lr_ratio,
+        ),
+        reset_optimizer=recipe.phases[plan.index].reset_optimizer,
+        held_out=HeldOutRecord(
+            rows=len(eval_rows),
+            chunks=sum(len(row.doc_lengths) for row in eval_rows),
+            masking=plan.masking.end,
+            loss_start=loss_start,
+            loss_end=loss_end,
+        ),
+        wall_time_s=wall,
+        tokens_per_second=tokens / wall if wall else None,
+        sources={name: SourceReport.from_dict(report) for name, report in stats.items()},
+        log_history=[entry for entry in trainer.state.log_history if "loss" in entry or "held_out_loss" in entry],
+    )
+
+
+def _rows_per_epoch(recipe: Recipe, phase: PhaseConfig, mixture, tokenizer, folder: PhaseFolder) -> int | None:
+    if "epochs" not in phase.length:
+        return None
+    with PartialState().main_process_first():  # one process counts; the others read its answer
+        if folder.epoch_rows_json.exists():
+            return EpochRows.from_dict(run_files.read_json(folder.epoch_rows_json)).rows
+        log.info("phase %s: counting the rows of one epoch (a pass over its sources)", phase.name)
+        rows, tokens = count_rows(
+            mixture, tokenizer, recipe.max_seq_length, recipe.data.pack_open_rows, recipe.data.tokenize_batch
+        )
+        run_files.write_json(folder.epoch_rows_json, EpochRows(rows, tokens).to_dict())
+        return rows
+
+
+def save_for_transformers(trainer: Trainer, tokenizer, folder: Path):
+    """model.safetensors + config + tokenizer: loads with AutoModelForMaskedLM / pipeline('fill-mask')."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.config.sparse_prediction = False  # saved config: downstream users get logits for every position
+    trainer.save_model(str(folder))
+    model.config.sparse_prediction = True
+    if trainer.args.should_save:
+        tokenizer.save_pretrained(str(folder))
+        for leftover in ("training_args.bin",):
+            (folder / leftover).unlink(missing_ok=True)  # pickled; not part of a published model

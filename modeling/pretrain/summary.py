@@ -1,0 +1,111 @@
+"""What a pretraining run records about itself: one typed record per phase and one for the run.
+
+`PhaseSummary` is written when a phase ends (phase_summary.json, which also marks the phase complete);
+`TrainingSummary` gathers the phases and their totals (training_summary.json). train_mlm.py prints it,
+the plot draws it, and model cards (modeling.publish) are written from it. The JSON keys are the field
+names, unchanged since the first runs, so summaries written by earlier versions still load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from modeling.common.records import Record
+from modeling.data.mixture import SourceReport
+
+
+@dataclass
+class MaskingRecord(Record):
+    start: float
+    end: float
+    measured: float  # masked / maskable positions over the whole phase
+
+
+@dataclass
+class LearningRateRecord(Record):
+    peak: float
+    warmup_steps: int
+    stable_steps: int
+    decay_steps: int
+    decay: str
+    min_lr_ratio: float
+
+
+@dataclass
+class HeldOutRecord(Record):
+    """The phase's held-out slice, masked at the phase's final rate, before and after the phase."""
+
+    rows: int
+    chunks: int
+    masking: float
+    loss_start: float
+    loss_end: float
+
+
+@dataclass
+class PhaseSummary(Record):
+    phase: str
+    index: int
+    steps: int
+    rows: int  # rows trained: steps x rows per step
+    tokens: int  # real tokens trained (padding excluded)
+    tokens_per_source: dict[str, int]
+    documents_trained: dict[str, int]
+    row_fill: float  # tokens / row capacity
+    masking: MaskingRecord
+    lr: LearningRateRecord
+    reset_optimizer: bool
+    held_out: HeldOutRecord
+    wall_time_s: float
+    tokens_per_second: float | None
+    sources: dict[str, SourceReport]  # per source, per pass over its files: documents, held out, skipped and why
+    log_history: list[dict] = field(default_factory=list)  # Trainer's logs: loss, learning rate, masking rate
+    final_checkpoint: str | None = None  # the next phase carries its optimizer state from here
+    model_dir: str | None = None
+
+
+@dataclass
+class RunTotals(Record):
+    steps: int
+    tokens: int
+    tokens_per_source: dict[str, int]
+    wall_time_s: float
+    tokens_per_second: float | None
+    documents_skipped_per_pass: dict[str, dict[str, int]]  # source -> reason -> documents
+
+
+@dataclass
+class TrainingSummary(Record):
+    name: str
+    recipe: str  # the recipe.json beside it
+    max_seq_length: int
+    phases: list[PhaseSummary]  # without their log_history (phase_summary.json keeps it)
+    total: RunTotals
+    plot: str = "training_curves.png"
+
+    @classmethod
+    def of_phases(cls, name: str, recipe_json: str, max_seq_length: int, phases: list[PhaseSummary], plot: str):
+        tokens_per_source: dict[str, int] = {}
+        skipped: dict[str, dict[str, int]] = {}
+        for phase in phases:
+            for source, n in phase.tokens_per_source.items():
+                tokens_per_source[source] = tokens_per_source.get(source, 0) + n
+            for source, report in phase.sources.items():
+                skipped[source] = report.skipped_per_pass  # the same files skip the same documents in every phase
+        wall = sum(p.wall_time_s for p in phases)
+        tokens = sum(p.tokens for p in phases)
+        totals = RunTotals(
+            steps=sum(p.steps for p in phases),
+            tokens=tokens,
+            tokens_per_source=tokens_per_source,
+            wall_time_s=wall,
+            tokens_per_second=tokens / wall if wall else None,
+            documents_skipped_per_pass=skipped,
+        )
+        return cls(name, recipe_json, max_seq_length, phases, totals, plot)
+
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        for phase in data["phases"]:
+            phase.pop("log_history", None)
+        return data

@@ -1,0 +1,260 @@
+"""The Trainer of one pretraining phase: Hugging Face Trainer plus what packed MLM needs.
+
+- document masks built on the device from each batch's `doc_ids` (modeling.common.attention);
+- counters of what was trained (real tokens and documents per source, masked positions), summed over
+  processes, logged, and kept in each checkpoint's completion marker so a resumed phase counts on;
+- the previous phase's optimizer state carried over (its moments, with this phase's hyperparameters);
+- a checkpoint at the phase's last step (the next phase carries its optimizer from there).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
+
+from modeling.common import run_files
+from modeling.common.attention import packed_model_inputs
+from modeling.common.errors import ConfigError
+from modeling.common.records import Record
+from modeling.common.run_files import PhaseFolder
+from modeling.common.runtime import resolve_precision, use_cpu
+from modeling.pretrain.recipe import Recipe
+from modeling.pretrain.schedules import PhasePlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenCounters:
+    """What a phase has trained on. Each process counts its own batches; `flat` lays the counters out
+    in one tensor so that all processes sum them in one reduction (and checkpoints keep them)."""
+
+    tokens: torch.Tensor  # [sources] real tokens (padding excluded)
+    documents: torch.Tensor  # [sources] documents begun (a document cut into several rows counts once)
+    masked: torch.Tensor  # [] positions chosen for prediction
+    maskable: torch.Tensor  # [] positions that could have been chosen (not [CLS], [SEP] or padding)
+
+    @classmethod
+    def zeros(cls, num_sources: int) -> TokenCounters:
+        return cls.from_flat(torch.zeros(2 * num_sources + 2, dtype=torch.float64), num_sources)
+
+    @classmethod
+    def from_flat(cls, values: torch.Tensor | list[float], num_sources: int) -> TokenCounters:
+        values = torch.as_tensor(values, dtype=torch.float64)
+        return cls(values[:num_sources], values[num_sources : 2 * num_sources], values[-2], values[-1])
+
+    def flat(self) -> torch.Tensor:
+        return torch.cat([self.tokens, self.documents, self.masked[None], self.maskable[None]])
+
+    def add_batch(self, inputs: dict):
+        """Count a collated, masked batch (modeling.data.packing.collate_rows + MLMCollator)."""
+        doc_ids = inputs["doc_ids"]
+        chunks = (doc_ids.max(dim=1).values + 1).sum()
+        self.tokens += inputs["source_tokens"].sum(0).cpu().double()
+        self.documents += inputs["source_documents"].sum(0).cpu().double()
+        self.masked += (inputs["labels"] != -100).sum().cpu().double()
+        self.maskable += ((doc_ids >= 0).sum() - 2 * chunks).cpu().double()  # [CLS]/[SEP] are never masked
+
+    def since(self, earlier: TokenCounters) -> TokenCounters:
+        return TokenCounters.from_flat(self.flat() - earlier.flat(), len(self.tokens))
+
+    def total_tokens(self) -> float:
+        return float(self.tokens.sum())
+
+    def masking_rate(self) -> float:
+        return float(self.masked / max(self.maskable, 1))
+
+
+@dataclass
+class CheckpointMarker(Record):
+    """checkpoint_complete.json: written after everything else of a checkpoint, with the phase's progress."""
+
+    step: int
+    counts: list[float] = field(default_factory=list)  # TokenCounters.flat() summed over processes
+    wall_time: float = 0.0  # training seconds of the phase so far, across interruptions
+
+
+class PretrainingTrainer(Trainer):
+    """Trainer plus what packed MLM needs (see the module docstring)."""
+
+    def __init__(
+        self,
+        *args,
+        held_out_collator,
+        source_names: list[str],
+        phase: str,
+        carry_optimizer_from: str | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.held_out_collator, self.source_names, self.phase = held_out_collator, source_names, phase
+        self.carry_optimizer_from = carry_optimizer_from
+        self.counters = TokenCounters.zeros(len(source_names))
+        self._last_log = (time.monotonic(), TokenCounters.zeros(len(source_names)))
+        self.wall_time_before, self.session_start = 0.0, time.monotonic()
+
+    def wall_time(self) -> float:
+        """Training time of the phase, across interruptions."""
+        return self.wall_time_before + time.monotonic() - self.session_start
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        # Held-out rows are masked from their own stream, at a fixed rate, so start and end compare.
+        train_collator, self.data_collator = self.data_collator, self.held_out_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        # We give transformers' warmup-stable-decay schedule its stable length explicitly; Trainer also passes
+        # the total, and transformers warns that both were given.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Both num_training_steps and num_stable_steps are specified")
+            return super().create_scheduler(num_training_steps, optimizer)
+
+    # -- forward
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = packed_model_inputs(inputs, self.accelerator.unwrap_model(model).config, model.dtype)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.counters.add_batch(inputs)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    # -- optimizer carried over from the previous phase
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.carry_optimizer_from and not getattr(self, "_carried", False):
+            if not os.path.isfile(os.path.join(self.carry_optimizer_from, "optimizer.pt")):
+                raise ConfigError(
+                    f"phase {self.phase}: the previous phase's optimizer state ({self.carry_optimizer_from}) is "
+                    f"gone; restore it, or start this phase with a fresh optimizer "
+                    f"(--phases.{self.phase}.reset_optimizer true)"
+                )
+            state = torch.load(
+                os.path.join(self.carry_optimizer_from, "optimizer.pt"), weights_only=True, map_location="cpu"
+            )
+            optimizer.load_state_dict(state)
+            for group in optimizer.param_groups:  # keep the moments, take this phase's hyperparameters
+                group.pop("initial_lr", None)
+                group.update(
+                    lr=self.args.learning_rate,
+                    betas=(self.args.adam_beta1, self.args.adam_beta2),
+                    eps=self.args.adam_epsilon,
+                )
+            self._carried = True
+            log.info("phase %s: optimizer state carried over from %s", self.phase, self.carry_optimizer_from)
+        return optimizer
+
+    # -- logging and checkpoints
+
+    def global_counters(self) -> TokenCounters:
+        """The counters summed over all processes."""
+        flat = self.counters.flat().to(self.args.device)
+        if self.accelerator.num_processes > 1:
+            flat = self.accelerator.reduce(flat, reduction="sum")
+        return TokenCounters.from_flat(flat.cpu(), len(self.source_names))
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs:
+            counters, now = self.global_counters(), time.monotonic()
+            then, counters_then = self._last_log
+            interval = counters.since(counters_then)
+            logs.update(
+                tokens_seen=counters.total_tokens(),
+                masking_rate=interval.masking_rate(),  # over the logging interval
+                tokens_per_second=interval.total_tokens() / max(now - then, 1e-9),
+            )
+            self._last_log = (now, counters)
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        counters = self.global_counters()
+        if self.args.should_save:
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            marker = CheckpointMarker(self.state.global_step, counters.flat().tolist(), self.wall_time())
+            run_files.write_json(folder / PhaseFolder.CHECKPOINT_MARKER, marker.to_dict(), indent=None)
+
+    def restore_progress(self, checkpoint: str):
+        saved = CheckpointMarker.from_dict(run_files.read_json(Path(checkpoint) / PhaseFolder.CHECKPOINT_MARKER))
+        counters = TokenCounters.from_flat(saved.counts, len(self.source_names))
+        if self.accelerator.is_main_process:  # the others start at zero: the sum stays right
+            self.counters = TokenCounters.from_flat(saved.counts, len(self.source_names))
+        self._last_log = (time.monotonic(), counters)
+        self.wall_time_before, self.session_start = saved.wall_time, time.monotonic()
+
+
+class SaveAtPhaseEnd(TrainerCallback):
+    """The last step of a phase always leaves a checkpoint: the next phase carries its optimizer over."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = True
+
+
+class TensorBoardInFolder(TensorBoardCallback):
+    """transformers' TensorBoard logging, written to a folder of our choosing (transformers 5 reads its
+    folder from the TENSORBOARD_LOGGING_DIR environment variable only)."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.logging_dir = str(folder)
+
+
+def trainer_callbacks(recipe: Recipe, tensorboard_dir: Path) -> list[TrainerCallback]:
+    callbacks: list[TrainerCallback] = [SaveAtPhaseEnd()]
+    if "tensorboard" in recipe.logging.report_to:
+        callbacks.append(TensorBoardInFolder(tensorboard_dir))
+    return callbacks
+
+
+def training_arguments(recipe: Recipe, plan: PhasePlan, phase: PhaseFolder, accumulation: int) -> TrainingArguments:
+    precision = resolve_precision(recipe.precision)
+    # TensorBoard is added as a callback writing to the run's folder (trainer_callbacks); other trackers by name.
+    report_to = [tracker for tracker in recipe.logging.report_to if tracker != "tensorboard"]
+    return TrainingArguments(
+        output_dir=str(phase.checkpoints_dir),
+        max_steps=plan.steps,
+        run_name=f"{recipe.name}/{plan.name}",
+        per_device_train_batch_size=recipe.batch.per_device,
+        per_device_eval_batch_size=recipe.batch.per_device,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=plan.lr,
+        warmup_steps=plan.warmup_steps,
+        lr_scheduler_type="warmup_stable_decay",
+        lr_scheduler_kwargs=plan.scheduler_kwargs(),
+        optim="adamw_torch",
+        adam_beta1=recipe.optimizer.betas[0],
+        adam_beta2=recipe.optimizer.betas[1],
+        adam_epsilon=recipe.optimizer.eps,
+        weight_decay=recipe.optimizer.weight_decay,
+        max_grad_norm=recipe.optimizer.max_grad_norm,
+        use_cpu=use_cpu(),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=recipe.seed,
+        torch_compile=recipe.model.compile,
+        logging_steps=recipe.logging.steps,
+        logging_first_step=True,
+        report_to=report_to or "none",
+        save_strategy="steps",
+        save_steps=recipe.checkpoint.every_steps,
+        save_total_limit=recipe.checkpoint.keep,
+        eval_strategy="no",
+        prediction_loss_only=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=recipe.data.workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=False,
+    )

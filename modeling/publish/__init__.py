@@ -1,0 +1,1 @@
+"""Model cards and pushes to the Hugging Face Hub; see README.md."""

@@ -1,0 +1,89 @@
+"""The benchmarks run end to end on tiny inputs and measure what they say they measure (speed itself
+is not asserted here: the figures live in benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import torch
+from helpers import synthetic_documents
+from transformers import ModernBertConfig, ModernBertModel
+
+from benchmarks import data_pipeline, inference, pretraining, scaling
+from benchmarks.common import bench_model, clinical_lengths
+
+
+def test_pretraining_sides_see_the_same_documents_and_report_padding(tiny_tokenizer):
+    texts = synthetic_documents(400, seed=4, min_words=3, max_words=60)
+    figures = {
+        f["side"]: f
+        for f in pretraining.compare(
+            tiny_tokenizer, texts, row_length=64, step_tokens=256, steps=2, warmup=1, shape="small", ablations=True
+        )
+    }
+    assert set(figures) == {
+        "project",
+        "run_mlm",
+        "group_texts",
+        "group_texts+sparse",
+        "ideal",
+        "project, sdpa",
+        "project, dense decoder",
+        "project, 8192-token rows",
+    }
+    assert figures["project"]["padding"] < 0.05 < figures["run_mlm"]["padding"]  # packed rows vs padded-to-longest
+    assert figures["group_texts"]["padding"] == figures["ideal"]["padding"] == 0
+    assert figures["project"]["documents_apart"] == "yes" and figures["group_texts"]["documents_apart"] == "no"
+    assert figures["project"]["project_speedup"] == 1.0
+    assert all(f["tokens_per_second"] > 0 for f in figures.values())
+
+
+def test_inference_benchmark_checks_outputs_and_counts_padding(tiny_tokenizer):
+    encoder = inference.NoteEncoder(
+        ModernBertModel(bench_model(tiny_tokenizer, max_positions=512).config), tiny_tokenizer, 512
+    )
+    texts = synthetic_documents(40, seed=2, min_words=1, max_words=150)
+    figures = inference.compare(encoder, texts, repeats=1, batch_tokens=1024, notes_per_batch=8, label="")
+    sides = figures["sides"]
+    assert set(sides) == {"padded", "packed", "packed, sdpa masks"}
+    assert max(side["max_abs_diff"] for side in sides.values()) <= 1e-5
+    assert sides["packed"]["padding"] < sides["padded"]["padding"]
+    assert figures["notes"] == 40 and sides["packed"]["speedup"] > 0
+
+
+def test_clinical_mix_is_long_tailed_around_1500_tokens():
+    lengths = clinical_lengths(20000)
+    mean = sum(lengths) / len(lengths)
+    assert 1350 < mean < 1650 and max(lengths) == 8192 and sorted(lengths)[len(lengths) // 2] < mean
+
+
+def test_flops_formula_counts_the_real_architecture():
+    config = ModernBertConfig(
+        vocab_size=50368, hidden_size=768, intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12
+    )
+    with torch.device("meta"):
+        model = ModernBertModel(config)
+    weights = sum(m.weight.numel() for m in model.layers.modules() if isinstance(m, torch.nn.Linear))
+    no_attention_no_decoder = data_pipeline.flops_per_token(8192, masking=0.0, context=0, window=0)
+    assert no_attention_no_decoder == 6 * weights
+    # The decoder runs on masked positions only; global layers attend to the row, local ones to the window.
+    assert data_pipeline.flops_per_token(8192) > data_pipeline.flops_per_token(1024) > no_attention_no_decoder
+
+
+def test_data_pipeline_child_streams_a_corpus(tmp_path, tiny_tokenizer):
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    data_pipeline.write_corpus(tmp_path / "c.jsonl", synthetic_documents(50, seed=3), 200)
+    run = data_pipeline.run_child(tmp_path / "c.jsonl", 128, str(tmp_path / "tok"))
+    assert run["documents"] == 200 and run["tokens"] > 200 and run["peak_rss_mb"] > 0 and run["cpu_seconds"] > 0
+
+
+def test_scaling_sweeps_time_every_point(tiny_tokenizer):
+    model = bench_model(tiny_tokenizer, max_positions=256)
+    optimizer = torch.optim.AdamW(model.parameters())
+    points = {"1": (256, 1, 1), "8": (256, 1, 8)}
+    figures = scaling.sweep(
+        model, optimizer, tiny_tokenizer, points, ["sdpa", "document_sdpa"], steps=1, warmup=0, label=""
+    )
+    assert set(figures) == {"1 sdpa", "8 sdpa", "1 document_sdpa", "8 document_sdpa"}
+    assert all(f["step_seconds"] > 0 for f in figures.values())
+    assert "| 8 | 32 |" in scaling.table(
+        "documents", points, figures, ["sdpa"], (["tokens"], lambda name: [256 // int(name)])
+    )

@@ -1,0 +1,317 @@
+"""End to end on a tiny recipe: phases, outputs that stock transformers loads, resume after a kill,
+two processes under accelerate, and bad input stopping with one line."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import SCRIPT, phase_weights, script_env, train, write_recipe
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("run")
+    train(tmp_path, write_recipe(tmp_path, **{"logging.report_to": ["tensorboard"]}))
+    return tmp_path / "out"
+
+
+def test_each_phase_leaves_a_folder_stock_transformers_loads(finished_run):
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer, pipeline
+
+    for phase in ("phase1", "phase2"):
+        folder = finished_run / phase
+        assert (folder / "model.safetensors").exists()
+        assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt")) and not list(folder.glob("*.pth"))
+        config = json.loads((folder / "config.json").read_text())
+        assert config["model_type"] == "modernbert" and not config.get("sparse_prediction") and "auto_map" not in config
+        mlm = AutoModelForMaskedLM.from_pretrained(folder)
+        assert type(mlm).__name__ == "ModernBertForMaskedLM"
+        assert type(AutoModel.from_pretrained(folder)).__name__ == "ModernBertModel"
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        logits = mlm(**tokenizer("patient denies chest [MASK] fever", return_tensors="pt")).logits
+        assert logits.shape[-1] == mlm.config.vocab_size and logits.dim() == 3
+        predictions = pipeline("fill-mask", model=str(folder))("patient denies chest [MASK] fever")
+        assert len(predictions) == 5 and all("token_str" in p for p in predictions)
+
+
+def test_summary_counts_tokens_and_loss_falls_in_both_phases(finished_run):
+    summary = json.loads((finished_run / "training_summary.json").read_text())
+    phase1, phase2 = summary["phases"]
+    assert phase1["steps"] == 8 and phase2["steps"] >= 10
+    assert set(phase1["tokens_per_source"]) == {"notes", "abstracts"} and all(phase1["tokens_per_source"].values())
+    assert set(phase2["tokens_per_source"]) == {"notes"}
+    assert phase1["tokens"] == sum(phase1["tokens_per_source"].values())
+    assert phase1["tokens"] <= phase1["steps"] * 8 * 128 and phase1["row_fill"] > 0.8
+    assert summary["total"]["tokens"] == phase1["tokens"] + phase2["tokens"]
+    for phase in (phase1, phase2):
+        assert phase["held_out"]["loss_end"] < phase["held_out"]["loss_start"]
+        assert phase["wall_time_s"] > 0 and phase["tokens_per_second"] > 0
+        for name, source in phase["sources"].items():
+            assert source["first_pass_complete"] and source["held_out_per_pass"] > 0
+            assert 0 < phase["documents_trained"][name]
+    # One epoch of notes, cut to whole steps: nearly every document of a pass, and never more.
+    notes = phase2["sources"]["notes"]
+    assert 0.8 * notes["documents_per_pass"] <= phase2["documents_trained"]["notes"] <= notes["documents_per_pass"]
+    assert notes["documents_per_pass"] + notes["held_out_per_pass"] == 400
+    assert abs(phase1["masking"]["measured"] - 0.3) < 0.03
+    assert 0.15 < phase2["masking"]["measured"] < 0.3  # the 0.30 -> 0.15 ramp
+    assert phase2["lr"]["decay"] == "1-sqrt" and phase2["lr"]["decay_steps"] == phase2["steps"]
+    logged = [
+        e
+        for e in (json.loads((finished_run / "phase2" / "phase_summary.json").read_text())["log_history"])
+        if "loss" in e
+    ]
+    assert logged[0]["masking_rate"] > logged[-1]["masking_rate"]
+    assert logged[-1]["learning_rate"] < logged[0]["learning_rate"]
+    assert (finished_run / "training_curves.png").stat().st_size > 10_000
+
+
+def test_tensorboard_gets_loss_lr_masking_rate_and_tokens(finished_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(
+        str(next((finished_run / "tensorboard" / "phase2").rglob("events.out.tfevents.*")).parent)
+    )
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {
+        "train/loss",
+        "train/learning_rate",
+        "train/masking_rate",
+        "train/tokens_seen",
+        "train/tokens_per_second",
+    } <= tags
+    rates = [e.value for e in events.Scalars("train/masking_rate")]
+    assert rates[0] > rates[-1]  # phase 2 ramps masking down
+
+
+def test_resume_after_a_kill_ends_with_the_same_parameters(tmp_path, finished_run):
+    """Kill the run (SIGKILL) as soon as a mid-phase checkpoint exists, resume, compare every parameter."""
+    recipe = write_recipe(tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, SCRIPT, str(recipe)],
+        env=script_env(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    marker = tmp_path / "out" / "phase2" / "checkpoints" / "checkpoint-3" / "checkpoint_complete.json"
+    deadline = time.time() + 240
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert marker.exists() and not (tmp_path / "out" / "phase2" / "phase_summary.json").exists(), "killed mid-phase 2"
+    refused = train(tmp_path, recipe, check=False)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    train(tmp_path, recipe, "--resume")
+    for phase in ("phase1", "phase2"):
+        resumed, uninterrupted = phase_weights(tmp_path / "out" / phase), phase_weights(finished_run / phase)
+        worst = max((resumed[k] - uninterrupted[k]).abs().max().item() for k in uninterrupted)
+        print(f"killed and resumed vs uninterrupted, {phase}: max abs parameter difference {worst:.2e}")
+        assert worst <= 1e-6, f"{phase}: resumed run differs by {worst}"
+    summaries = [
+        json.loads((root / "training_summary.json").read_text())["phases"][1]
+        for root in (tmp_path / "out", finished_run)
+    ]
+    assert summaries[0]["tokens_per_source"] == summaries[1]["tokens_per_source"]
+    assert summaries[0]["held_out"]["loss_end"] == pytest.approx(summaries[1]["held_out"]["loss_end"], abs=1e-6)
+
+
+def test_dataloader_workers_train_exactly_as_the_main_process(tmp_path):
+    """Rows and masks come from the data position, not from who reads it: 2 workers give the same weights."""
+    changes = {"phases.0.length.steps": 4, "phases.1.length": {"steps": 3}}
+    runs = {}
+    for workers in (0, 2):
+        folder = tmp_path / f"workers{workers}"
+        folder.mkdir()
+        train(folder, write_recipe(folder, **changes, **{"data.workers": workers}))
+        runs[workers] = phase_weights(folder / "out" / "phase2")
+    assert max((runs[0][k] - runs[2][k]).abs().max().item() for k in runs[0]) == 0.0
+
+
+def test_incomplete_last_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
+    from modeling.common.run_files import PhaseFolder
+    from modeling.pretrain.runner import last_complete_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    for step, complete in ((3, True), (6, True), (9, False)):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+        (folder / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x")
+        if complete:
+            (folder / f"checkpoint-{step}" / "checkpoint_complete.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        assert last_complete_checkpoint(PhaseFolder(tmp_path)) == str(folder / "checkpoint-6")
+    assert "checkpoint-9 is incomplete" in caplog.text
+
+
+def test_resume_skips_an_incomplete_checkpoint_and_matches(tmp_path, finished_run):
+    """A run whose newest checkpoint was cut off while saving resumes from the one before."""
+    recipe = write_recipe(tmp_path)
+    shutil.copytree(finished_run, tmp_path / "out")
+    phase2 = tmp_path / "out" / "phase2"
+    for leftover in ("phase_summary.json", "model.safetensors"):
+        (phase2 / leftover).unlink()
+    checkpoints = sorted((phase2 / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for newer in checkpoints[-2:]:
+        shutil.rmtree(newer)  # keep the state as it was a few steps before the end
+    last = sorted((phase2 / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    broken = last.with_name("checkpoint-999")
+    shutil.copytree(last, broken)
+    (broken / "checkpoint_complete.json").unlink()
+    result = train(tmp_path, recipe, "--resume")
+    assert "checkpoint-999 is incomplete" in result.stderr and f"resuming from {last}" in result.stderr
+    resumed, uninterrupted = phase_weights(phase2), phase_weights(finished_run / "phase2")
+    assert max((resumed[k] - uninterrupted[k]).abs().max().item() for k in uninterrupted) <= 1e-6
+
+
+def test_two_processes_under_accelerate(tmp_path):
+    recipe = write_recipe(tmp_path, **{"phases.0.length.steps": 3, "phases.1.length": {"steps": 2}, "logging.steps": 1})
+    result = subprocess.run(
+        # --multi_gpu picks accelerate's torchrun launcher; with no GPU the processes train on the CPU over gloo.
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            SCRIPT,
+            str(recipe),
+        ],
+        capture_output=True,
+        text=True,
+        env=script_env(tmp_path),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 processes x 1 accumulation" in result.stderr
+    summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
+    phase1 = summary["phases"][0]
+    # The global batch is split over the processes, not repeated: tokens fit 3 steps of 8 rows.
+    assert 0.8 * 3 * 8 * 128 < phase1["tokens"] <= 3 * 8 * 128
+    assert (tmp_path / "out" / "phase2" / "model.safetensors").exists()
+
+
+def test_skipped_records_are_counted_and_reported(tmp_path):
+    lines = [
+        line
+        for day in range(5)
+        for line in (
+            f'{{"text": "fever and cough for {day} days"}}',
+            '{"text": broken',
+            '{"text": ""}',
+            '{"note": "no text"}',
+        )
+    ]
+    (tmp_path / "mixed.jsonl").write_text("\n".join(lines) + "\n")
+    recipe = write_recipe(
+        tmp_path,
+        **{
+            "sources.mixed": {"path": str(tmp_path / "mixed.jsonl"), "format": "jsonl", "on_bad_record": "skip"},
+            "phases.0.sources.mixed": 1.0,
+            "phases.0.length.steps": 2,
+            "phases.1.length": {"steps": 1},
+        },
+    )
+    result = train(tmp_path, recipe)
+    assert "skipped, bad record at" in result.stderr and "mixed.jsonl:2" in result.stderr
+    summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
+    mixed = summary["phases"][0]["sources"]["mixed"]
+    assert mixed["skipped_per_pass"] == {"bad record": 10, "empty document": 5}
+    assert mixed["documents_per_pass"] + mixed["held_out_per_pass"] == 5
+    assert summary["total"]["documents_skipped_per_pass"]["mixed"] == {"bad record": 10, "empty document": 5}
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"sources.notes.path": "/nonexistent/notes.txt"}, "no file matches '/nonexistent/notes.txt'"),
+        ({"sources.extra": {"path": "EMPTY", "format": "text"}, "phases.0.sources.extra": 1.0}, "empty file"),
+        ({"sources.extra": {"path": "BADJSON", "format": "jsonl"}, "phases.0.sources.extra": 1.0}, "bad.jsonl:2"),
+        (
+            {"sources.extra": {"path": "LATIN1", "format": "text"}, "phases.0.sources.extra": 1.0},
+            "latin1.txt:2: not valid UTF-8",
+        ),
+        (
+            {"sources.extra": {"path": "BLANKS", "format": "jsonl"}, "phases.0.sources.extra": 1.0},
+            "phase 'phase1': source 'extra' yielded no training documents",
+        ),
+    ],
+)
+def test_bad_input_stops_with_one_line(tmp_path, change, expected):
+    files = {
+        "EMPTY": ("empty.txt", b""),
+        "BADJSON": ("bad.jsonl", b'{"text": "fine"}\n{"text": broken\n'),
+        "LATIN1": ("latin1.txt", "fine line\nfi\u00e8vre\n".encode("latin-1")),
+        "BLANKS": ("blank_records.jsonl", b'{"text": ""}\n{"text": "  "}\n'),
+    }
+    for key, value in list(change.items()):
+        if isinstance(value, dict) and value.get("path") in files:
+            name, data = files[value["path"]]
+            (tmp_path / name).write_bytes(data)
+            change[key] = {**value, "path": str(tmp_path / name)}
+    result = train(tmp_path, write_recipe(tmp_path, **change), check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_pretraining_models_run_the_decoder_on_masked_positions_only(tmp_path, tiny_tokenizer):
+    import torch
+
+    from modeling.pretrain.model import build_model, reload_phase_model
+    from modeling.pretrain.recipe import load_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path))
+    fresh = build_model(recipe, tiny_tokenizer)
+    fresh.config.sparse_prediction = False
+    fresh.save_pretrained(tmp_path / "phase")  # as a finished phase is saved: dense in config.json
+    input_ids = torch.randint(10, len(tiny_tokenizer), (2, 20))
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 3], labels[1, 7], labels[1, 9] = 11, 12, 13
+    for model in (build_model(recipe, tiny_tokenizer), reload_phase_model(tmp_path / "phase", recipe)):
+        assert model(input_ids=input_ids, labels=labels).logits.shape == (3, model.config.vocab_size)
+
+
+def test_document_sdpa_trains_the_recipe_as_dense_masks_do(tmp_path, finished_run):
+    """The CPU backend the demo uses: the same run, held-out losses equal to the sdpa run's."""
+    train(tmp_path, write_recipe(tmp_path, **{"model.attn_implementation": "document_sdpa"}))
+    ours = json.loads((tmp_path / "out" / "training_summary.json").read_text())["phases"]
+    dense = json.loads((finished_run / "training_summary.json").read_text())["phases"]
+    for a, b in zip(ours, dense):
+        assert a["tokens"] == b["tokens"]
+        assert abs(a["held_out"]["loss_end"] - b["held_out"]["loss_end"]) < 1e-3
+
+
+def test_a_single_cpu_process_under_accelerate_launch_uses_every_core(monkeypatch):
+    """accelerate launch (no config, no --cpu) sets OMP_NUM_THREADS=1; a lone CPU process takes its cores back."""
+    import torch
+    from accelerate import PartialState
+
+    from modeling.common.runtime import use_every_core
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        use_every_core(PartialState(cpu=True))  # not launched by accelerate: left alone
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")  # what accelerate launch exports
+        use_every_core(PartialState(cpu=True))
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)

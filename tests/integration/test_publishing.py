@@ -1,0 +1,275 @@
+"""Publishing, end to end against a real HTTP server on 127.0.0.1 (tests/fake_hub.py): a tiny two-phase run
+that pushes each phase as it ends, fine-tuning results on its last phase, cards filled from both, pushes
+that arrive byte for byte on the right branch, retries, resuming a failed push, and loading what arrived."""
+
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fake_hub import FakeHub
+from helpers import ROOT, make_task, tiny_model_config, write_recipe
+from huggingface_hub import ModelCard
+
+from modeling.common.errors import ConfigError
+from modeling.finetune.runner import run as finetune
+from modeling.publish import hub
+
+TOKEN = "hf_TestSecretToken0123456789"
+REPO = "clinical-org/tiny-bioclinical"
+
+
+@pytest.fixture(scope="module")
+def fake_hub():
+    with FakeHub(TOKEN) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _online_to_the_local_hub(fake_hub, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # conftest keeps the real Hub off
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, fake_hub):
+    """train_mlm.py with hub.repo_id set, so each phase is pushed when it ends; then fine-tuning on its last
+    phase (two seeds), a random-init baseline and a LoRA adapter."""
+    tmp = tmp_path_factory.mktemp("publish")
+    recipe = write_recipe(
+        tmp,
+        **{"hub.repo_id": REPO, "hub.license": "apache-2.0", "hub.private": True, "sources.notes.domain": "clinical"},
+    )
+    env = {
+        **os.environ,
+        "XDG_CACHE_HOME": str(tmp / "cache"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_ENDPOINT": fake_hub.url,
+        "HF_TOKEN": TOKEN,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train_mlm.py"), str(recipe)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out, encoder = tmp / "out", str(tmp / "out" / "phase2")
+    common = dict(seeds=[3, 4], training={"lr": 5e-3, "epochs": 2, "batch_size": 8, "logging_steps": 5})
+    finetune(make_task(tmp / "ft", encoder, "single_label", output_dir=str(tmp / "results" / "own"), **common))
+    finetune(
+        make_task(
+            tmp / "ft", encoder, "single_label", output_dir=str(tmp / "results" / "random"), random_init=True, **common
+        )
+    )
+    finetune(
+        make_task(
+            tmp / "ft",
+            encoder,
+            "single_label",
+            output_dir=str(tmp / "lora"),
+            seeds=[3],
+            training=common["training"],
+            peft={"r": 4, "alpha": 8, "dropout": 0.0},
+        )
+    )
+    return {"tmp": tmp, "out": out, "results": tmp / "results", "log": result.stderr}
+
+
+def _digest(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_training_pushed_each_phase_to_its_branch_and_the_last_to_main(run, fake_hub):
+    assert fake_hub.repos[REPO]["private"] is True
+    assert {"phase1", "phase2", "main"} <= set(fake_hub.repos[REPO]["branches"])
+    for branch, phase in (("phase1", "phase1"), ("phase2", "phase2"), ("main", "phase2")):
+        arrived = fake_hub.files(REPO, branch)
+        assert arrived["model.safetensors"] == (run["out"] / phase / "model.safetensors").read_bytes()
+        assert ModelCard(arrived["README.md"].decode()).data.pipeline_tag == "fill-mask"
+    assert 'revision="phase1"' in fake_hub.files(REPO, "phase1")["README.md"].decode()
+    assert TOKEN not in run["log"]
+
+
+def test_card_is_filled_from_the_run_and_parses_back(run, tmp_path):
+    stage = tmp_path / "stage"
+    assert (
+        hub.main(
+            [
+                "card",
+                str(run["out"] / "phase2"),
+                "--repo",
+                REPO,
+                "--results",
+                str(run["results"]),
+                "--stage",
+                str(stage),
+            ]
+        )
+        == 0
+    )
+    card = ModelCard.load(stage / "README.md")
+    data = card.data
+    assert (data.license, data.library_name, data.pipeline_tag, data.language) == (
+        "apache-2.0",
+        "transformers",
+        "fill-mask",
+        ["en"],
+    )
+    assert "clinical" in data.tags and data.base_model is None  # a fresh model: no base model to name
+    # model-index: the selection metric's mean over the two seeds, test split
+    seeds = [json.loads(p.read_text()) for p in sorted((run["results"] / "own").glob("seed*/results.json"))]
+    (result,) = data.eval_results
+    assert (result.dataset_name, result.dataset_split, result.metric_type) == (
+        "easy_single_label",
+        "test",
+        "weighted_f1",
+    )
+    assert result.metric_value == round(statistics.fmean(r["metrics"]["test"]["weighted_f1"] for r in seeds), 4)
+    # the recipe table and the clinical share come from training_summary.json
+    summary = json.loads((run["out"] / "training_summary.json").read_text())
+    tokens = summary["total"]["tokens_per_source"]
+    assert f"{tokens['notes']:,}" in card.text and f"{tokens['abstracts']:,}" in card.text
+    share = tokens["notes"] / sum(tokens.values())
+    assert f"({share:.1%}) are clinical notes" in card.text and "PHI" in card.text
+    random = [json.loads(p.read_text()) for p in sorted((run["results"] / "random").glob("seed*/results.json"))]
+    random_mean = statistics.fmean(r["metrics"]["test"]["weighted_f1"] for r in random)
+    assert re.search(rf"\*\*weighted_f1\*\* \| [0-9.]+ \+- [0-9.]+ \| 2 \| {random_mean:.4f}", card.text)
+    listed = {p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()} - {hub.STAGE_MARKER}
+    assert {
+        "README.md",
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "training_curves.png",
+        "training_summary.json",
+        "eval/easy_single_label/aggregate.json",
+    } <= listed
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in listed)
+    with pytest.raises(ConfigError, match="not a staging folder"):  # never clears a folder it did not write
+        hub.prepare(run["out"] / "phase2", REPO, run["out"] / "phase1")
+    assert (run["out"] / "phase1" / "model.safetensors").exists()
+
+
+def test_push_arrives_byte_for_byte_and_loads_with_stock_transformers(run, tmp_path, fake_hub):
+    from transformers import AutoModel, pipeline
+
+    repo, stage = "clinical-org/pushed", tmp_path / "stage"
+    result = hub.push(run["out"] / "phase2", repo, results=[run["results"]], revision="phase2", stage_dir=stage)
+    arrived = fake_hub.files(repo, "phase2")
+    staged = {k: v for k, v in _digest(stage).items() if k != hub.STAGE_MARKER}
+    assert arrived == staged and sorted(arrived) == [f["path"] for f in result["files"]]
+    assert arrived["model.safetensors"] == (run["out"] / "phase2" / "model.safetensors").read_bytes()
+    assert fake_hub.repos[repo]["private"] is False
+    downloaded = fake_hub.write_out(repo, "phase2", tmp_path / "downloaded")
+    model = AutoModel.from_pretrained(downloaded)
+    assert model.config.model_type == "modernbert"
+    fill = pipeline("fill-mask", model=str(downloaded))
+    assert len(fill("patient denies chest [MASK] fever")) == 5
+    # the card's usage snippets run as written, with the repo id pointing at what arrived
+    snippets = re.findall(r"```python\n(.*?)```", arrived["README.md"].decode(), re.S)
+    assert len(snippets) == 2
+    for code in snippets:
+        exec(
+            code.replace(f'"{repo}", revision="phase2"', f'"{downloaded}"').replace(f'"{repo}"', f'"{downloaded}"'), {}
+        )
+
+
+def test_transient_errors_are_retried_with_backoff(run, fake_hub, caplog):
+    repo = "clinical-org/flaky"
+    fake_hub.fail = {"create": [503, 502], "commit": [503]}
+    hub.push(run["out"] / "phase2", repo, retry_wait=0.01)
+    assert fake_hub.fail == {"create": [], "commit": []}  # every injected failure was met, then it went through
+    assert "model.safetensors" in fake_hub.files(repo)
+    assert "retry 2 of 4" in caplog.text and TOKEN not in caplog.text
+
+
+def test_failed_push_leaves_the_folder_untouched_and_the_printed_command_resumes(run, fake_hub, capsys, caplog):
+    repo, folder = "clinical-org/resumed", run["out"] / "phase2"
+    before = _digest(folder)
+    fake_hub.fail = {"commit": [403]}  # not transient: fails at once
+    assert hub.main(["push", str(folder), "--repo", repo, "--private", "--retry-wait", "0.01"]) == 1
+    err = capsys.readouterr().err
+    assert "403" in err and f"{folder} is untouched" in err and TOKEN not in err + caplog.text
+    resume = err.split("Resume with:\n")[1].strip()
+    assert _digest(folder) == before and not fake_hub.files(repo)
+    args = shlex.split(resume)
+    assert args[:4] == ["python", "-m", "modeling.publish", "push"] and "--private" in args
+    assert hub.main(args[3:]) == 0
+    assert fake_hub.files(repo)["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+
+
+def test_task_model_and_adapter_cards_name_their_base_and_their_snippets_run(run, tmp_path, fake_hub):
+    seed_dir = run["results"] / "own" / "seed3"
+    hub.push(seed_dir / "model", "clinical-org/tiny-task", base_model=REPO)
+    arrived = fake_hub.files("clinical-org/tiny-task")
+    card = ModelCard(arrived["README.md"].decode())
+    assert (card.data.pipeline_tag, card.data.base_model, card.data.library_name) == (
+        "text-classification",
+        REPO,
+        "transformers",
+    )
+    own = json.loads((seed_dir / "results.json").read_text())
+    assert f"{own['metrics']['test']['weighted_f1']:.4f}" in card.text
+    assert {"results.json", "eval/aggregate.json", "curves.png"} <= set(arrived)
+    task_dir = fake_hub.write_out("clinical-org/tiny-task", "main", tmp_path / "task")
+    encoder_dir = fake_hub.write_out(REPO, "main", tmp_path / "encoder")
+    for code in re.findall(r"```python\n(.*?)```", card.text, re.S):
+        exec(code.replace('"clinical-org/tiny-task"', f'"{task_dir}"'), {})
+
+    adapter = run["tmp"] / "lora" / "seed3" / "adapter"
+    with pytest.raises(ConfigError, match="--base_model"):
+        hub.push(adapter, "clinical-org/tiny-adapter")
+    hub.push(adapter, "clinical-org/tiny-adapter", base_model=REPO)
+    arrived = fake_hub.files("clinical-org/tiny-adapter")
+    assert json.loads(arrived["adapter_config.json"])["base_model_name_or_path"] == REPO
+    assert "adapter_model.safetensors" in arrived
+    card = ModelCard(arrived["README.md"].decode())
+    assert (card.data.library_name, card.data.base_model) == ("peft", REPO)
+    adapter_dir = fake_hub.write_out("clinical-org/tiny-adapter", "main", tmp_path / "adapter")
+    scope = {}
+    for code in re.findall(r"```python\n(.*?)```", card.text, re.S):
+        exec(
+            code.replace(f'"{REPO}"', f'"{encoder_dir}"').replace('"clinical-org/tiny-adapter"', f'"{adapter_dir}"'),
+            scope,
+        )
+    assert scope["logits"].shape == (1, 3)
+
+
+def test_pickle_weights_are_refused_unless_allowed_and_never_published(tmp_path, tiny_tokenizer):
+    from transformers import AutoModelForMaskedLM, ModernBertForMaskedLM
+
+    from modeling.common.loading import load_pretrained
+    from modeling.publish.card import _model_files
+
+    folder = tmp_path / "pickled"
+    model = ModernBertForMaskedLM(tiny_model_config(tiny_tokenizer))
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match="pickle weights.*--model.allow_pickle true"):
+        load_pretrained(AutoModelForMaskedLM, str(folder))
+    loaded = load_pretrained(AutoModelForMaskedLM, str(folder), allow_pickle=True)
+    assert torch.equal(loaded.model.embeddings.tok_embeddings.weight, model.model.embeddings.tok_embeddings.weight)
+    model.save_pretrained(folder)  # safetensors beside the pickle: only the safetensors go out
+    kept, left_out = _model_files(folder)
+    assert "model.safetensors" in kept and "pytorch_model.bin" not in kept and "pickle" in left_out["pytorch_model.bin"]
+
+
+def test_the_project_never_turns_on_trust_remote_code():
+    sources = [p for p in [*ROOT.glob("*.py"), *(ROOT / "modeling").rglob("*.py")]]
+    offenders = [str(p) for p in sources if re.search(r"trust_remote_code\s*=\s*True", p.read_text())]
+    assert sources and not offenders

@@ -1,0 +1,97 @@
+"""Task configs: every shipped config loads; unknown keys and impossible values stop with one line."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from modeling.common.errors import ConfigError
+from modeling.finetune.config import EVAL_CONFIGS_DIR, load_task_config, task_from_dict
+
+SHIPPED = sorted(p.stem for p in EVAL_CONFIGS_DIR.glob("*.yaml"))
+
+
+def minimal(**changes) -> dict:
+    raw = {"name": "t", "task": "single_label", "labels": ["yes", "no"], "data": {"loader": "jsonl", "path": "/x"}}
+    for key, value in changes.items():
+        node, *path = key.split(".")
+        if path:
+            raw.setdefault(node, {})[path[0]] = value
+        else:
+            raw[key] = value
+    return raw
+
+
+def test_all_five_tasks_and_two_demos_ship():
+    assert {"chemprot", "phenotype", "cos", "social_history", "deid", "demo_mesh", "demo_chemicals"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_load(name):
+    config = load_task_config(name)
+    assert config.name == name
+    assert config.metric_for_selection in ("weighted_f1", "seqeval_f1")
+
+
+def test_paper_protocol_is_the_default():
+    config = load_task_config("chemprot")
+    assert (config.training.lr, config.training.weight_decay, config.training.epochs, config.training.batch_size) == (
+        2e-5,
+        0.01,
+        3,
+        16,
+    )
+    assert config.seeds == [42, 43, 44, 45, 46] and config.max_length is None
+    assert config.negative_labels == ["false"]
+
+
+def test_ner_tags_derived_from_entity_types():
+    assert len(load_task_config("cos").tag_names) == 11
+    assert len(load_task_config("deid").tag_names) == 13
+    assert load_task_config("cos").tag_names[:3] == ["O", "B-Cos", "I-Cos"]
+    given = task_from_dict(minimal(task="ner", labels=["O", "B-X", "I-X"]))
+    assert given.tag_names == ["O", "B-X", "I-X"]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"colour": 1}, "unknown key 'colour'"),
+        ({"task": "regression"}, "task='regression': allowed values are single_label, multi_label, ner"),
+        ({"data.loader": "excel"}, "data.loader='excel'"),
+        ({"data.unit": "snippet"}, "data.unit: not read by loader 'jsonl'"),
+        ({"training.lr": -1}, "training.lr=-1.0: must be a number > 0"),
+        (
+            {"training.batch_size": 16, "training.per_device_batch_size": 5},
+            "per_device_batch_size=5: must divide batch_size",
+        ),
+        ({"labels": ["yes"]}, "at least 2 labels"),
+        ({"labels": ["a", "a"]}, "listed twice"),
+        ({"selection_metric": "seqeval_f1"}, "selection_metric='seqeval_f1'"),
+        ({"negative_labels": ["maybe"]}, "negative_labels: 'maybe'"),
+        ({"split.test": 0.6, "split.validation": 0.5}, "leaves nothing to train on"),
+        ({"max_length": 512, "window_stride": 300}, "window_stride=300"),
+        ({"seeds": "42"}, "seeds"),
+    ],
+)
+def test_bad_values_stop_with_the_key(changes, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        task_from_dict(minimal(**changes))
+
+
+def test_error_names_the_file(tmp_path):
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(minimal(epochs=3)))
+    with pytest.raises(ConfigError, match=r"task.yaml: unknown key 'epochs'"):
+        load_task_config(path)
+    with pytest.raises(ConfigError, match="task config not found"):
+        load_task_config(tmp_path / "missing.yaml")
+
+
+def test_overrides_apply_before_validation(tmp_path):
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(minimal()))
+    config = load_task_config(path, [("training.lr", 3e-5), ("peft", {"r": 4})])
+    assert config.training.lr == 3e-5 and config.peft.r == 4 and config.peft.alpha == 16
+    with pytest.raises(ConfigError, match="peft.rank"):
+        load_task_config(path, [("peft", {"rank": 4})])

@@ -1,0 +1,142 @@
+"""Recipes: shipped ones load, overrides reach every field, bad values stop with one line naming the key."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from helpers import ROOT, write_recipe
+
+from modeling.common.config import parse_overrides
+from modeling.common.errors import ConfigError
+from modeling.pretrain.recipe import RECIPES_DIR, load_recipe
+
+SHIPPED = ["demo", "bioclinical-modernbert-base", "bioclinical-modernbert-large", "clinical-modernbert"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_recipes_load(name):
+    recipe = load_recipe(name)
+    assert recipe.phases and recipe.name
+
+
+def test_reference_recipe_values():
+    base = load_recipe("bioclinical-modernbert-base")
+    p1, p2 = base.phases
+    assert (p1.masking, p2.masking) == (0.30, 0.15)
+    assert p1.length == {"epochs": 3} and p2.length == {"epochs": 3}
+    assert isinstance(p1.sources, list) and p2.sources == ["clinical", "mimic4"]
+    assert p2.schedule.decay == "1-sqrt" and p2.schedule.min_lr_ratio == 0.001
+    assert base.optimizer.lr == 3e-4 and base.optimizer.betas == [0.9, 0.98] and base.optimizer.weight_decay == 1e-5
+    assert base.batch.global_sequences == 576 and base.max_seq_length == 8192
+    large = load_recipe("bioclinical-modernbert-large")
+    assert large.optimizer.lr == 5e-5 and large.batch.global_sequences == 616 and large.optimizer.weight_decay == 1e-6
+    assert large.phases[1].schedule.decay_fraction == pytest.approx(1 / 3)
+    clinical = load_recipe("clinical-modernbert")
+    assert clinical.phases[0].masking == {"start": 0.30, "end": 0.15}
+    assert clinical.phases[0].schedule.decay == "cosine" and clinical.phases[0].schedule.warmup == 0.1
+    assert clinical.sources["codes"].format == "codes"
+
+
+def test_overrides_reach_nested_fields_list_items_and_sources(tmp_path):
+    path = write_recipe(tmp_path)
+    recipe = load_recipe(
+        path,
+        parse_overrides(
+            [
+                "--optimizer.lr",
+                "1e-4",
+                "--phases.phase2.masking",
+                "0.2",
+                "--phases.0.length.steps=5",
+                "--sources.notes",
+                "/elsewhere/notes.txt",
+                "--batch.per_device",
+                "2",
+                "--optimizer.betas",
+                "[0.9, 0.95]",
+            ]
+        ),
+    )
+    assert recipe.optimizer.lr == 1e-4 and recipe.optimizer.betas == [0.9, 0.95]
+    assert recipe.phases[1].masking == 0.2 and recipe.phases[0].length == {"steps": 5}
+    assert recipe.sources["notes"].path == "/elsewhere/notes.txt" and recipe.sources["notes"].format == "text"
+    assert recipe.batch.per_device == 2
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            ["--optimizer.learning_rate", "1"],
+            "unknown key 'optimizer.learning_rate'; allowed keys under optimizer: lr, betas",
+        ),
+        (["--phases.0.masking", "1.2"], "phases.0.masking (start=1.2): a masking probability must be in (0, 1)"),
+        (
+            ["--phases.1.masking", "{start: 0.3, end: 0}"],
+            "phases.1.masking (end=0): a masking probability must be in (0, 1)",
+        ),
+        (["--phases.0.sources.notes", "0"], "phases.0.sources.notes=0: a sampling weight must be a number > 0"),
+        (["--phases.0.sources.notes", "-1"], "phases.0.sources.notes=-1: a sampling weight must be a number > 0"),
+        (["--phases.0.sources.missing", "1"], "phases.0.sources: unknown source 'missing'"),
+        (["--phases.0.length", "{steps: 1, tokens: 2}"], "phases.0.length="),
+        (["--precision", "fp8"], "precision='fp8': allowed values are auto, bf16, fp16, fp32"),
+        (["--batch.global_tokens", "1000"], "batch: give exactly one of global_sequences or global_tokens"),
+        (
+            ["--phases.0.schedule.decay", "exp"],
+            "phases.0.schedule.decay='exp': allowed values are none, linear, cosine, 1-sqrt",
+        ),
+        (["--phases.0.length", "{epochs: 1}"], "phases.0.length.epochs: epochs need natural proportion"),
+        (["--max_seq_length", "many"], "max_seq_length='many': must be an integer"),
+        (["--phases.nope.masking", "0.2"], "--phases.nope: no entry named 'nope'"),
+    ],
+)
+def test_bad_values_stop_with_the_key(tmp_path, override, expected):
+    with pytest.raises(ConfigError) as error:
+        load_recipe(write_recipe(tmp_path), parse_overrides(override))
+    assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+def test_sequence_length_above_the_models_positions(tmp_path, tiny_tokenizer):
+    from modeling.pretrain.model import build_model
+
+    recipe = load_recipe(write_recipe(tmp_path, max_seq_length=512))  # the model config has 256 positions
+    with pytest.raises(ConfigError, match=r"max_seq_length=512: above the model's max_position_embeddings \(256\)"):
+        build_model(recipe, tiny_tokenizer)
+
+
+def test_unknown_source_option_is_named(tmp_path):
+    raw = yaml.safe_load(write_recipe(tmp_path).read_text())
+    raw["sources"]["notes"]["colum"] = "text"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="colum"):
+        load_recipe(tmp_path / "bad.yaml")
+
+
+def test_script_reports_config_errors_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train_mlm.py"), str(write_recipe(tmp_path)), "--phases.0.masking", "0"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: phases.0.masking (start=0): a masking probability must be in (0, 1)"
+    ]
+
+
+def test_help_lists_every_recipe_key():
+    result = subprocess.run([sys.executable, str(ROOT / "train_mlm.py"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for key in (
+        "--optimizer.lr",
+        "--batch.global_tokens",
+        "--phases.N.masking",
+        "--phases.N.schedule.decay",
+        "--resume",
+        "--holdout.fraction",
+        "--model.attn_implementation",
+    ):
+        assert key in result.stdout
+    assert sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) == sorted(SHIPPED)
