@@ -1,8 +1,8 @@
 """Data pipeline: how fast one core turns text into masked training batches, whether memory stays
 flat as the corpus grows, and how that compares with what a GPU consumes.
 
-The pipeline is the training one (modeling.packing.PackedRows over a PhaseMixture: read jsonl,
-shuffle buffer, tokenize, cut, pack best-fit; then modeling.masking.MLMCollator), run for one epoch in
+The pipeline is the training one (modeling.data.packing.PackedRows over a PhaseMixture: read jsonl,
+shuffle buffer, tokenize, cut, pack best-fit; then modeling.pretrain.masking.MLMCollator), run for one epoch in
 a child process pinned to one thread, over a corpus of PubMed abstracts and over one 10x larger.
 Tokens per core-second = tokens / CPU seconds (user + system) the child spent streaming; peak memory is
 the child's whole peak resident set (Python, torch and the tokenizer included).

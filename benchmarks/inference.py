@@ -11,7 +11,8 @@ ids; fixed 512 / 8,192 tokens, variable ~N(256, 64) <= 512 and ~N(4096, 1024) <=
 with packed batches and reported in thousands of tokens per second.
 
     python -m benchmarks.inference --mix clinical --mix pubmed
-    python -m benchmarks.inference --shape base --device cuda --dtype bfloat16 --attn_implementation flash_attention_2 --paper_sets
+    python -m benchmarks.inference --shape base --device cuda --dtype bfloat16 \
+        --attn_implementation flash_attention_2 --paper_sets
 """
 
 from __future__ import annotations

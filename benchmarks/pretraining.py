@@ -3,8 +3,8 @@
 Real tokens per second of a whole training step (masks built from doc_ids, forward, backward, AdamW
 step), where real tokens are document tokens (padding excluded), for:
 
-  project       documents cut at the row length and packed best-fit into rows (modeling.packing),
-                masked per row (modeling.masking.MLMCollator), attention kept inside each document
+  project       documents cut at the row length and packed best-fit into rows (modeling.data.packing),
+                masked per row (modeling.pretrain.masking.MLMCollator), attention kept inside each document
                 (modeling.common.attention; document_sdpa by default, --attention sdpa for dense masks),
                 decoder run on masked positions only (sparse prediction)
   run_mlm       run_mlm.py --line_by_line: one document per row, cut at the row length, padded to the
@@ -78,7 +78,7 @@ def line_by_line_batches(tokenizer, texts, row_length: int, docs_per_batch: int,
         return_special_tokens_mask=True,
         verbose=False,
     )
-    examples = [dict(zip(encoded, values)) for values in zip(*encoded.values())]
+    examples = [dict(zip(encoded, values, strict=True)) for values in zip(*encoded.values(), strict=True)]
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=MASKING)
     return [
         collator(examples[s : s + docs_per_batch]) for s in range(0, len(examples) - docs_per_batch + 1, docs_per_batch)

@@ -1,7 +1,7 @@
 """How the cost of a pretraining step grows: with the row length (512 to 8,192 tokens, the same
 8,192 positions per step) and with the number of documents packed into a row.
 
-Each step is the project's: document masks from doc_ids (modeling.attention), forward with sparse
+Each step is the project's: document masks from doc_ids (modeling.common.attention), forward with sparse
 prediction, backward, AdamW. Rows are random token ids (speed does not depend on what they say);
 the points of one sweep are interleaved and their medians reported.
 

@@ -148,6 +148,23 @@ def train(tmp_path, *args, check=True):
     return result
 
 
+# accelerate's torchrun launcher with two processes; with no GPU they run on the CPU over gloo
+TWO_PROCESSES = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
+
+
 def phase_weights(folder: Path) -> dict:
     return load_file(str(folder / "model.safetensors"))
 

@@ -131,7 +131,7 @@ class DocumentSpans:
             rows.append(
                 [
                     (start, end, document >= 0)
-                    for start, end, document in zip(starts, starts[1:] + [length], ids[b, starts].tolist())
+                    for start, end, document in zip(starts, starts[1:] + [length], ids[b, starts].tolist(), strict=True)
                 ]
             )
         return cls(rows, window)

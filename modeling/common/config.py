@@ -112,19 +112,20 @@ def numbers(obj):
     return obj
 
 
-def read_yaml(path: Path, what: str, shipped_dir: Path) -> dict:
-    """The mapping in a YAML file; `path` may also be the name of a file shipped in `shipped_dir`."""
+def read_yaml(path: Path, what: str, shipped_dir: Path, shipped: str = "shipped", settings: str = "settings") -> dict:
+    """The mapping in a YAML file; `path` may also be the name of a file shipped in `shipped_dir`. `what`,
+    `shipped` and `settings` word the errors: "{path}: {what} not found ({shipped}: ...)"."""
     if not path.exists() and (shipped_dir / f"{path}.yaml").exists():
         path = shipped_dir / f"{path}.yaml"  # `train_mlm.py demo` means recipes/demo.yaml
     if not path.is_file():
-        shipped = ", ".join(p.stem for p in sorted(shipped_dir.glob("*.yaml")))
-        raise ConfigError(f"{path}: {what} not found (shipped: {shipped})")
+        names = ", ".join(p.stem for p in sorted(shipped_dir.glob("*.yaml")))
+        raise ConfigError(f"{path}: {what} not found ({shipped}: {names})")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of {settings}, got {type(raw).__name__}")
     return raw
 
 

@@ -9,15 +9,23 @@ dataclass does not (a newer writer) are ignored.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
-from typing import Any, TypeVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from modeling.common.errors import DataError
 
 R = TypeVar("R", bound="Record")
 
 
 class Record:
     """Mixin for dataclasses stored as JSON."""
+
+    # Required fields that files written by earlier versions lack: field -> what such a file reads back as.
+    OLDER_FILES_LACK: ClassVar[dict[str, Callable[[], Any]]] = {}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -27,11 +35,19 @@ class Record:
         if not isinstance(data, dict):
             raise TypeError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
         hints = typing.get_type_hints(cls)
-        values = {}
+        values = {name: make() for name, make in cls.OLDER_FILES_LACK.items() if name not in data}
         for field in dataclasses.fields(cls):
             if field.name in data:
                 values[field.name] = _convert(hints[field.name], data[field.name])
         return cls(**values)
+
+    @classmethod
+    def load(cls: type[R], path: Path | str) -> R:
+        """The record in a JSON file; a file that is not one (cut short, another kind) is one line naming it."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as error:
+            raise DataError(f"{path}: not a readable {cls.__name__} ({type(error).__name__}: {error})") from None
 
 
 def _convert(hint, value: Any):
@@ -41,8 +57,8 @@ def _convert(hint, value: Any):
         return hint.from_dict(value)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        records = [a for a in args if isinstance(a, type) and issubclass(a, Record)]
-        return records[0].from_dict(value) if records and isinstance(value, dict) else value
+        kinds = [a for a in args if a is not type(None)]
+        return _convert(kinds[0], value) if len(kinds) == 1 else value
     if origin is list and args:
         return [_convert(args[0], item) for item in value]
     if origin is dict and len(args) == 2:

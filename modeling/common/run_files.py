@@ -63,9 +63,10 @@ def read_json(path: Path | str):
 
 @contextlib.contextmanager
 def atomic_folder(path: Path) -> Iterator[Path]:
-    """Yields a temporary folder beside `path`; on success it becomes `path` in one rename."""
+    """Yields a new, empty temporary folder beside `path`; on success it becomes `path` in one rename."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     try:
         yield tmp
         tmp.rename(path)
@@ -73,28 +74,31 @@ def atomic_folder(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- pretraining runs
+# ---------------------------------------------------------------- the folders
 
 
-class PretrainingRun:
-    """The files of one `train_mlm.py` run (see the module docstring)."""
+class _File:
+    """A file of a run folder, by name: `run.summary_json` is `run.folder / "training_summary.json"`
+    (on the class, the descriptor itself, whose `.name` is the file name)."""
 
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, instance, owner):
+        return self if instance is None else instance.folder / self.name
+
+
+class _Folder:
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
 
-    @property
-    def recipe_json(self) -> Path:
-        return self.folder / "recipe.json"
 
-    @property
-    def summary_json(self) -> Path:
-        return self.folder / "training_summary.json"
+class PretrainingRun(_Folder):
+    """The files of one `train_mlm.py` run (see the module docstring)."""
 
-    plot_name = "training_curves.png"
-
-    @property
-    def plot_png(self) -> Path:
-        return self.folder / self.plot_name
+    recipe_json = _File("recipe.json")
+    summary_json = _File("training_summary.json")
+    plot_png = _File("training_curves.png")
 
     def tensorboard_dir(self, phase: str) -> Path:
         return self.folder / "tensorboard" / phase
@@ -106,40 +110,18 @@ class PretrainingRun:
         return self.folder.exists() and any(self.folder.iterdir())
 
 
-class PhaseFolder:
+class PhaseFolder(_Folder):
     """One phase: the model it ends with, its state files and its checkpoints."""
 
     CHECKPOINT_MARKER = "checkpoint_complete.json"  # written last: a checkpoint without it is incomplete
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-
-    @property
-    def name(self) -> str:
-        return self.folder.name
-
-    @property
-    def state_json(self) -> Path:
-        return self.folder / "phase_state.json"
-
-    @property
-    def epoch_rows_json(self) -> Path:
-        return self.folder / "epoch_rows.json"
-
-    @property
-    def stream_stats_json(self) -> Path:
-        return self.folder / "stream_stats.json"
-
-    @property
-    def summary_json(self) -> Path:
-        return self.folder / "phase_summary.json"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.folder / "checkpoints"
+    state_json = _File("phase_state.json")
+    epoch_rows_json = _File("epoch_rows.json")
+    stream_stats_json = _File("stream_stats.json")
+    summary_json = _File("phase_summary.json")
+    checkpoints_dir = _File("checkpoints")
 
     def checkpoints(self) -> list[Path]:
-        """checkpoint-N folders, newest first."""
+        """checkpoint-N folders (the Trainer names them so), newest first."""
         if not self.checkpoints_dir.is_dir():
             return []
         found = [p for p in self.checkpoints_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
@@ -149,28 +131,12 @@ class PhaseFolder:
         return self.summary_json.exists()
 
 
-# ---------------------------------------------------------------- fine-tuning results
-
-
-class TaskResults:
+class TaskResults(_Folder):
     """The results folder of one task and model (see the module docstring)."""
 
-    def __init__(self, folder: Path | str):
-        self.folder = Path(folder)
-
-    @property
-    def aggregate_json(self) -> Path:
-        return self.folder / "aggregate.json"
-
-    @property
-    def aggregate_md(self) -> Path:
-        return self.folder / "aggregate.md"
-
-    plot_name = "curves.png"
-
-    @property
-    def plot_png(self) -> Path:
-        return self.folder / self.plot_name
+    aggregate_json = _File("aggregate.json")
+    aggregate_md = _File("aggregate.md")
+    plot_png = _File("curves.png")
 
     def run(self, seed: int, lr: float | None = None) -> TaskRun:
         """One run's folder: seedN, or lrX-seedN when a learning-rate grid is searched."""
@@ -180,46 +146,15 @@ class TaskResults:
         return sorted(self.folder.rglob("results.json"))
 
 
-class TaskRun:
-    def __init__(self, folder: Path):
-        self.folder = folder
-
-    @property
-    def results_json(self) -> Path:
-        return self.folder / "results.json"
-
-    @property
-    def predictions_jsonl(self) -> Path:
-        return self.folder / "predictions_test.jsonl"
-
-    @property
-    def model_dir(self) -> Path:
-        return self.folder / "model"
-
-    @property
-    def adapter_dir(self) -> Path:
-        return self.folder / "adapter"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.folder / "checkpoints"
+class TaskRun(_Folder):
+    results_json = _File("results.json")
+    predictions_jsonl = _File("predictions_test.jsonl")
+    model_dir = _File("model")
+    adapter_dir = _File("adapter")
+    checkpoints_dir = _File("checkpoints")
 
 
-# ---------------------------------------------------------------- inference
-
-
-class InferenceOutputs:
-    def __init__(self, folder: Path | str):
-        self.folder = Path(folder)
-
-    @property
-    def embeddings_safetensors(self) -> Path:
-        return self.folder / "embeddings.safetensors"
-
-    @property
-    def notes_jsonl(self) -> Path:
-        return self.folder / "notes.jsonl"
-
-    @property
-    def predictions_jsonl(self) -> Path:
-        return self.folder / "predictions.jsonl"
+class InferenceOutputs(_Folder):
+    embeddings_safetensors = _File("embeddings.safetensors")
+    notes_jsonl = _File("notes.jsonl")
+    predictions_jsonl = _File("predictions.jsonl")

@@ -160,8 +160,9 @@ def collate_rows(rows: list[PackedRow], pad_id: int, max_seq_length: int, num_so
             doc_ids[b, offset : offset + length] = d
             source_tokens[b, source] += length
             offset += length
-        for source, start in zip(sources, row.doc_starts or [0] * len(sources), strict=True):
-            source_documents[b, source] += start
+        if row.doc_sources is not None and row.doc_starts is not None:
+            for source, start in zip(row.doc_sources, row.doc_starts, strict=True):
+                source_documents[b, source] += start
     return {
         "input_ids": input_ids,
         "position_ids": position_ids,

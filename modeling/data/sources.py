@@ -497,7 +497,7 @@ def csv_rows(spec: SourceSpec, path: str, skips: SkipLog, required: list[str]):
                 problem = f"record has {len(row)} fields, the header has {len(header)}"
                 _bad_record(spec, skips, where, problem)
                 continue
-            yield where, dict(zip(header, row))
+            yield where, dict(zip(header, row, strict=True))
 
 
 def _csv_header(path: str, lines: _DecodedLines, reader, required: list[str]) -> list[str]:

@@ -66,7 +66,8 @@ class TrainingConfig:
             positive(f"{key}.per_device_batch_size", self.per_device_batch_size)
             if self.batch_size % self.per_device_batch_size:
                 raise ConfigError(
-                    f"{key}.per_device_batch_size={self.per_device_batch_size}: must divide batch_size ({self.batch_size})"
+                    f"{key}.per_device_batch_size={self.per_device_batch_size}: "
+                    f"must divide batch_size ({self.batch_size})"
                 )
         if self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"{key}: weight_decay must be >= 0 and warmup_ratio in [0, 1)")
@@ -133,7 +134,8 @@ class TaskConfig:
         )
         if self.random_init and self.peft is not None:
             raise ConfigError(
-                "peft: an adapter on a randomly initialised encoder is not a meaningful baseline; drop random_init or peft"
+                "peft: an adapter on a randomly initialised encoder is not a meaningful baseline; "
+                "drop random_init or peft"
             )
         if not isinstance(self.labels, list) or not self.labels or not all(isinstance(x, str) for x in self.labels):
             raise ConfigError("labels: give the label names as a non-empty list of strings")
@@ -142,7 +144,6 @@ class TaskConfig:
         if self.task == "single_label" and len(self.labels) < 2:
             raise ConfigError("labels: single-label classification needs at least 2 labels")
         check_data_spec(self.data, "data")
-        self.data.validate("data")
         self.split.validate("split")
         if self.max_length is not None and self.max_length < 16:
             raise ConfigError(f"max_length={self.max_length}: must be >= 16")
@@ -190,7 +191,7 @@ def task_from_dict(raw: dict) -> TaskConfig:
 def load_task_config(path: str | Path, overrides: list[tuple[str, object]] | None = None) -> TaskConfig:
     """Read eval_configs/NAME.yaml (or a path) and apply (dotted.key, value) overrides."""
     path = Path(path)
-    raw = read_yaml(path, "task config", EVAL_CONFIGS_DIR)
+    raw = read_yaml(path, "task config", EVAL_CONFIGS_DIR, settings="task settings")
     for key, value in overrides or []:
         apply_override(raw, key, value)
     try:

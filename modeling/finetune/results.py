@@ -222,7 +222,7 @@ def plot_runs(runs: list[RunRecord], metric: str, path: Path) -> Path:
 
 def read_runs(folder: Path) -> list[RunRecord]:
     """Every results.json below `folder`."""
-    return [RunRecord.from_dict(run_files.read_json(path)) for path in TaskResults(folder).results_files()]
+    return [RunRecord.load(path) for path in TaskResults(folder).results_files()]
 
 
 def aggregate_folder(folder: str | Path) -> TaskAggregate:

@@ -32,6 +32,17 @@ from modeling.finetune.trainer import TaskTrainer, score_split, training_argumen
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass
+class DataSummary:
+    """What every run of a task records about its data (the same for all seeds)."""
+
+    examples: dict[str, int]
+    windows: dict[str, int]
+    label_counts: dict[str, dict[str, int]]
+    skipped_or_repaired: dict[str, int]
+    max_length: int
+
+
 def run(task: TaskConfig) -> TaskAggregate:
     """All runs of a task (seeds x learning rates); returns the aggregate over seeds."""
     results = TaskResults(task.results_dir())
@@ -63,23 +74,12 @@ def run(task: TaskConfig) -> TaskAggregate:
     runs = []
     for lr in task.training.lr_grid or [task.training.lr]:
         for seed in task.seeds:
-            run = results.run(seed, lr if task.training.lr_grid else None)
-            runs.append(_finished_run(task, run) or run_one(task, encoded, tokenizer, seed, lr, run, data))
+            folder = results.run(seed, lr if task.training.lr_grid else None)
+            runs.append(_finished_run(task, folder) or run_one(task, encoded, tokenizer, seed, lr, folder, data))
     aggregate = aggregate_runs(runs, task.metric_for_selection)
     if PartialState().is_main_process:
         write_aggregate(aggregate, results, runs)
     return aggregate
-
-
-@dataclasses.dataclass
-class DataSummary:
-    """What every run of a task records about its data (the same for all seeds)."""
-
-    examples: dict[str, int]
-    windows: dict[str, int]
-    label_counts: dict[str, dict[str, int]]
-    skipped_or_repaired: dict[str, int]
-    max_length: int
 
 
 def _comparable(config: dict) -> dict:
@@ -87,16 +87,16 @@ def _comparable(config: dict) -> dict:
     return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ("seeds", "output_dir")}
 
 
-def _finished_run(task: TaskConfig, run: TaskRun) -> RunRecord | None:
+def _finished_run(task: TaskConfig, folder: TaskRun) -> RunRecord | None:
     """A run whose results.json exists is not repeated (an interrupted seed sweep goes on where it stopped),
     unless it was made with other settings: then stop rather than mix results."""
-    path = run.results_json
+    path = folder.results_json
     if not path.exists():
         return None
-    record = RunRecord.from_dict(run_files.read_json(path))
+    record = RunRecord.load(path)
     if _comparable(record.config) != _comparable(dataclasses.asdict(task)):
         raise ConfigError(f"{path} holds a run with other settings; choose another --output_dir or delete that folder")
-    log.info("%s: finished earlier, reusing %s (delete it to run again)", run.folder.name, path)
+    log.info("%s: finished earlier, reusing %s (delete it to run again)", folder.folder.name, path)
     return record
 
 
@@ -106,7 +106,7 @@ def run_one(
     tokenizer,
     seed: int,
     lr: float,
-    run: TaskRun,
+    folder: TaskRun,
     data: DataSummary,
 ) -> RunRecord:
     started = time.time()
@@ -116,7 +116,7 @@ def run_one(
     )
     trainer = TaskTrainer(
         model=model,
-        args=training_arguments(task, seed, lr, run),
+        args=training_arguments(task, seed, lr, folder),
         train_dataset=encoded["train"].features,
         eval_dataset=encoded["validation"],
         data_collator=collator,
@@ -147,13 +147,13 @@ def run_one(
         config=dataclasses.asdict(task),
     )
     if trainer.is_world_process_zero():
-        run.folder.mkdir(parents=True, exist_ok=True)
-        run_files.write_text(run.predictions_jsonl, "".join(json.dumps(row) + "\n" for row in test_records))
+        folder.folder.mkdir(parents=True, exist_ok=True)
+        run_files.write_text(folder.predictions_jsonl, "".join(json.dumps(row) + "\n" for row in test_records))
         if task.save_model:
-            record.saved = save_task_model(trainer.model, tokenizer, run, task)
-        shutil.rmtree(run.checkpoints_dir, ignore_errors=True)  # the best epoch is saved above
+            record.saved = save_task_model(trainer.model, tokenizer, folder, task)
+        shutil.rmtree(folder.checkpoints_dir, ignore_errors=True)  # the best epoch is saved above
         record.wall_time_s = round(time.time() - started, 1)
-        run_files.write_json(run.results_json, record.to_dict())
+        run_files.write_json(folder.results_json, record.to_dict())
         log.info(
             "%s seed %d lr %g: best epoch %s, test %s = %.4f (%.0f s)",
             task.name,

@@ -55,7 +55,7 @@ def score_split(task: TaskConfig, split: EncodedSplit, logits: np.ndarray) -> tu
         gold = [e.tags for e in split.examples]
         records = [
             {"id": e.id, "entities": _entities(e, tags), "gold_entities": _entities(e, e.tags)}
-            for e, tags in zip(split.examples, predicted)
+            for e, tags in zip(split.examples, predicted, strict=True)
         ]
         return task_scores("ner", predicted, gold, labels), records
     per_doc = document_logits(split, logits, task.window_aggregation)
@@ -65,8 +65,13 @@ def score_split(task: TaskConfig, split: EncodedSplit, logits: np.ndarray) -> tu
         gold = [labels.index(e.labels[0]) for e in split.examples]
         scores = task_scores("single_label", predicted.tolist(), gold, labels, task.negative_labels)
         records = [
-            {"id": e.id, "label": labels[p], "gold": e.labels[0], "probabilities": dict(zip(labels, map(_round, row)))}
-            for e, p, row in zip(split.examples, predicted, probabilities)
+            {
+                "id": e.id,
+                "label": labels[p],
+                "gold": e.labels[0],
+                "probabilities": dict(zip(labels, map(_round, row), strict=True)),
+            }
+            for e, p, row in zip(split.examples, predicted, probabilities, strict=True)
         ]
         return scores, records
     probabilities = torch.sigmoid(torch.from_numpy(per_doc).float()).numpy()
@@ -75,11 +80,11 @@ def score_split(task: TaskConfig, split: EncodedSplit, logits: np.ndarray) -> tu
     records = [
         {
             "id": e.id,
-            "labels": [n for n, logit in zip(labels, row) if logit > 0],
+            "labels": [n for n, logit in zip(labels, row, strict=True) if logit > 0],
             "gold": e.labels,
-            "probabilities": dict(zip(labels, map(_round, probs))),
+            "probabilities": dict(zip(labels, map(_round, probs), strict=True)),
         }
-        for e, row, probs in zip(split.examples, per_doc, probabilities)
+        for e, row, probs in zip(split.examples, per_doc, probabilities, strict=True)
     ]
     return scores, records
 

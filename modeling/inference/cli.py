@@ -110,7 +110,8 @@ def infer(argv: list[str]) -> int:
     parser.add_argument(
         "--attn_implementation",
         default="sdpa" if torch.cuda.is_available() else DOCUMENT_SDPA,
-        help="document_sdpa (default on CPUs: attention per note) | sdpa (dense masks); flash_attention_2 | flex_attention on GPUs",
+        help="document_sdpa (default on CPUs: attention per note) | sdpa (dense masks); "
+        "flash_attention_2 | flex_attention on GPUs",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16 on GPUs")
@@ -139,8 +140,10 @@ def infer(argv: list[str]) -> int:
     written = write_outputs(Path(args.output_dir), encoder, wheres, outputs, notes)
     tokens = sum(notes.lengths())
     print(
-        f"{len(texts):,} notes, {tokens:,} tokens in {seconds:.1f} s ({tokens / seconds:,.0f} tokens/s, {args.batching} batches); "
-        f"{sum(notes.truncated):,} cut at {encoder.max_length} tokens; {skips.total():,} records skipped {skips.as_dict() or ''}"
+        f"{len(texts):,} notes, {tokens:,} tokens in {seconds:.1f} s "
+        f"({tokens / seconds:,.0f} tokens/s, {args.batching} batches); "
+        f"{sum(notes.truncated):,} cut at {encoder.max_length} tokens; "
+        f"{skips.total():,} records skipped {skips.as_dict() or ''}"
     )
     print(f"wrote {', '.join(str(path) for path in written)}")
     return 0

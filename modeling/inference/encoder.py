@@ -162,7 +162,7 @@ class NoteEncoder:
         with tqdm(total=len(notes.ids), desc="notes", unit=" notes", disable=not progress) as bar:
             for rows in batches:
                 for i, output in zip(
-                    (i for row in rows for i in row), self._run(rows, notes, packed=batching == "packed")
+                    (i for row in rows for i in row), self._run(rows, notes, packed=batching == "packed"), strict=True
                 ):
                     outputs[i] = output
                 bar.update(sum(len(row) for row in rows))
@@ -201,7 +201,8 @@ class NoteEncoder:
         return iter(pooled.float().cpu())
 
     def label_scores(self, logits: torch.Tensor) -> tuple[list[str], list[list[str]], torch.Tensor]:
-        """The label names, and per note the predicted labels and per-label scores (sigmoid for multi-label, else softmax)."""
+        """The label names, and per note the predicted labels and per-label scores (sigmoid for multi-label, else
+        softmax)."""
         names = [self.model.config.id2label[i] for i in range(logits.shape[1])]
         if self.model.config.problem_type == "multi_label_classification":
             scores = torch.sigmoid(logits)

@@ -152,7 +152,8 @@ class ScheduleConfig:
 class PhaseConfig:
     name: str = option("Name of the phase; also its output folder", None)
     sources: dict | list = option(
-        "Sources with sampling weights {name: weight}, or a list of names for natural proportion (each source read once per epoch)",
+        "Sources with sampling weights {name: weight}, or a list of names for natural proportion "
+        "(each source read once per epoch)",
         None,
     )
     masking: float | dict = option(
@@ -381,7 +382,9 @@ def _unnamed(name: str, spec):
 
 def load_recipe(path: str | Path | None = None, overrides: list[tuple[str, object]] | None = None) -> Recipe:
     """Read a YAML recipe (default: the demo) and apply (dotted.key, value) overrides (see parse_overrides)."""
-    raw = read_yaml(Path(path) if path else DEFAULT_RECIPE, "recipe file", RECIPES_DIR)
+    raw = read_yaml(
+        Path(path) if path else DEFAULT_RECIPE, "recipe file", RECIPES_DIR, "shipped recipes", "recipe settings"
+    )
     for key, value in overrides or []:
         parts = key.split(".")
         declared = raw.get("sources") if isinstance(raw.get("sources"), dict) else {}

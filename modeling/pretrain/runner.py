@@ -96,7 +96,7 @@ def run(recipe: Recipe, resume: bool = False, on_phase_end: PhaseEndHook | None 
         folder = run_folder.phase(phase.name)
         trained_now = not folder.is_done()
         if folder.is_done():
-            summary = PhaseSummary.from_dict(run_files.read_json(folder.summary_json))
+            summary = PhaseSummary.load(folder.summary_json)
             log.info("phase %s: already complete, skipping", phase.name)
             model = reload_phase_model(folder.folder, recipe)
         else:
@@ -105,14 +105,14 @@ def run(recipe: Recipe, resume: bool = False, on_phase_end: PhaseEndHook | None 
         phases.append(summary)
         if state.is_main_process:  # one writer: several processes renaming the same temporary file race
             training = TrainingSummary.of_phases(
-                recipe.name, str(run_folder.recipe_json), recipe.max_seq_length, phases, run_folder.plot_name
+                recipe.name, str(run_folder.recipe_json), recipe.max_seq_length, phases, run_folder.plot_png.name
             )
             run_files.write_json(run_folder.summary_json, training.to_dict())
             plot_training(run_folder.plot_png, phases)
             if on_phase_end and trained_now:  # the folder, summary and plot are final
                 on_phase_end(run_folder.folder, phase.name, index == len(recipe.phases) - 1)
         state.wait_for_everyone()
-    return TrainingSummary.from_dict(run_files.read_json(run_folder.summary_json))
+    return TrainingSummary.load(run_folder.summary_json)
 
 
 def run_phase(
@@ -186,7 +186,7 @@ def run_phase(
     )
     checkpoint = last_complete_checkpoint(folder) if resume else None
     if checkpoint and folder.state_json.exists():
-        state = PhaseState.from_dict(run_files.read_json(folder.state_json))
+        state = PhaseState.load(folder.state_json)
         trainer.restore_progress(checkpoint)
         log.info("phase %s: resuming from %s", phase.name, checkpoint)
     else:
@@ -285,7 +285,7 @@ def _rows_per_epoch(recipe: Recipe, phase: PhaseConfig, mixture, tokenizer, fold
         return None
     with PartialState().main_process_first():  # one process counts; the others read its answer
         if folder.epoch_rows_json.exists():
-            return EpochRows.from_dict(run_files.read_json(folder.epoch_rows_json)).rows
+            return EpochRows.load(folder.epoch_rows_json).rows
         log.info("phase %s: counting the rows of one epoch (a pass over its sources)", phase.name)
         rows, tokens = count_rows(
             mixture, tokenizer, recipe.max_seq_length, recipe.data.pack_open_rows, recipe.data.tokenize_batch

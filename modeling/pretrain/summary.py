@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from modeling.common.records import Record
+from modeling.common.run_files import PretrainingRun
 from modeling.data.mixture import SourceReport
 
 
@@ -63,6 +64,10 @@ class PhaseSummary(Record):
     final_checkpoint: str | None = None  # the next phase carries its optimizer state from here
     model_dir: str | None = None
 
+    # Runs recorded before documents were counted per source, and before per-source reading reports, lack
+    # these: they read back empty.
+    OLDER_FILES_LACK = {"documents_trained": dict, "sources": dict}
+
 
 @dataclass
 class RunTotals(Record):
@@ -81,7 +86,7 @@ class TrainingSummary(Record):
     max_seq_length: int
     phases: list[PhaseSummary]  # without their log_history (phase_summary.json keeps it)
     total: RunTotals
-    plot: str = "training_curves.png"
+    plot: str = PretrainingRun.plot_png.name
 
     @classmethod
     def of_phases(cls, name: str, recipe_json: str, max_seq_length: int, phases: list[PhaseSummary], plot: str):

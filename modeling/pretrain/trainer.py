@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from modeling.common import run_files
 from modeling.common.attention import packed_model_inputs
@@ -60,8 +61,10 @@ class TokenCounters:
         chunks = (doc_ids.max(dim=1).values + 1).sum()
         self.tokens += inputs["source_tokens"].sum(0).cpu().double()
         self.documents += inputs["source_documents"].sum(0).cpu().double()
-        self.masked += (inputs["labels"] != -100).sum().cpu().double()
-        self.maskable += ((doc_ids >= 0).sum() - 2 * chunks).cpu().double()  # [CLS]/[SEP] are never masked
+        # [CLS]/[SEP] are never masked; one copy to the host for both counts
+        masked, maskable = torch.stack([(inputs["labels"] != -100).sum(), (doc_ids >= 0).sum() - 2 * chunks]).cpu()
+        self.masked += masked.double()
+        self.maskable += maskable.double()
 
     def since(self, earlier: TokenCounters) -> TokenCounters:
         return TokenCounters.from_flat(self.flat() - earlier.flat(), len(self.tokens))
@@ -182,12 +185,12 @@ class PretrainingTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         counters = self.global_counters()
         if self.args.should_save:
-            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             marker = CheckpointMarker(self.state.global_step, counters.flat().tolist(), self.wall_time())
             run_files.write_json(folder / PhaseFolder.CHECKPOINT_MARKER, marker.to_dict(), indent=None)
 
     def restore_progress(self, checkpoint: str):
-        saved = CheckpointMarker.from_dict(run_files.read_json(Path(checkpoint) / PhaseFolder.CHECKPOINT_MARKER))
+        saved = CheckpointMarker.load(Path(checkpoint) / PhaseFolder.CHECKPOINT_MARKER)
         counters = TokenCounters.from_flat(saved.counts, len(self.source_names))
         if self.accelerator.is_main_process:  # the others start at zero: the sum stays right
             self.counters = TokenCounters.from_flat(saved.counts, len(self.source_names))

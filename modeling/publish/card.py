@@ -22,7 +22,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from modeling.common import run_files
 from modeling.common.errors import ConfigError
-from modeling.common.run_files import PretrainingRun
+from modeling.common.run_files import PretrainingRun, TaskResults, TaskRun
 from modeling.finetune.config import task_from_dict
 from modeling.finetune.results import MetricStats, RunRecord, TaskAggregate, aggregate_runs, mean_std, metric_table
 from modeling.pretrain.recipe import Recipe, recipe_from_dict
@@ -74,7 +74,7 @@ def folder_kind(folder: Path) -> str:
         raise ConfigError(f"{folder}: not a model folder (no config.json or adapter_config.json)")
     if (folder / "adapter_config.json").exists():
         return "adapter"
-    if (folder.parent / "results.json").exists():
+    if TaskRun(folder.parent).results_json.exists():
         return "task_model"
     if PretrainingRun(folder.parent).summary_json.exists():
         return "encoder"
@@ -206,7 +206,7 @@ class EncoderCard:
 
 def encoder_card(folder: Path, repo_id: str, results: list, revision: str, license: str | None) -> Card:
     run = PretrainingRun(folder.parent)
-    summary = TrainingSummary.from_dict(run_files.read_json(run.summary_json))
+    summary = TrainingSummary.load(run.summary_json)
     recipe = recipe_from_dict(run_files.read_json(run.recipe_json), validate=False)
     names = [p.phase for p in summary.phases]
     if folder.name not in names:
@@ -266,7 +266,7 @@ def encoder_card(folder: Path, repo_id: str, results: list, revision: str, licen
     )
     card = render("encoder.md", data, context)
     files, left_out = _model_files(folder)
-    files.update({"training_summary.json": run.summary_json, "recipe.json": run.recipe_json})
+    files.update({path.name: path for path in (run.summary_json, run.recipe_json)})
     if (run.folder / summary.plot).exists():
         files["training_curves.png"] = run.folder / summary.plot
     for task, aggregate in _eval_files(own):
@@ -309,11 +309,11 @@ def _runs_of(folder: Path, results: list) -> tuple[dict, dict, int]:
         root = Path(root)
         if not root.exists():
             raise ConfigError(f"--results {root}: no such folder")
-        files = sorted(root.rglob("results.json"))
+        files = TaskResults(root).results_files()
         if not files:
             raise ConfigError(f"--results {root}: no results.json below it (finetune.py writes one per seed)")
         for path in files:
-            record = RunRecord.from_dict(run_files.read_json(path))
+            record = RunRecord.load(path)
             if not _same_model(record.model, folder):
                 others += 1
             elif record.random_init:
@@ -373,9 +373,9 @@ def _eval_files(own: dict) -> list[tuple[str, dict]]:
     out = []
     for (task, peft), runs in sorted(own.items()):
         for root in sorted({Path(r.config["output_dir"]) for r in runs}):
-            files = {
-                name: root / name for name in ("aggregate.json", "aggregate.md", "curves.png") if (root / name).exists()
-            }
+            results = TaskResults(root)
+            paths = (results.aggregate_json, results.aggregate_md, results.plot_png)
+            files = {path.name: path for path in paths if path.exists()}
             if files:
                 out.append((f"{task}-lora" if peft else task, files))
     return out
@@ -421,8 +421,13 @@ class TaskCard:
 def task_card(
     folder: Path, repo_id: str, kind: str, revision: str, base_model: str | None, license: str | None
 ) -> Card:
-    record = RunRecord.from_dict(run_files.read_json(folder.parent / "results.json"))
-    runs = [RunRecord.from_dict(run_files.read_json(p)) for p in sorted(folder.parent.parent.glob("*/results.json"))]
+    run, results = TaskRun(folder.parent), TaskResults(folder.parent.parent)
+    record = RunRecord.load(run.results_json)
+    runs = [
+        RunRecord.load(TaskRun(p).results_json)
+        for p in sorted(results.folder.iterdir())
+        if TaskRun(p).results_json.exists()
+    ]
 
     def same(r: RunRecord):
         return r.task, r.model, r.random_init, bool(r.peft), r.lr
@@ -485,11 +490,12 @@ def task_card(
     if adapter is not None and base:
         adapter = {**adapter, "base_model_name_or_path": base}  # the local training path means nothing to downloaders
         files["adapter_config.json"] = (json.dumps(adapter, indent=2, sort_keys=True) + "\n").encode()
-    files["results.json"] = folder.parent / "results.json"
-    root = folder.parent.parent
-    files.update({f"eval/{name}": root / name for name in ("aggregate.json", "aggregate.md") if (root / name).exists()})
-    if (root / "curves.png").exists():
-        files["curves.png"] = root / "curves.png"
+    files[run.results_json.name] = run.results_json
+    files.update(
+        {f"eval/{path.name}": path for path in (results.aggregate_json, results.aggregate_md) if path.exists()}
+    )
+    if results.plot_png.exists():
+        files[results.plot_png.name] = results.plot_png
     files["README.md"] = str(card).encode()
     return Card(kind, card, files, left_out, notes)
 
@@ -506,7 +512,7 @@ def _run_license(encoder: str) -> str | None:
     """The license of the pretraining run that produced a local encoder folder, if it recorded one."""
     recipe = PretrainingRun(Path(encoder).parent).recipe_json
     if recipe.exists():
-        return (run_files.read_json(recipe).get("hub") or {}).get("license")
+        return recipe_from_dict(run_files.read_json(recipe), validate=False).hub.license
     return None
 
 

@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from modeling.common import run_files
 from modeling.common.cli import run_command
 from modeling.common.errors import ConfigError
 from modeling.common.run_files import PretrainingRun
@@ -236,7 +235,7 @@ def push(
 def push_run(run_dir: str | Path, repo_id: str, **options) -> list[dict]:
     """Every phase of a pretraining run to a branch named after it; the last phase to main as well."""
     run = PretrainingRun(run_dir)
-    phases = [p.phase for p in TrainingSummary.from_dict(run_files.read_json(run.summary_json)).phases]
+    phases = [p.phase for p in TrainingSummary.load(run.summary_json).phases]
     results, pushed = options.pop("results", ()), []
     for phase in phases:  # fine-tuning results describe the final model only
         pushed.append(
@@ -323,7 +322,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             "--results",
             action="append",
             default=[],
-            help="folder of finetune.py results for this encoder (repeatable); fills the evaluation table and model-index",
+            help="folder of finetune.py results for this encoder (repeatable); "
+            "fills the evaluation table and model-index",
         )
         sub.add_argument(
             "--revision", default="main", help="branch to push to (created from main if missing); default main"

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import DRUGS, ROOT, make_task, sentence
+from helpers import DRUGS, ROOT, TWO_PROCESSES, make_task, sentence
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 from modeling.finetune.dataset import load_task_examples
@@ -152,22 +152,7 @@ def test_two_processes_under_accelerate_write_one_result_with_every_test_example
     path = tmp_path / "task.yaml"
     raw = json.loads(json.dumps(__import__("dataclasses").asdict(task)))
     path.write_text(yaml.safe_dump(raw))
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "finetune.py",
-        str(path),
-    ]
+    command = [*TWO_PROCESSES, "finetune.py", str(path)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / "results" / "seed3" / "results.json").read_text())

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from helpers import SCRIPT, phase_weights, script_env, train, write_recipe
+from helpers import SCRIPT, TWO_PROCESSES, phase_weights, script_env, train, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -173,23 +173,7 @@ def test_resume_skips_an_incomplete_checkpoint_and_matches(tmp_path, finished_ru
 def test_two_processes_under_accelerate(tmp_path):
     recipe = write_recipe(tmp_path, **{"phases.0.length.steps": 3, "phases.1.length": {"steps": 2}, "logging.steps": 1})
     result = subprocess.run(
-        # --multi_gpu picks accelerate's torchrun launcher; with no GPU the processes train on the CPU over gloo.
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            SCRIPT,
-            str(recipe),
-        ],
+        [*TWO_PROCESSES, SCRIPT, str(recipe)],
         capture_output=True,
         text=True,
         env=script_env(tmp_path),
@@ -292,7 +276,7 @@ def test_document_sdpa_trains_the_recipe_as_dense_masks_do(tmp_path, finished_ru
     train(tmp_path, write_recipe(tmp_path, **{"model.attn_implementation": "document_sdpa"}))
     ours = json.loads((tmp_path / "out" / "training_summary.json").read_text())["phases"]
     dense = json.loads((finished_run / "training_summary.json").read_text())["phases"]
-    for a, b in zip(ours, dense):
+    for a, b in zip(ours, dense, strict=True):
         assert a["tokens"] == b["tokens"]
         assert abs(a["held_out"]["loss_end"] - b["held_out"]["loss_end"]) < 1e-3
 

@@ -53,10 +53,12 @@ READ_BY_EVERY_LOADER = {"loader", "max_examples", "on_bad_record", "strict_bio"}
 
 
 def check_data_spec(spec: DataSpec, key: str):
-    """The loader exists, and every field set to something other than its default is one it reads."""
+    """The loader exists, the fields' values are valid, and every field set to something other than its
+    default is one the loader reads."""
     if spec.loader is None:
         raise ConfigError(f"{key}.loader: name a loader ({', '.join(sorted(LOADERS))})")
     choice(f"{key}.loader", spec.loader, sorted(LOADERS))
+    spec.validate(key)
     reads = LOADERS[spec.loader].reads | READ_BY_EVERY_LOADER
     for name in spec.changed_fields():
         if name not in reads:

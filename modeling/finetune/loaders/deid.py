@@ -64,7 +64,7 @@ def load_deid(spec: DataSpec, task: TaskLabels, skips: SkipLog) -> list[Example]
         )
     kept = entity_types(spec, task)
     examples = []
-    for original, masked_record in zip(originals, masked):
+    for original, masked_record in zip(originals, masked, strict=True):
         if original.key != masked_record.key:
             raise DataError(
                 f"{masked_file}:{masked_record.line}: record {masked_record.key} where {text_file}:"

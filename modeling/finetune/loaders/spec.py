@@ -47,8 +47,8 @@ class DataSpec:
     )
 
     def validate(self, key: str):
-        """Checks that need no loader; which loader and which of these fields it reads are checked by
-        modeling.finetune.loaders.check_data_spec."""
+        """Checks that need no loader (modeling.finetune.loaders.check_data_spec runs them, between checking
+        the loader's name and the fields it reads)."""
         choice(f"{key}.on_bad_record", self.on_bad_record, ("raise", "skip"))
         choice(f"{key}.unit", self.unit, ("file", "snippet"))
         choice(f"{key}.label_combination", self.label_combination, ("majority", "any", "all"))

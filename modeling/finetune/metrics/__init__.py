@@ -26,7 +26,9 @@ DESCRIPTIONS = {
     "micro_f1": "F1 micro-averaged over all labels",
     "macro_f1": "F1 averaged over labels, unweighted",
     "weighted_f1": "F1 averaged over labels, weighted by support",
-    "positive_micro_precision": "precision micro-averaged over the positive labels (negatives excluded, e.g. ChemProt's false)",
+    "positive_micro_precision": (
+        "precision micro-averaged over the positive labels (negatives excluded, e.g. ChemProt's false)"
+    ),
     "positive_micro_recall": "recall micro-averaged over the positive labels",
     "positive_micro_f1": "F1 micro-averaged over the positive labels (ChemProt's official score)",
     "subset_accuracy": "share of examples whose whole label set is right",

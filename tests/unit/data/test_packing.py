@@ -32,7 +32,7 @@ def test_best_fit_keeps_every_chunk_and_respects_the_length():
     assert all(len(r.input_ids) <= 256 for r in rows)
     assert all(sum(r.doc_lengths) == len(r.input_ids) for r in rows)
     packed = Counter(
-        tuple(r.input_ids[o : o + n]) for r in rows for o, n in zip(_offsets(r.doc_lengths), r.doc_lengths)
+        tuple(r.input_ids[o : o + n]) for r in rows for o, n in zip(_offsets(r.doc_lengths), r.doc_lengths, strict=True)
     )
     assert packed == Counter(tuple(ids) for _, ids in chunks)
 

@@ -60,8 +60,8 @@ def test_long_ner_document_is_windowed_and_each_word_labelled_once(tokenizer_dir
     assert len(split.features) > 3 and all(len(f["input_ids"]) <= 32 for f in split.features)
     label_ids = ["O", "B-Drug", "I-Drug"]
     labelled = {}
-    for feature, window_words in zip(split.features, split.window_words):
-        for label, word in zip(feature["labels"], window_words):
+    for feature, window_words in zip(split.features, split.window_words, strict=True):
+        for label, word in zip(feature["labels"], window_words, strict=True):
             assert (label == IGNORE) == (word < 0)
             if word >= 0:
                 assert label_ids[label] == tags[word]

@@ -30,7 +30,7 @@ def read(config):
 
 def entities(example):
     """(word, tag) of the words inside entities."""
-    return [(word, tag) for word, tag in zip(example.word_texts(), example.tags) if tag != "O"]
+    return [(word, tag) for word, tag in zip(example.word_texts(), example.tags, strict=True) if tag != "O"]
 
 
 # ------------------------------------------------------------------------------ ChemProt
@@ -358,7 +358,10 @@ def brat_entity(entity_id, kind, text, *fragments):
 
 
 COS_LABELS = ["Cos", "Ref", "Loc", "Attr", "Val"]
-REPORT_1 = "FINDINGS: Persistent left basilar opacity. Heart size normal.\nIMPRESSION: New right effusion and\nclear upper apex.\n"
+REPORT_1 = (
+    "FINDINGS: Persistent left basilar opacity. Heart size normal.\nIMPRESSION: New right effusion and\n"
+    "clear upper apex.\n"
+)
 REPORT_1_ANN = "".join(
     [
         brat_entity("T1", "Snippet", REPORT_1, "Persistent left basilar opacity."),
@@ -457,7 +460,7 @@ def test_brat_files_are_examples_with_whitespace_words(tmp_path):
         (f"{tmp_path}/note1.txt", f"{tmp_path}/note1.txt", SH_NOTE_1),
         (f"{tmp_path}/note2.txt", f"{tmp_path}/note2.txt", SH_NOTE_2),
     ]
-    assert list(zip(examples[0].word_texts(), examples[0].tags)) == [
+    assert list(zip(examples[0].word_texts(), examples[0].tags, strict=True)) == [
         ("Smokes", "B-Tobacco"),
         ("1", "I-Tobacco"),
         ("pack", "I-Tobacco"),

@@ -13,7 +13,9 @@ class MultilabelF1(evaluate.Metric):
         return evaluate.MetricInfo(
             description=__doc__,
             citation="Pedregosa et al. (2011). Scikit-learn: Machine Learning in Python. JMLR 12.",
-            inputs_description="predictions: per-label logits; references: per-label 0/1; threshold on logits (default 0)",
+            inputs_description=(
+                "predictions: per-label logits; references: per-label 0/1; threshold on logits (default 0)"
+            ),
             features=datasets.Features(
                 {
                     "predictions": datasets.Sequence(datasets.Value("float32")),

@@ -15,7 +15,9 @@ class SeqevalEntities(evaluate.Metric):
         return evaluate.MetricInfo(
             description=__doc__,
             citation="Nakayama, H. (2018). seqeval: A Python framework for sequence labeling evaluation.",
-            inputs_description="predictions, references: lists of tag sequences (lists of strings); mode: default | strict",
+            inputs_description=(
+                "predictions, references: lists of tag sequences (lists of strings); mode: default | strict"
+            ),
             features=datasets.Features(
                 {
                     "predictions": datasets.Sequence(datasets.Value("string")),
