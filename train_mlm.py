@@ -36,12 +36,10 @@ def parse_args(argv: list[str]):
 def train(argv: list[str]) -> int:
     recipe_path, resume, overrides = parse_args(argv)
     recipe = load_recipe(recipe_path, overrides)
-    # heavy imports only once the recipe is known to be good
+    # heavy imports only once the recipe is known to be good (and publishing only when the recipe pushes)
     from modeling.pretrain.runner import run
-    from modeling.publish.hub import push_phase
 
-    push = (lambda folder, phase, last: push_phase(folder, phase, recipe.hub, last)) if recipe.hub.repo_id else None
-    summary = run(recipe, resume=resume, on_phase_end=push)
+    summary = run(recipe, resume=resume, on_phase_end=_pusher(recipe))
     if is_main_process():
         print(f"\n{'phase':<12}{'tokens':>14}{'held-out loss':>22}{'wall (s)':>10}{'tokens/s':>10}")
         for phase in summary.phases:
@@ -53,6 +51,15 @@ def train(argv: list[str]) -> int:
         print(f"\nsummary: {recipe.output_dir}/training_summary.json   plot: {recipe.output_dir}/{summary.plot}")
         print("models:  " + "  ".join(phase.model_dir for phase in summary.phases))
     return 0
+
+
+def _pusher(recipe):
+    """With hub.repo_id, each phase is pushed when it ends (branch = phase; the last also to main)."""
+    if not recipe.hub.repo_id:
+        return None
+    from modeling.publish.hub import push_phase
+
+    return lambda folder, phase, last: push_phase(folder, phase, recipe.hub, last)
 
 
 def main(argv: list[str] | None = None) -> int:
