@@ -1,10 +1,12 @@
-"""Continued masked-language-model pretraining of ModernBERT, phase by phase.
+"""Continued masked-language-model pretraining of ModernBERT, phase by phase, from a token store.
 
-    accelerate launch train_mlm.py                                   # the offline demo recipe
-    accelerate launch train_mlm.py recipes/bioclinical-modernbert-base.yaml --sources.clinical /data/NOTEEVENTS.csv
-    accelerate launch train_mlm.py RECIPE --resume                   # continue a killed run
+    accelerate launch train_mlm.py                         # the offline demo: prepares its store, then trains
+    python train_mlm.py prepare RECIPE --sources.clinical /data/NOTEEVENTS.csv.gz   # read and tokenize once
+    accelerate launch --num_processes 8 train_mlm.py RECIPE --sources.clinical /data/NOTEEVENTS.csv.gz
+    accelerate launch train_mlm.py RECIPE --resume         # continue a killed run
 
-Any recipe key can be overridden with --dotted.key VALUE (values are read as YAML).
+Any recipe key can be overridden with --dotted.key VALUE (values are read as YAML); give training the
+same overrides as prepare.
 """
 
 from __future__ import annotations
@@ -13,28 +15,62 @@ import sys
 
 from modeling.common.cli import run_command
 from modeling.common.config import parse_overrides
+from modeling.common.errors import ConfigError
 from modeling.common.runtime import is_main_process
 from modeling.pretrain.recipe import describe_recipe_fields, load_recipe
 
+FLAGS = """
+flags:
+  RECIPE                               YAML file or shipped recipe name (default: demo)
+  --resume                             continue from the last complete checkpoint
+prepare flags:
+  --num_proc N                         processes preparing the store (default: every core)
+  --rebuild                            remove the store and prepare it again
+"""
 
-def parse_args(argv: list[str]):
+
+def parse_args(argv: list[str]) -> tuple[str | None, dict, list]:
+    """(recipe, flags, overrides) of `[prepare] [RECIPE] [flags] [--key.path VALUE ...]`."""
     if "-h" in argv or "--help" in argv:
-        print(__doc__.strip())
-        print(
-            "\nflags:\n  RECIPE                               YAML file or shipped recipe name (default: demo)\n"
-            "  --resume                             continue from the last complete checkpoint\n"
-            "\nrecipe keys:"
-        )
+        print(__doc__.strip() + "\n" + FLAGS + "\nrecipe keys:")
         print("\n".join(describe_recipe_fields()))
         sys.exit(0)
     recipe = argv[0] if argv and not argv[0].startswith("-") else None
-    rest = argv[1:] if recipe else argv
-    resume = "--resume" in rest
-    return recipe, resume, parse_overrides([a for a in rest if a != "--resume"])
+    rest = list(argv[1:] if recipe else argv)
+    flags = {"resume": "--resume" in rest, "rebuild": "--rebuild" in rest, "num_proc": None}
+    rest = [a for a in rest if a not in ("--resume", "--rebuild")]
+    if "--num_proc" in rest:
+        at = rest.index("--num_proc")
+        value = rest[at + 1] if at + 1 < len(rest) else ""
+        if not value.isdigit() or int(value) < 1:
+            raise ConfigError(f"--num_proc {value}: give a number of processes >= 1")
+        flags["num_proc"] = int(value)
+        del rest[at : at + 2]
+    return recipe, flags, parse_overrides(rest)
+
+
+def prepare_command(argv: list[str]) -> int:
+    recipe_path, flags, overrides = parse_args(argv)
+    recipe = load_recipe(recipe_path, overrides)
+    from modeling.pretrain.prepare import prepare
+
+    store = prepare(recipe, num_proc=flags["num_proc"], rebuild=flags["rebuild"])
+    print(f"\n{'source':<20}{'documents':>12}{'held out':>10}{'tokens':>16}  skipped")
+    for name, source in store.manifest.sources.items():
+        skipped = ", ".join(f"{reason}: {n:,}" for reason, n in source.skipped.items()) or "none"
+        print(
+            f"{name:<20}{source.documents['train']:>12,}{source.documents['held_out']:>10,}"
+            f"{source.tokens['train']:>16,}  {skipped}"
+        )
+    print(f"\nstore: {store.folder.folder} ({store.manifest.tokens():,} training tokens)")
+    return 0
 
 
 def train(argv: list[str]) -> int:
-    recipe_path, resume, overrides = parse_args(argv)
+    if argv and argv[0] == "prepare":
+        return prepare_command(argv[1:])
+    recipe_path, flags, overrides = parse_args(argv)
+    resume = flags["resume"]
     recipe = load_recipe(recipe_path, overrides)
     # heavy imports only once the recipe is known to be good (and publishing only when the recipe pushes)
     from modeling.pretrain.runner import run

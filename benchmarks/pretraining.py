@@ -38,7 +38,8 @@ from benchmarks.common import (
     write_json,
 )
 from modeling.common.attention import DOCUMENT_SDPA, packed_model_inputs
-from modeling.data.packing import Chunker, PackedRow, pack
+from modeling.data.packing import PackedRow, plain_backend
+from modeling.data.rows import pack_token_lists
 from modeling.pretrain.masking import MLMCollator
 from modeling.pretrain.model import set_sparse_prediction
 from modeling.pretrain.schedules import MaskingSchedule
@@ -48,11 +49,10 @@ ROW_LENGTH = {"pubmed": 1024, "clinical": 8192}  # the demo recipe's rows; the r
 
 
 def project_batches(tokenizer, texts, row_length: int, rows_per_batch: int, batches: int, seed: int = 0) -> list[dict]:
-    rows = list(
-        itertools.islice(
-            pack(Chunker(tokenizer, row_length).chunks((0, t) for t in texts), row_length), rows_per_batch * batches
-        )
-    )
+    """The trainer's rows: documents cut and packed best-fit from their lengths (modeling.data.index), in
+    the order given, read as the store's rows are read."""
+    ids = [e.ids for e in plain_backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)]
+    rows = pack_token_lists(ids, row_length, tokenizer.cls_token_id, tokenizer.sep_token_id)[: rows_per_batch * batches]
     return mlm_batches(tokenizer, rows, row_length, rows_per_batch, seed)
 
 

@@ -5,6 +5,8 @@ process, so concurrent writers never share one) and renamed over the target, whi
 A folder that must appear whole (a trained tokenizer in the cache) is built under a temporary name and
 renamed the same way.
 
+Token store (`train_mlm.py prepare`), `store.path`: see modeling/data/store.py.
+
 Pretraining run (`train_mlm.py`), `output_dir/`:
 
     recipe.json                     the recipe as run, overrides applied
@@ -13,8 +15,7 @@ Pretraining run (`train_mlm.py`), `output_dir/`:
     tensorboard/PHASE/              TensorBoard events (when logging.report_to names tensorboard)
     PHASE/                          the phase's model: a stock transformers folder (safetensors)
     PHASE/phase_state.json          held-out loss measured before the phase's first step (a resume reads it)
-    PHASE/epoch_rows.json           rows in one epoch, from the counting pass (phases measured in epochs)
-    PHASE/stream_stats.json         what the data stream read: documents, held out, skipped and why
+    PHASE/index/                    the phase's row indexes (epoch-N.npz, or weighted.npz): rebuilt if missing
     PHASE/phase_summary.json        written when the phase is done; its presence marks the phase complete
     PHASE/checkpoints/checkpoint-N/ resumable Trainer checkpoint; complete once checkpoint_complete.json is in it
 
@@ -59,6 +60,18 @@ def write_json(path: Path | str, data, indent: int | None = 2) -> Path:
 
 def read_json(path: Path | str):
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yields a temporary path beside `path` to write a file to (numpy, Arrow, ...); on success it becomes
+    `path` in one rename, on failure it is removed."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -115,8 +128,7 @@ class PhaseFolder(_Folder):
 
     CHECKPOINT_MARKER = "checkpoint_complete.json"  # written last: a checkpoint without it is incomplete
     state_json = _File("phase_state.json")
-    epoch_rows_json = _File("epoch_rows.json")
-    stream_stats_json = _File("stream_stats.json")
+    index_dir = _File("index")
     summary_json = _File("phase_summary.json")
     checkpoints_dir = _File("checkpoints")
 

@@ -297,11 +297,14 @@ def iter_documents(spec: SourceSpec, skips: SkipLog) -> Iterator[str]:
 def iter_records(spec: SourceSpec, skips: SkipLog) -> Iterator[tuple[str, str]]:
     """(where, text) of each non-empty document; `where` ("file:line", ...) names it for outputs and reports."""
     if spec.format == "hf":
-        records = _hf_records(spec, skips)
-    else:
-        files = [(path, _file_format(spec, path)) for path in resolve_files(spec)]
-        records = _records_from_files(spec, files, skips)
-    return _nonempty_documents(spec, records, skips)
+        return _nonempty_documents(spec, _hf_records(spec, skips), skips)
+    return iter_file_records(spec, resolve_files(spec), skips)
+
+
+def iter_file_records(spec: SourceSpec, files: list[str], skips: SkipLog) -> Iterator[tuple[str, str]]:
+    """iter_records over some of the source's files (a share of the work of preparing a store)."""
+    chosen = [(path, _file_format(spec, path)) for path in files]
+    return _nonempty_documents(spec, _records_from_files(spec, chosen, skips), skips)
 
 
 def _nonempty_documents(spec: SourceSpec, records, skips: SkipLog) -> Iterator[tuple[str, str]]:

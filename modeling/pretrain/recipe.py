@@ -201,6 +201,9 @@ class PhaseConfig:
             positive(f"{key}.lr", self.lr)
         self.schedule.validate(f"{key}.schedule")
 
+    def source_names(self) -> list[str]:
+        return list(self.sources)
+
     def masking_range(self, key: str = "masking") -> tuple[float, float]:
         if isinstance(self.masking, dict):
             unknown = set(self.masking) - {"start", "end"}
@@ -246,17 +249,26 @@ class CheckpointConfig:
 
 @dataclass
 class DataConfig:
-    workers: int = option("DataLoader worker processes (masking stays identical for any number)", 0)
-    pack_open_rows: int = option("Rows kept open by the best-fit packer (more = fuller rows, more memory)", 64)
-    tokenize_batch: int = option("Documents tokenized per call to the fast tokenizer", 256)
-    shuffle_buffer: int = option("Documents in the seeded shuffle buffer (1 = read in file order)", 10_000)
+    workers: int = option("DataLoader worker processes (rows and masking stay identical for any number)", 0)
+    pack_open_rows: int = option("Rows kept open by the best-fit packer (more = fuller rows)", 64)
 
     def validate(self, key: str):
         if self.workers < 0:
             raise ConfigError(f"{key}.workers={self.workers}: must be >= 0")
         positive(f"{key}.pack_open_rows", self.pack_open_rows)
-        positive(f"{key}.tokenize_batch", self.tokenize_batch)
-        positive(f"{key}.shuffle_buffer", self.shuffle_buffer)
+
+
+@dataclass
+class StoreConfig:
+    path: str | None = option(
+        "Folder of the token store that `train_mlm.py prepare` writes and training reads; null = stores/NAME", None
+    )
+    part_mb: int = option(
+        "Input files per unit of preparation work, in MB (gzip counts 4x); parts are what processes share", 256
+    )
+
+    def validate(self, key: str):
+        positive(f"{key}.part_mb", self.part_mb)
 
 
 @dataclass
@@ -302,6 +314,7 @@ class Recipe:
     logging: LoggingConfig = option("Console/tracker logging", factory=LoggingConfig)
     checkpoint: CheckpointConfig = option("Resumable checkpoints", factory=CheckpointConfig)
     data: DataConfig = option("Data pipeline", factory=DataConfig)
+    store: StoreConfig = option("Token store: every source read and tokenized once", factory=StoreConfig)
     hub: HubConfig = option("Model card metadata and pushing to the Hugging Face Hub", factory=HubConfig)
 
     def validate(self):
@@ -327,8 +340,17 @@ class Recipe:
         self.logging.validate("logging")
         self.checkpoint.validate("checkpoint")
         self.data.validate("data")
+        self.store.validate("store")
         self.hub.validate("hub")
         return self
+
+    def store_dir(self) -> Path:
+        return Path(self.store.path or f"stores/{self.name}")
+
+    def used_sources(self) -> list:
+        """The sources some phase reads, in the order the recipe declares them."""
+        used = {name for phase in self.phases for name in phase.source_names()}
+        return [spec for name, spec in self.sources.items() if name in used]
 
     def to_dict(self) -> dict:
         """What recipe.json holds: every field, sources as their full specs (recipe_from_dict reads it back)."""
@@ -348,10 +370,23 @@ class Recipe:
 # ---------------------------------------------------------------- building from YAML
 
 
+# Keys earlier versions had: a recipe.json recorded with them still reads; a recipe that sets them is told why.
+RETIRED_KEYS = {
+    "data.tokenize_batch": "documents are tokenized once, by `train_mlm.py prepare`",
+    "data.shuffle_buffer": "each epoch is a permutation of the whole corpus (the token store's row index)",
+}
+
+
 def recipe_from_dict(raw: dict, validate: bool = True) -> Recipe:
     """A Recipe from its YAML mapping. `validate=False` reads back a recipe.json a run recorded (it was
     validated when the run started; its sources' files need not exist where the record is read)."""
     raw = dict(raw)
+    for dotted, why in RETIRED_KEYS.items():
+        section, key = dotted.split(".")
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            if validate:
+                raise ConfigError(f"{dotted}: no longer a setting ({why}); remove it")
+            raw[section] = {k: v for k, v in raw[section].items() if k != key}
     sources = raw.pop("sources", None) or {}
     phases = raw.pop("phases", None) or []
     if not isinstance(sources, dict):

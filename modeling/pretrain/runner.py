@@ -16,29 +16,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import PartialState
-from transformers import Trainer, set_seed
+from transformers import AutoTokenizer, Trainer, set_seed
 
 from modeling.common import run_files
-from modeling.common.errors import ConfigError
+from modeling.common.errors import ConfigError, DataError
 from modeling.common.records import Record
 from modeling.common.run_files import PhaseFolder, PretrainingRun
 from modeling.common.runtime import join_processes
-from modeling.data.mixture import PhaseMixture, SourceReport
-from modeling.data.packing import PackedRow, PackedRows, count_rows, held_out_rows
-from modeling.data.sources import resolve_files
+from modeling.data.packing import PackedRow
+from modeling.data.rows import PhaseIndex, PhaseRows, held_out_rows
+from modeling.data.store import Store, StoreFolder
 from modeling.pretrain.masking import MLMCollator
 from modeling.pretrain.model import build_model, reload_phase_model
 from modeling.pretrain.plot import plot_training
-from modeling.pretrain.recipe import PhaseConfig, Recipe
+from modeling.pretrain.prepare import open_store, prepare
+from modeling.pretrain.recipe import Recipe
 from modeling.pretrain.schedules import MaskingSchedule, PhasePlan, plan_phase
 from modeling.pretrain.summary import (
     HeldOutRecord,
     LearningRateRecord,
     MaskingRecord,
     PhaseSummary,
+    SourceReport,
     TrainingSummary,
 )
-from modeling.pretrain.tokenizer import build_tokenizer
 from modeling.pretrain.trainer import PretrainingTrainer, trainer_callbacks, training_arguments
 
 log = logging.getLogger(__name__)
@@ -54,14 +55,6 @@ class PhaseState(Record):
     held_out_loss_start: float
 
 
-@dataclass
-class EpochRows(Record):
-    """epoch_rows.json: one epoch of a natural-proportion phase, measured by the counting pass."""
-
-    rows: int
-    tokens: int
-
-
 def run(recipe: Recipe, resume: bool = False, on_phase_end: PhaseEndHook | None = None) -> TrainingSummary:
     """Train every phase of the recipe; returns the training summary."""
     state = join_processes()
@@ -73,15 +66,12 @@ def run(recipe: Recipe, resume: bool = False, on_phase_end: PhaseEndHook | None 
             f"output_dir={run_folder.folder}: already holds a run; pass --resume to continue it, "
             "or choose another output_dir"
         )
-    for spec in recipe.sources.values():
-        if spec.format != "hf":
-            resolve_files(spec)  # a missing file stops the run now, not hours into it
+    store = _store(recipe, state)
     if state.is_main_process:
         run_folder.folder.mkdir(parents=True, exist_ok=True)
         run_files.write_json(run_folder.recipe_json, recipe.to_dict())
     set_seed(recipe.seed)
-    with state.main_process_first():  # the main process trains and caches a tokenizer; the others load it
-        tokenizer = build_tokenizer(recipe)
+    tokenizer = AutoTokenizer.from_pretrained(store.folder.tokenizer_dir)
     model = build_model(recipe, tokenizer)
     log.info(
         "model: %.2fM parameters, %s attention; tokenizer: %d tokens",
@@ -100,7 +90,7 @@ def run(recipe: Recipe, resume: bool = False, on_phase_end: PhaseEndHook | None 
             log.info("phase %s: already complete, skipping", phase.name)
             model = reload_phase_model(folder.folder, recipe)
         else:
-            summary = run_phase(recipe, index, model, tokenizer, previous_checkpoint, resume)
+            summary = run_phase(recipe, index, model, tokenizer, store, previous_checkpoint, resume)
         previous_checkpoint = summary.final_checkpoint
         phases.append(summary)
         if state.is_main_process:  # one writer: several processes renaming the same temporary file race
@@ -115,22 +105,45 @@ def run(recipe: Recipe, resume: bool = False, on_phase_end: PhaseEndHook | None 
     return TrainingSummary.load(run_folder.summary_json)
 
 
+def _store(recipe: Recipe, state: PartialState) -> Store:
+    """The recipe's token store. A single process prepares it when it is missing (the demo's first run);
+    several processes never do: one would work for minutes while the others wait."""
+    if StoreFolder(recipe.store_dir()).is_complete():
+        return open_store(recipe)
+    if state.num_processes > 1:
+        raise ConfigError(
+            f"store.path={recipe.store_dir()}: no token store there; prepare it first with "
+            f"`python train_mlm.py prepare RECIPE` (the same recipe and overrides), then launch the training"
+        )
+    log.info("store %s: missing; preparing it now (once)", recipe.store_dir())
+    return prepare(recipe)
+
+
 def run_phase(
-    recipe: Recipe, index: int, model, tokenizer, previous_checkpoint: str | None, resume: bool
+    recipe: Recipe, index: int, model, tokenizer, store: Store, previous_checkpoint: str | None, resume: bool
 ) -> PhaseSummary:
     phase = recipe.phases[index]
     folder = PretrainingRun(recipe.output_dir).phase(phase.name)
     folder.folder.mkdir(parents=True, exist_ok=True)
-    names = phase_source_names(phase)
-    mixture = PhaseMixture(
-        sources=[recipe.sources[n] for n in names],
-        weights=None if isinstance(phase.sources, list) else [float(phase.sources[n]) for n in names],
-        holdout_fraction=recipe.holdout.fraction,
-        seed=recipe.seed,
-        phase=phase.name,
-        shuffle_buffer=recipe.data.shuffle_buffer,
+    names = phase.source_names()
+    for name in names:
+        recorded = store.manifest.sources[name]
+        if not recorded.documents["train"]:
+            skipped = f" (skipped: {recorded.skipped})" if recorded.skipped else ""
+            raise DataError(f"phase '{phase.name}': source '{name}' yielded no training documents{skipped}")
+    weights = None if isinstance(phase.sources, list) else [float(phase.sources[n]) for n in names]
+    rows = PhaseIndex(
+        store,
+        names,
+        weights,
+        recipe.seed,
+        phase.name,
+        recipe.max_seq_length,
+        recipe.data.pack_open_rows,
+        cache_dir=folder.index_dir,
     )
-    plan = plan_phase(recipe, index, _rows_per_epoch(recipe, phase, mixture, tokenizer, folder))
+    epochs = phase.length.get("epochs")
+    plan = plan_phase(recipe, index, rows.rows_in_epochs(float(epochs)) if epochs else None)
     num_processes = PartialState().num_processes
     accumulation = recipe.batch.accumulation_steps(recipe.max_seq_length, num_processes)
     log.info(
@@ -151,21 +164,20 @@ def run_phase(
         plan.masking.start,
         plan.masking.end,
     )
-
     eval_rows = held_out_rows(
-        mixture, tokenizer, recipe.max_seq_length, recipe.holdout.max_documents, recipe.data.pack_open_rows
+        store,
+        names,
+        recipe.seed,
+        phase.name,
+        recipe.holdout.max_documents,
+        recipe.max_seq_length,
+        recipe.data.pack_open_rows,
     )
     if not eval_rows:
         raise ConfigError(f"holdout: phase '{phase.name}' has no held-out documents; raise holdout.fraction")
     eval_masking = MaskingSchedule(plan.masking.end, plan.masking.end, len(eval_rows))
-    train_rows = PackedRows(
-        mixture,
-        tokenizer,
-        recipe.max_seq_length,
-        recipe.batch.per_device,
-        open_rows=recipe.data.pack_open_rows,
-        tokenize_batch=recipe.data.tokenize_batch,
-        stats_path=str(folder.stream_stats_json),
+    train_rows = PhaseRows(
+        store.folder.folder, rows, plan.steps * plan.rows_per_step, tokenizer.cls_token_id, tokenizer.sep_token_id
     )
     trainer = PretrainingTrainer(
         model=model,
@@ -203,7 +215,8 @@ def run_phase(
 
     final_checkpoint = last_complete_checkpoint(folder)
     save_for_transformers(trainer, tokenizer, folder.folder)
-    summary = _phase_summary(recipe, plan, trainer, folder, eval_rows, state.held_out_loss_start, held_out_end, wall)
+    reports = _source_reports(store, names, rows, plan.steps * plan.rows_per_step)
+    summary = _phase_summary(recipe, plan, trainer, reports, eval_rows, state.held_out_loss_start, held_out_end, wall)
     summary.final_checkpoint, summary.model_dir = final_checkpoint, str(folder.folder)
     if trainer.args.should_save:
         run_files.write_json(folder.summary_json, summary.to_dict())
@@ -219,10 +232,6 @@ def run_phase(
     return summary
 
 
-def phase_source_names(phase: PhaseConfig) -> list[str]:
-    return phase.sources if isinstance(phase.sources, list) else list(phase.sources)
-
-
 def last_complete_checkpoint(folder: PhaseFolder) -> str | None:
     """Newest checkpoint with its completion marker; incomplete ones are skipped with a warning."""
     for path in folder.checkpoints():
@@ -236,7 +245,7 @@ def _phase_summary(
     recipe: Recipe,
     plan: PhasePlan,
     trainer: PretrainingTrainer,
-    folder: PhaseFolder,
+    reports: dict[str, SourceReport],
     eval_rows: list[PackedRow],
     loss_start: float,
     loss_end: float,
@@ -246,7 +255,6 @@ def _phase_summary(
     names = trainer.source_names
     tokens_per_source = {n: int(counters.tokens[i]) for i, n in enumerate(names)}
     tokens = sum(tokens_per_source.values())
-    stats = run_files.read_json(folder.stream_stats_json) if folder.stream_stats_json.exists() else {}
     return PhaseSummary(
         phase=plan.name,
         index=plan.index,
@@ -275,23 +283,24 @@ def _phase_summary(
         ),
         wall_time_s=wall,
         tokens_per_second=tokens / wall if wall else None,
-        sources={name: SourceReport.from_dict(report) for name, report in stats.items()},
+        sources=reports,
         log_history=[entry for entry in trainer.state.log_history if "loss" in entry or "held_out_loss" in entry],
     )
 
 
-def _rows_per_epoch(recipe: Recipe, phase: PhaseConfig, mixture, tokenizer, folder: PhaseFolder) -> int | None:
-    if "epochs" not in phase.length:
-        return None
-    with PartialState().main_process_first():  # one process counts; the others read its answer
-        if folder.epoch_rows_json.exists():
-            return EpochRows.load(folder.epoch_rows_json).rows
-        log.info("phase %s: counting the rows of one epoch (a pass over its sources)", phase.name)
-        rows, tokens = count_rows(
-            mixture, tokenizer, recipe.max_seq_length, recipe.data.pack_open_rows, recipe.data.tokenize_batch
+def _source_reports(store: Store, names: list[str], rows: PhaseIndex, trained_rows: int) -> dict[str, SourceReport]:
+    """What the store holds of each of the phase's sources, and how many passes over it the phase started."""
+    reports = {}
+    for source, name in enumerate(names):
+        recorded = store.manifest.sources[name]
+        reports[name] = SourceReport(
+            documents_per_pass=recorded.documents["train"],
+            held_out_per_pass=recorded.documents["held_out"],
+            skipped_per_pass=recorded.skipped,
+            first_pass_complete=True,
+            passes_started=rows.passes_started(source, trained_rows),
         )
-        run_files.write_json(folder.epoch_rows_json, EpochRows(rows, tokens).to_dict())
-        return rows
+    return reports
 
 
 def save_for_transformers(trainer: Trainer, tokenizer, folder: Path):

@@ -1,7 +1,7 @@
 """Phases turned into numbers: optimizer steps, learning-rate schedule, masking probability.
 
-Everything here is a pure function of the recipe (and, for epoch-length phases, of the number of
-packed rows in one pass over the phase's sources), so a resumed run recomputes the same plan.
+Everything here is a pure function of the recipe (and, for epoch-length phases, of the number of packed
+rows the phase's epochs hold, which the row index gives), so a resumed run recomputes the same plan.
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ class PhasePlan:
         }
 
 
-def plan_phase(recipe: Recipe, index: int, rows_per_epoch: int | None = None) -> PhasePlan:
-    """Steps and schedule of phase `index`. Epoch-length phases need `rows_per_epoch` (from a counting pass)."""
+def plan_phase(recipe: Recipe, index: int, epoch_rows: int | None = None) -> PhasePlan:
+    """Steps and schedule of phase `index`. Epoch-length phases need `epoch_rows`: the rows their epochs
+    hold (modeling.data.rows.PhaseIndex.rows_in_epochs)."""
     phase: PhaseConfig = recipe.phases[index]
     rows_per_step = recipe.batch.rows_per_step(recipe.max_seq_length)
     tokens_per_step = rows_per_step * recipe.max_seq_length
@@ -66,9 +67,9 @@ def plan_phase(recipe: Recipe, index: int, rows_per_epoch: int | None = None) ->
     elif unit == "tokens":
         steps = math.ceil(amount / tokens_per_step)
     else:
-        if rows_per_epoch is None:
-            raise ValueError(f"phase '{phase.name}': epochs need the number of rows per epoch")
-        steps = int(amount * rows_per_epoch) // rows_per_step  # whole steps only; the remainder is not trained
+        if epoch_rows is None:
+            raise ValueError(f"phase '{phase.name}': epochs need the number of rows of its epochs")
+        steps = epoch_rows // rows_per_step  # whole steps only; the remainder is not trained
     steps = max(1, steps)
 
     schedule = phase.schedule

@@ -12,7 +12,17 @@ from dataclasses import dataclass, field
 
 from modeling.common.records import Record
 from modeling.common.run_files import PretrainingRun
-from modeling.data.mixture import SourceReport
+
+
+@dataclass
+class SourceReport(Record):
+    """What the store holds of a source (prepared once; every pass over it finds the same)."""
+
+    documents_per_pass: int = 0  # training documents
+    held_out_per_pass: int = 0
+    skipped_per_pass: dict[str, int] = field(default_factory=dict)  # reason -> documents
+    first_pass_complete: bool = False
+    passes_started: int = 0  # epochs of the phase that read from it
 
 
 @dataclass

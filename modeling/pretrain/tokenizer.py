@@ -1,5 +1,6 @@
 """The tokenizer a recipe asks for: loaded (a Hub id or folder), or a byte-level BPE one with ModernBERT's
-special tokens, trained on the first phase's sources and cached by what it was trained on."""
+special tokens, trained on the training documents of the first phase's sources (never on held-out ones)
+and cached by what it was trained on. `train_mlm.py prepare` puts it in the token store."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from modeling.common import run_files
 from modeling.common.errors import ConfigError
 from modeling.data.sources import SkipLog, iter_documents
+from modeling.data.store import is_held_out
 from modeling.pretrain.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -46,12 +48,13 @@ def build_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
 
 def trained_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
     """A BPE tokenizer trained on the first phase's sources, cached by what it was trained on."""
-    specs = [recipe.sources[name] for name in recipe.phases[0].sources]
+    specs = [recipe.sources[name] for name in recipe.phases[0].source_names()]
     settings = {
         "sources": [repr(spec) for spec in specs],
         "vocab_size": recipe.tokenizer.train_vocab_size,
         "max_documents": recipe.tokenizer.train_max_documents,
         "max_seq_length": recipe.max_seq_length,
+        "held_out_excluded": recipe.holdout.fraction,
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "tokenizers" / key
@@ -66,7 +69,9 @@ def trained_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
     )
     skips = SkipLog()
     per_source = max(1, recipe.tokenizer.train_max_documents // len(specs))
-    texts = itertools.chain.from_iterable(itertools.islice(iter_documents(spec, skips), per_source) for spec in specs)
+    fraction = recipe.holdout.fraction
+    training = ((text for text in iter_documents(spec, skips) if not is_held_out(text, fraction)) for spec in specs)
+    texts = itertools.chain.from_iterable(itertools.islice(documents, per_source) for documents in training)
     tokenizer = train_bpe_tokenizer(texts, recipe.tokenizer.train_vocab_size, recipe.max_seq_length)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with run_files.atomic_folder(folder) as tmp:  # a killed run never leaves a half-written tokenizer in the cache

@@ -257,6 +257,7 @@ def training_arguments(recipe: Recipe, plan: PhasePlan, phase: PhaseFolder, accu
         eval_strategy="no",
         prediction_loss_only=True,
         remove_unused_columns=False,
+        train_sampling_strategy="sequential",  # the row index is already the phase's order
         dataloader_num_workers=recipe.data.workers,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,

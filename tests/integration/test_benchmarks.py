@@ -68,11 +68,12 @@ def test_flops_formula_counts_the_real_architecture():
     assert data_pipeline.flops_per_token(8192) > data_pipeline.flops_per_token(1024) > no_attention_no_decoder
 
 
-def test_data_pipeline_child_streams_a_corpus(tmp_path, tiny_tokenizer):
+def test_data_pipeline_child_prepares_and_reads_a_corpus(tmp_path, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(tmp_path / "tok")
     data_pipeline.write_corpus(tmp_path / "c.jsonl", synthetic_documents(50, seed=3), 200)
     run = data_pipeline.run_child(tmp_path / "c.jsonl", 128, str(tmp_path / "tok"))
-    assert run["documents"] == 200 and run["tokens"] > 200 and run["peak_rss_mb"] > 0 and run["cpu_seconds"] > 0
+    assert run["documents"] == 200 and run["tokens"] > 200 and run["peak_rss_mb"] > 0
+    assert run["prepare_cpu_seconds"] > 0 and run["read_cpu_seconds"] > 0
 
 
 def test_scaling_sweeps_time_every_point(tiny_tokenizer):

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from helpers import SCRIPT, TWO_PROCESSES, phase_weights, script_env, train, write_recipe
+from helpers import SCRIPT, TWO_PROCESSES, phase_weights, script_env, synthetic_documents, train, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +172,11 @@ def test_resume_skips_an_incomplete_checkpoint_and_matches(tmp_path, finished_ru
 
 def test_two_processes_under_accelerate(tmp_path):
     recipe = write_recipe(tmp_path, **{"phases.0.length.steps": 3, "phases.1.length": {"steps": 2}, "logging.steps": 1})
+    refused = subprocess.run(
+        [*TWO_PROCESSES, SCRIPT, str(recipe)], capture_output=True, text=True, env=script_env(tmp_path), cwd=tmp_path
+    )
+    assert refused.returncode != 0 and "prepare it first with `python train_mlm.py prepare RECIPE`" in refused.stderr
+    train(tmp_path, "prepare", recipe, "--num_proc", 2)  # several processes never prepare: the store comes first
     result = subprocess.run(
         [*TWO_PROCESSES, SCRIPT, str(recipe)],
         capture_output=True,
@@ -299,3 +304,42 @@ def test_a_single_cpu_process_under_accelerate_launch_uses_every_core(monkeypatc
         assert torch.get_num_threads() == len(os.sched_getaffinity(0))
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_killed_prepare_continues_to_the_store_an_uninterrupted_one_makes(tmp_path):
+    """kill -9 once the first part is written, prepare again: the same shards, byte for byte."""
+    corpus = tmp_path / "many"
+    corpus.mkdir()
+    for f in range(6):
+        (corpus / f"notes{f}.txt").write_text("\n".join(synthetic_documents(3000, seed=f)) + "\n")
+    changes = {"sources.notes": {"path": str(corpus / "*.txt"), "format": "text"}, "store.part_mb": 1}
+    checksums = {}
+    for name in ("killed", "whole"):
+        folder = tmp_path / name
+        folder.mkdir()
+        recipe = write_recipe(folder, **changes)
+        if name == "killed":
+            process = subprocess.Popen(
+                [sys.executable, SCRIPT, "prepare", str(recipe), "--num_proc", "1"],
+                env=script_env(folder),
+                cwd=folder,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            first = folder / "stores" / "tiny" / "notes" / "part-00000.json"
+            deadline = time.time() + 120
+            while not first.exists() and process.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            assert first.exists() and not (folder / "stores" / "tiny" / "manifest.json").exists(), "killed mid-way"
+        result = train(folder, "prepare", recipe, "--num_proc", 2)
+        assert "store:" in result.stdout
+        manifest = json.loads((folder / "stores" / "tiny" / "manifest.json").read_text())
+        checksums[name] = {
+            (source, part["part"], split): shard["sha256"]
+            for source, record in manifest["sources"].items()
+            for part in record["parts"]
+            for split, shard in part["shards"].items()
+        }
+    assert len(checksums["whole"]) >= 8 and checksums["killed"] == checksums["whole"]

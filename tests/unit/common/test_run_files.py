@@ -74,10 +74,9 @@ def test_every_file_has_one_name(tmp_path):
         "training_summary.json",
         "training_curves.png",
     ]
-    assert [p.name for p in (phase.state_json, phase.epoch_rows_json, phase.stream_stats_json, phase.summary_json)] == [
+    assert [p.name for p in (phase.state_json, phase.index_dir, phase.summary_json)] == [
         "phase_state.json",
-        "epoch_rows.json",
-        "stream_stats.json",
+        "index",
         "phase_summary.json",
     ]
     assert PhaseFolder.CHECKPOINT_MARKER == "checkpoint_complete.json"

@@ -41,9 +41,9 @@ def test_length_in_tokens_steps_and_epochs(tmp_path):
     recipe = _recipe(tmp_path, "--phases.0.length", "{tokens: 10000}")
     assert plan_phase(recipe, 0).steps == math.ceil(10000 / (8 * 128))
     assert plan_phase(_recipe(tmp_path, "--phases.0.length", "{steps: 7}"), 0).steps == 7
-    assert plan_phase(recipe, 1, rows_per_epoch=100).steps == 100 // 8
+    assert plan_phase(recipe, 1, epoch_rows=100).steps == 100 // 8
     recipe = _recipe(tmp_path, "--phases.1.length", "{epochs: 2.5}")
-    assert plan_phase(recipe, 1, rows_per_epoch=100).steps == 250 // 8
+    assert plan_phase(recipe, 1, epoch_rows=250).steps == 250 // 8  # rows of its 2.5 epochs
     with pytest.raises(ValueError):
         plan_phase(recipe, 1)
 
@@ -61,7 +61,7 @@ def test_constant_after_warmup(tmp_path):
 
 
 def test_one_minus_sqrt_decay_to_the_minimum_ratio(tmp_path):
-    plan = plan_phase(_recipe(tmp_path), 1, rows_per_epoch=800)  # 100 steps, decay the whole phase
+    plan = plan_phase(_recipe(tmp_path), 1, epoch_rows=800)  # 100 steps, decay the whole phase
     lrs = _lrs(plan)
     assert (plan.warmup_steps, plan.stable_steps, plan.decay_steps) == (0, 0, 100)
     assert lrs[0] == plan.lr
@@ -85,6 +85,6 @@ def test_decay_over_the_last_tokens_and_cosine_with_warmup(tmp_path):
 
 
 def test_masking_ramp_spans_the_phase(tmp_path):
-    plan = plan_phase(_recipe(tmp_path), 1, rows_per_epoch=80)
+    plan = plan_phase(_recipe(tmp_path), 1, epoch_rows=80)
     assert plan.masking.probability(0) == 0.3
     assert plan.masking.probability(plan.steps * plan.rows_per_step - 1) == pytest.approx(0.15)

@@ -1,0 +1,234 @@
+"""A phase's rows, built on demand from the token store by their index: what the Trainer's data loader reads.
+
+`PhaseIndex` holds the row indexes of a phase (one per epoch in natural proportion, one for a weighted
+phase), built from document lengths (modeling.data.index) and kept in the phase folder so a resume finds
+them at once. `PhaseRows` is a map-style dataset: row i is read from memory-mapped shards by whichever
+process and data loader worker asks for it, so each rank reads only its own rows and a resume skips rows
+by index arithmetic, reading nothing before the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from modeling.common import run_files
+from modeling.data.index import PhaseDocuments, RowIndex, epoch_index, pack_pieces, pieces, seeded, weighted_index
+from modeling.data.packing import PackedRow
+from modeling.data.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class PhaseIndex:
+    """The row indexes of one phase, built when first needed and cached in `cache_dir` (any process may
+    write a cache file; they are written atomically and all writers write the same bytes)."""
+
+    def __init__(
+        self,
+        store: Store,
+        sources: list[str],
+        weights: list[float] | None,
+        seed: int,
+        phase: str,
+        max_seq_length: int,
+        open_rows: int,
+        cache_dir: Path | None = None,
+    ):
+        self.documents = PhaseDocuments(store, sources)
+        self.weights, self.seed, self.phase = weights, seed, phase
+        self.max_seq_length, self.open_rows, self.cache_dir = max_seq_length, open_rows, cache_dir
+        self.indexes: list[RowIndex] = []  # natural proportion: one per epoch; weighted: one
+        self.firsts: list[int] = [0]  # first row of each index, and one past the last
+
+    def rows_in_epochs(self, epochs: float) -> int:
+        """Rows of the phase's first `epochs` epochs (natural proportion): whole epochs, then a share of the next."""
+        whole = int(epochs)
+        self._build_until_index(whole + (epochs > whole))
+        rows = self.firsts[whole]
+        if epochs > whole:
+            rows += int((epochs - whole) * len(self.indexes[whole]))
+        return rows
+
+    def ensure_rows(self, rows: int) -> None:
+        """Build indexes until the phase holds at least `rows` rows."""
+        if self.weights is not None:
+            if not self.indexes:
+                self._add(self._cached("weighted", lambda: self._weighted(rows)))
+            if self.firsts[-1] < rows:
+                raise ValueError(f"phase {self.phase}: the weighted index holds {self.firsts[-1]} of {rows} rows")
+            return
+        while self.firsts[-1] < rows:
+            self._build_until_index(len(self.indexes) + 1)
+
+    def locate(self, row: int) -> tuple[RowIndex, int]:
+        if row >= self.firsts[-1]:
+            self.ensure_rows(row + 1)
+        which = int(np.searchsorted(self.firsts, row, side="right")) - 1
+        return self.indexes[which], row - self.firsts[which]
+
+    def passes_started(self, source: int, rows: int) -> int:
+        """Passes over a source that the first `rows` rows began: the epochs they reach (natural proportion),
+        or how many times the source's documents were drawn through (weighted)."""
+        self.ensure_rows(rows)
+        if self.weights is None:
+            return max(1, int(np.searchsorted(self.firsts, rows, side="left")))
+        index = self.indexes[0]
+        last_piece = index.row_start[min(rows, len(index))]
+        begun = (index.source[:last_piece] == source) & (index.start[:last_piece] == 0)
+        return max(1, -(-int(begun.sum()) // max(1, int(self.documents.counts()[source]))))
+
+    # -- internals
+
+    def _build_until_index(self, count: int):
+        while len(self.indexes) < count:
+            epoch = len(self.indexes)
+            index = self._cached(f"epoch-{epoch:05d}", lambda e=epoch: self._epoch(e))
+            if not len(index):
+                raise ValueError(f"phase {self.phase}: no training documents to build rows from")
+            self._add(index)
+
+    def _add(self, index: RowIndex):
+        self.indexes.append(index)
+        self.firsts.append(self.firsts[-1] + len(index))
+
+    def _epoch(self, epoch: int) -> RowIndex:
+        started = time.monotonic()
+        index = epoch_index(self.documents, self.seed, self.phase, epoch, self.max_seq_length, self.open_rows)
+        log.info(
+            "phase %s: epoch %d index, %d rows, built in %.1f s",
+            self.phase,
+            epoch,
+            len(index),
+            time.monotonic() - started,
+        )
+        return index
+
+    def _weighted(self, rows: int) -> RowIndex:
+        return weighted_index(
+            self.documents, self.weights, self.seed, self.phase, rows, self.max_seq_length, self.open_rows
+        )
+
+    def _cached(self, name: str, build) -> RowIndex:
+        if self.cache_dir is None:
+            return build()
+        path = self.cache_dir / f"{name}.npz"
+        if path.exists():
+            try:
+                return RowIndex.load(path)
+            except (OSError, ValueError, KeyError):
+                log.warning("%s: unreadable, building the index again", path)
+        index = build()
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with run_files.atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                index.save(handle)
+        return index
+
+
+class PhaseRows(Dataset):
+    """Rows 0 .. `rows` - 1 of a phase. Row i: the pieces its index lists, each `[CLS] tokens [SEP]`."""
+
+    def __init__(self, store_dir: Path | str, index: PhaseIndex, rows: int, cls_id: int, sep_id: int):
+        self.store_dir, self.index, self.rows = str(store_dir), index, rows
+        self.cls_id, self.sep_id = cls_id, sep_id
+        self.sources = index.documents.sources
+        index.ensure_rows(rows)
+        self._splits = None
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, row: int) -> PackedRow:
+        if not 0 <= row < self.rows:
+            raise IndexError(row)
+        if self._splits is None:  # opened in the process that reads (each data loader worker maps the shards)
+            store = Store(self.store_dir)
+            self._splits = [store.split(name) for name in self.sources]
+        index, local = self.index.locate(row)
+        return build_row(index, local, self._splits, self.cls_id, self.sep_id, row)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_splits": None}
+
+
+def build_row(index: RowIndex, local: int, splits, cls_id: int, sep_id: int, row_index: int) -> PackedRow:
+    first, last = index.row_start[local], index.row_start[local + 1]
+    cls, sep = np.array([cls_id], np.int64), np.array([sep_id], np.int64)
+    parts = []
+    for piece in range(first, last):
+        tokens = splits[index.source[piece]].tokens(
+            int(index.document[piece]), int(index.start[piece]), int(index.length[piece])
+        )
+        parts += [cls, tokens.astype(np.int64), sep]
+    return PackedRow(
+        input_ids=np.concatenate(parts) if parts else np.zeros(0, np.int64),
+        doc_lengths=(index.length[first:last] + 2).tolist(),
+        doc_sources=index.source[first:last].tolist(),
+        doc_starts=(index.start[first:last] == 0).tolist(),
+        row_index=row_index,
+    )
+
+
+def held_out_rows(
+    store: Store, sources: list[str], seed: int, phase: str, max_documents: int, max_seq_length: int, open_rows: int
+) -> list[PackedRow]:
+    """The phase's held-out slice: `max_documents` documents drawn uniformly from the held-out documents of
+    all its sources (fixed by the seed and the phase), packed as training packs."""
+    documents = PhaseDocuments(store, sources, split="held_out")
+    counts = documents.counts()
+    total = int(counts.sum())
+    if total == 0:
+        return []
+    chosen = np.sort(seeded(seed, phase, "held-out").choice(total, size=min(max_documents, total), replace=False))
+    bounds = np.cumsum(counts)
+    source = np.searchsorted(bounds, chosen, side="right")
+    document = chosen - (bounds - counts)[source]
+    lengths = np.array([documents.lengths[s][d] for s, d in zip(source, document, strict=True)], dtype=np.int64)
+    index = pack_pieces(
+        *pieces(source.astype(np.int16), document, lengths, max_seq_length - 2), max_seq_length, open_rows
+    )
+    splits = [store.split(name, "held_out") for name in sources]
+    tokenizer_ids = _special_ids(store)
+    return [build_row(index, r, splits, *tokenizer_ids, r) for r in range(len(index))]
+
+
+def _special_ids(store: Store) -> tuple[int, int]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(store.folder.tokenizer_dir)
+    return tokenizer.cls_token_id, tokenizer.sep_token_id
+
+
+class TokenLists:
+    """Documents already tokenized, in memory, read like a store split (benchmarks and tests)."""
+
+    def __init__(self, documents: list):
+        self.documents = [np.asarray(ids, dtype=np.int64) for ids in documents]
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    def lengths(self) -> np.ndarray:
+        return np.array([len(ids) for ids in self.documents], dtype=np.int64)
+
+    def tokens(self, document: int, start: int = 0, length: int | None = None) -> np.ndarray:
+        ids = self.documents[document]
+        return ids[start:] if length is None else ids[start : start + length]
+
+
+def pack_token_lists(
+    documents: list, max_seq_length: int, cls_id: int, sep_id: int, open_rows: int = 64
+) -> list[PackedRow]:
+    """Tokenized documents (in this order) packed as training packs them; rows numbered from 0."""
+    split = TokenLists(documents)
+    lengths = split.lengths()
+    source = np.zeros(len(lengths), dtype=np.int16)
+    index = pack_pieces(
+        *pieces(source, np.arange(len(lengths)), lengths, max_seq_length - 2), max_seq_length, open_rows
+    )
+    return [build_row(index, r, [split], cls_id, sep_id, r) for r in range(len(index))]

@@ -1,0 +1,486 @@
+"""A token store: every source of a recipe read once, split into training and held-out documents, tokenized,
+and kept on disk as Arrow, so training reads token ids instead of parsing and tokenizing again.
+
+    stores/NAME/
+      manifest.json              written last: a store without it is not complete
+      tokenizer/                 the tokenizer the ids belong to (a store is self-sufficient)
+      SOURCE/
+        train-00003.arrow        Arrow IPC stream, one row per document: input_ids list<uint16> (uint32 for
+        held_out-00003.arrow     vocabularies over 65,536), the document's tokens without [CLS]/[SEP]
+        part-00003.json          what part 3 read: files, documents, tokens, skips, the shards' sha256
+      logs/                      the executor's task logs and completion markers
+
+Work is cut into parts: a part is a run of a source's files (about `part_bytes` of input; a larger file is
+a part of its own), so parts, and therefore the store, do not depend on how many processes prepare it. The
+parts run on datatrove's executors: LocalPipelineExecutor with `num_proc` workers on one machine (a killed
+prepare skips the parts it completed), or its Slurm/Ray executors across machines (README). Each part's
+shards and record are written under temporary names and renamed; the manifest is written last, from the
+part records, after every part is complete.
+
+A shard opens with `datasets.Dataset.from_file(path)`; training memory-maps them (`StoreSplit`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from datatrove.executor import LocalPipelineExecutor
+from loguru import logger
+
+from modeling.common import run_files
+from modeling.common.errors import DataError
+from modeling.common.records import Record
+from modeling.data.sources import SkipLog, SourceSpec, iter_file_records, iter_records, resolve_files
+
+log = logging.getLogger(__name__)
+
+STORE_VERSION = 1
+SPLITS = ("train", "held_out")
+TOKENIZE_BATCH = 512  # documents per call to the fast tokenizer
+WRITE_BATCH = 4096  # documents per Arrow record batch
+DEFAULT_PART_BYTES = 256 * 2**20
+
+
+def is_held_out(text: str, fraction: float) -> bool:
+    """Stable across runs, machines and source order: a document is held out by what it says."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < fraction
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass
+class ShardRecord(Record):
+    file: str  # name inside the source's folder
+    documents: int
+    tokens: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class PartRecord(Record):
+    """part-NNNNN.json: one part of a source, prepared."""
+
+    source: str
+    part: int
+    files: list[str]
+    shards: dict[str, ShardRecord]  # train / held_out
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> documents
+
+
+@dataclass
+class FileFingerprint(Record):
+    path: str
+    bytes: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str) -> FileFingerprint:
+        stat = os.stat(path)
+        return cls(path, stat.st_size, stat.st_mtime_ns)
+
+
+@dataclass
+class SourceRecord(Record):
+    spec: dict  # the SourceSpec the store was prepared from
+    files: list[FileFingerprint]  # what was read (empty for a Hugging Face dataset)
+    documents: dict[str, int]  # split -> documents
+    tokens: dict[str, int]  # split -> tokens
+    skipped: dict[str, int]  # reason -> documents
+    parts: list[PartRecord]
+
+
+@dataclass
+class StoreManifest(Record):
+    version: int
+    tokenizer_sha256: str  # tokenizer_fingerprint of the tokenizer in tokenizer/
+    vocab_size: int
+    dtype: str  # of the token ids: uint16 or uint32
+    holdout_fraction: float
+    sources: dict[str, SourceRecord]
+    tokenizer_settings: dict = field(default_factory=dict)  # how the recipe made the tokenizer
+
+    def tokens(self, split: str = "train") -> int:
+        return sum(s.tokens[split] for s in self.sources.values())
+
+
+# ---------------------------------------------------------------- layout
+
+
+class StoreFolder:
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+
+    @property
+    def manifest_json(self) -> Path:
+        return self.folder / "manifest.json"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.folder / "tokenizer"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.folder / "logs"
+
+    def source_dir(self, source: str) -> Path:
+        return self.folder / source
+
+    def shard(self, source: str, split: str, part: int) -> Path:
+        return self.source_dir(source) / f"{split}-{part:05d}.arrow"
+
+    def part_json(self, source: str, part: int) -> Path:
+        return self.source_dir(source) / f"part-{part:05d}.json"
+
+    def is_complete(self) -> bool:
+        return self.manifest_json.exists()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """What makes token ids mean what they mean: the vocabulary, merges, pre-tokenizer and special tokens.
+    The same tokenizer saved twice (or loaded from the Hub and from a folder) has the same fingerprint."""
+    state = {"backend": json.loads(tokenizer.backend_tokenizer.to_str()), "special": tokenizer.special_tokens_map}
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Part:
+    """One unit of work: some files of one source (or a whole Hugging Face dataset)."""
+
+    index: int  # over the whole store: the executor's rank
+    source: str
+    number: int  # within the source
+    files: tuple[str, ...]
+
+
+def plan_parts(specs: list[SourceSpec], part_bytes: int = DEFAULT_PART_BYTES) -> list[Part]:
+    """Each source's files in the order it lists them, cut into runs of about `part_bytes` (compressed files
+    count four times their size); the plan depends on the files only, never on how many processes run it."""
+    parts: list[Part] = []
+    for spec in specs:
+        if spec.format == "hf":
+            parts.append(Part(len(parts), spec.name, 0, ()))
+            continue
+        groups: list[list[str]] = [[]]
+        size = 0
+        for path in map(os.path.abspath, resolve_files(spec)):  # tasks may run in another working directory
+            weight = os.path.getsize(path) * (4 if path.endswith(".gz") else 1)
+            if groups[-1] and size + weight > part_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append(path)
+            size += weight
+        for number, files in enumerate(groups):
+            parts.append(Part(len(parts), spec.name, number, tuple(files)))
+    return parts
+
+
+# ---------------------------------------------------------------- one part
+
+
+class PreparePart:
+    """What each executor task runs: part `rank` of the plan, read, split, tokenized and written."""
+
+    def __init__(self, store: Path, specs: list[SourceSpec], parts: list[Part], holdout_fraction: float):
+        self.store, self.parts, self.holdout_fraction = str(store), parts, holdout_fraction
+        self.specs = {spec.name: spec for spec in specs}
+
+    def __call__(self, data, rank: int = 0, world_size: int = 1):
+        from modeling.common.cli import setup_logging
+
+        setup_logging()  # a task may run in a fresh process
+        part, store = self.parts[rank], StoreFolder(self.store)
+        if not store.part_json(part.source, part.number).exists():  # written last: the part is complete
+            started = time.monotonic()
+            record = prepare_part(store, self.specs[part.source], part, self.holdout_fraction)
+            train = record.shards["train"]
+            log.info(
+                "part %d of %d (%s, %d files): %d documents, %d tokens in %.0f s",
+                rank + 1,
+                world_size,
+                part.source,
+                len(part.files),
+                train.documents,
+                train.tokens,
+                time.monotonic() - started,
+            )
+        return data
+
+
+def prepare_part(store: StoreFolder, spec: SourceSpec, part: Part, holdout_fraction: float) -> PartRecord:
+    from transformers import AutoTokenizer
+
+    from modeling.data.packing import plain_backend
+
+    tokenizer = AutoTokenizer.from_pretrained(store.tokenizer_dir)
+    backend = plain_backend(tokenizer)
+    dtype = pa.uint16() if len(tokenizer) <= 2**16 else pa.uint32()
+    schema = pa.schema([("input_ids", pa.list_(dtype))])
+    skips = SkipLog()
+    records = iter_file_records(spec, list(part.files), skips) if part.files else iter_records(spec, skips)
+    store.source_dir(spec.name).mkdir(parents=True, exist_ok=True)
+    writers = {split: _ShardWriter(store.shard(spec.name, split, part.number), schema) for split in SPLITS}
+    try:
+        batch: list[str] = []
+        for _, text in records:
+            batch.append(text)
+            if len(batch) == TOKENIZE_BATCH:
+                _write_batch(batch, backend, writers, holdout_fraction)
+                batch = []
+        _write_batch(batch, backend, writers, holdout_fraction)
+        shards = {split: writer.close() for split, writer in writers.items()}
+    finally:
+        for writer in writers.values():
+            writer.abort()
+    record = PartRecord(
+        source=spec.name,
+        part=part.number,
+        files=list(part.files),
+        shards=shards,
+        skipped=skips.as_dict().get(spec.name, {}),
+    )
+    run_files.write_json(store.part_json(spec.name, part.number), record.to_dict())
+    return record
+
+
+def _write_batch(texts: list[str], backend, writers: dict, holdout_fraction: float):
+    if not texts:
+        return
+    encoded = backend.encode_batch(texts, add_special_tokens=False)
+    for text, ids in zip(texts, encoded, strict=True):
+        writers["held_out" if is_held_out(text, holdout_fraction) else "train"].add(ids.ids)
+
+
+class _ShardWriter:
+    """Documents into one Arrow shard, under a temporary name until closed."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path, self.schema = path, schema
+        self.tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        self.sink = pa.OSFile(str(self.tmp), "wb")
+        self.writer = pa.ipc.new_stream(self.sink, schema)
+        self.pending: list[list[int]] = []
+        self.documents = self.tokens = 0
+
+    def add(self, ids: list[int]):
+        self.pending.append(ids)
+        self.documents += 1
+        self.tokens += len(ids)
+        if len(self.pending) == WRITE_BATCH:
+            self._flush()
+
+    def _flush(self):
+        if self.pending:
+            column = pa.array(self.pending, type=self.schema.field("input_ids").type)
+            self.writer.write_batch(pa.record_batch([column], schema=self.schema))
+            self.pending = []
+
+    def close(self) -> ShardRecord:
+        self._flush()
+        self.writer.close()
+        self.sink.close()
+        os.replace(self.tmp, self.path)
+        return ShardRecord(self.path.name, self.documents, self.tokens, self.path.stat().st_size, _sha256(self.path))
+
+    def abort(self):
+        """After close, nothing to do; after a failure, the temporary file goes."""
+        if not self.sink.closed:
+            self.sink.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- the whole store
+
+
+def prepare_store(
+    folder: Path | str,
+    specs: list[SourceSpec],
+    holdout_fraction: float,
+    num_proc: int = 1,
+    part_bytes: int = DEFAULT_PART_BYTES,
+    tokenizer_settings: dict | None = None,
+) -> StoreManifest:
+    """Prepare every part not yet prepared (the tokenizer must already be in `folder`/tokenizer), then write
+    the manifest. Safe to run again after a kill: completed parts are kept."""
+    store = StoreFolder(Path(folder).absolute())  # tasks may run in another working directory
+    parts = plan_parts(specs, part_bytes)
+    executor = QuietLocalExecutor(
+        pipeline=[PreparePart(store.folder, specs, parts, holdout_fraction)],
+        tasks=len(parts),
+        workers=max(1, min(num_proc, len(parts))),
+        logging_dir=str(store.logs_dir),
+    )
+    done = sum(store.part_json(p.source, p.number).exists() for p in parts)
+    log.info(
+        "store %s: %d parts of %d sources (%d already prepared), %d processes",
+        store.folder,
+        len(parts),
+        len(specs),
+        done,
+        executor.workers,
+    )
+    logger.disable("datatrove")  # see QuietLocalExecutor
+    try:
+        executor.run()
+    except Exception as error:  # a part's error arrives through the executor's process pool
+        raise _task_error(error) from None
+    finally:
+        logger.enable("datatrove")
+    return write_manifest(store, specs, parts, holdout_fraction, tokenizer_settings or {})
+
+
+class QuietLocalExecutor(LocalPipelineExecutor):
+    """datatrove's local executor, silent: it reports through loguru (an INFO stream per task, and a traceback
+    for an error that the command reports in one line); the parts log through `logging` instead. Each task
+    may run in a fresh process, so the switch is made there too."""
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        logger.disable("datatrove")
+        return super()._run_for_rank(rank, local_rank, node_rank)
+
+
+def _task_error(error: Exception) -> Exception:
+    from modeling.common.errors import UserError
+
+    cause = error
+    while cause is not None and not isinstance(cause, UserError):
+        cause = cause.__cause__ or cause.__context__
+    return cause if cause is not None else error
+
+
+def write_manifest(
+    store: StoreFolder, specs: list[SourceSpec], parts: list[Part], holdout_fraction: float, tokenizer_settings: dict
+) -> StoreManifest:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(store.tokenizer_dir)
+    sources = {}
+    for spec in specs:
+        records = [PartRecord.load(store.part_json(spec.name, p.number)) for p in parts if p.source == spec.name]
+        skipped: dict[str, int] = {}
+        for record in records:
+            for reason, n in record.skipped.items():
+                skipped[reason] = skipped.get(reason, 0) + n
+        files = [FileFingerprint.of(path) for p in parts if p.source == spec.name for path in p.files]
+        sources[spec.name] = SourceRecord(
+            spec=spec_record(spec),
+            files=files,
+            documents={split: sum(r.shards[split].documents for r in records) for split in SPLITS},
+            tokens={split: sum(r.shards[split].tokens for r in records) for split in SPLITS},
+            skipped=skipped,
+            parts=records,
+        )
+    manifest = StoreManifest(
+        version=STORE_VERSION,
+        tokenizer_sha256=tokenizer_fingerprint(tokenizer),
+        vocab_size=len(tokenizer),
+        dtype="uint16" if len(tokenizer) <= 2**16 else "uint32",
+        holdout_fraction=holdout_fraction,
+        sources=sources,
+        tokenizer_settings=tokenizer_settings,
+    )
+    run_files.write_json(store.manifest_json, manifest.to_dict())
+    return manifest
+
+
+def spec_record(spec: SourceSpec) -> dict:
+    """A source's options as the manifest keeps them."""
+    return json.loads(json.dumps(dataclasses.asdict(spec)))
+
+
+# ---------------------------------------------------------------- reading
+
+
+class StoreSplit:
+    """The documents of one source and split, memory-mapped: lengths for planning, token ids for rows."""
+
+    def __init__(self, paths: list[Path]):
+        self.values: list[np.ndarray] = []  # per record batch: every token id, documents one after another
+        self.offsets: list[np.ndarray] = []  # per record batch: where each document starts (one more at the end)
+        for path in paths:
+            try:
+                table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
+            except (pa.ArrowInvalid, OSError) as error:
+                raise DataError(f"{path}: not a readable store shard ({error}); prepare the store again") from None
+            for chunk in table.column("input_ids").chunks:
+                self.values.append(chunk.values.to_numpy(zero_copy_only=True))
+                self.offsets.append(chunk.offsets.to_numpy(zero_copy_only=True))
+        counts = [len(offsets) - 1 for offsets in self.offsets]
+        self.first = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])  # first document of each batch
+
+    def __len__(self) -> int:
+        return int(self.first[-1])
+
+    def lengths(self) -> np.ndarray:
+        """Tokens of every document, in order."""
+        if not self.offsets:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.diff(offsets).astype(np.int64) for offsets in self.offsets])
+
+    def tokens(self, document: int, start: int = 0, length: int | None = None) -> np.ndarray:
+        batch = int(np.searchsorted(self.first, document, side="right")) - 1
+        offsets = self.offsets[batch]
+        begin, end = offsets[document - self.first[batch]], offsets[document - self.first[batch] + 1]
+        stop = end if length is None else min(end, begin + start + length)
+        return self.values[batch][begin + start : stop]
+
+
+class Store:
+    """An opened, checked store."""
+
+    def __init__(self, folder: Path | str):
+        self.folder = StoreFolder(folder)
+        if not self.folder.is_complete():
+            raise DataError(f"{self.folder.folder}: no store there (no manifest.json); prepare it first")
+        self.manifest = StoreManifest.load(self.folder.manifest_json)
+        self._splits: dict[tuple[str, str], StoreSplit] = {}
+
+    def split(self, source: str, split: str = "train") -> StoreSplit:
+        if source not in self.manifest.sources:
+            raise DataError(
+                f"{self.folder.folder}: holds no source '{source}' (it holds {', '.join(self.manifest.sources)}); "
+                "prepare the store again for this recipe"
+            )
+        key = (source, split)
+        if key not in self._splits:
+            shards = [
+                self.folder.source_dir(source) / p.shards[split].file for p in self.manifest.sources[source].parts
+            ]
+            for shard, part in zip(shards, self.manifest.sources[source].parts, strict=True):
+                expected = part.shards[split].bytes
+                if not shard.exists() or shard.stat().st_size != expected:
+                    found = f"{shard.stat().st_size} bytes" if shard.exists() else "missing"
+                    raise DataError(f"{shard}: {found}, the manifest says {expected} bytes; prepare the store again")
+            self._splits[key] = StoreSplit(shards)
+        return self._splits[key]
+
+    def verify(self) -> None:
+        """Every shard's checksum against the manifest (reads the whole store)."""
+        for name, source in self.manifest.sources.items():
+            for part in source.parts:
+                for shard in part.shards.values():
+                    path = self.folder.source_dir(name) / shard.file
+                    if not path.exists() or _sha256(path) != shard.sha256:
+                        raise DataError(f"{path}: does not match its checksum in the manifest; prepare the store again")

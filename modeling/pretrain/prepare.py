@@ -1,0 +1,138 @@
+"""`train_mlm.py prepare`: a recipe's sources into its token store, once; and the check that a store is the
+one a recipe needs before training reads it.
+
+    python train_mlm.py prepare RECIPE [--num_proc N] [--rebuild] [--key.path VALUE ...]
+
+The tokenizer comes first (trained on training documents only, or the recipe's own), then every source the
+phases read (modeling.data.store). A store matches a recipe when it holds the same tokenizer (by
+fingerprint), the same held-out fraction and the same source options; when a source's files are on this
+machine they must also be the files the store was prepared from (names, sizes, modification times). Where
+the files are not on this machine the store alone is trusted: a store prepared on one machine trains on
+another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from modeling.common import run_files
+from modeling.common.errors import ConfigError, DataError
+from modeling.data.sources import resolve_files
+from modeling.data.store import (
+    FileFingerprint,
+    Store,
+    StoreFolder,
+    prepare_store,
+    spec_record,
+    tokenizer_fingerprint,
+)
+from modeling.pretrain.recipe import Recipe
+from modeling.pretrain.tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def prepare(recipe: Recipe, num_proc: int | None = None, rebuild: bool = False) -> Store:
+    """The recipe's store, prepared where missing (or all over again with `rebuild`), and checked."""
+    folder = StoreFolder(recipe.store_dir())
+    if rebuild and folder.folder.exists():
+        log.info("store %s: removing it to prepare it again", folder.folder)
+        shutil.rmtree(folder.folder)
+    if folder.is_complete():
+        store = open_store(recipe)
+        log.info("store %s: complete, %s training tokens", folder.folder, f"{store.manifest.tokens():,}")
+        return store
+    folder.folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(recipe)
+    if folder.tokenizer_dir.exists():  # a prepare that was killed: continue only with the same tokenizer
+        kept = AutoTokenizer.from_pretrained(folder.tokenizer_dir)
+        if tokenizer_fingerprint(kept) != tokenizer_fingerprint(tokenizer):
+            raise ConfigError(
+                f"store.path={folder.folder}: a partial store made with another tokenizer; "
+                "pass --rebuild to prepare it again, or choose another store.path"
+            )
+    else:
+        with run_files.atomic_folder(folder.tokenizer_dir) as tmp:
+            tokenizer.save_pretrained(tmp)
+    prepare_store(
+        folder.folder,
+        recipe.used_sources(),
+        recipe.holdout.fraction,
+        num_proc=num_proc or len(os.sched_getaffinity(0)),
+        part_bytes=recipe.store.part_mb * 2**20,
+        tokenizer_settings=tokenizer_settings(recipe),
+    )
+    return open_store(recipe)
+
+
+def tokenizer_settings(recipe: Recipe) -> dict:
+    """What decides the tokenizer: a trained one's settings, or the name of the one loaded."""
+    if recipe.tokenizer.train_vocab_size:
+        return {
+            "train_vocab_size": recipe.tokenizer.train_vocab_size,
+            "train_max_documents": recipe.tokenizer.train_max_documents,
+        }
+    return {"path": recipe.tokenizer.path or recipe.model.init}
+
+
+def open_store(recipe: Recipe) -> Store:
+    """The recipe's store, refused with one line when it was made for other sources or another tokenizer."""
+    store = Store(recipe.store_dir())
+    where = f"store {store.folder.folder}"
+    again = "prepare it again (`train_mlm.py prepare RECIPE --rebuild`) or choose another store.path"
+    manifest = store.manifest
+    if manifest.holdout_fraction != recipe.holdout.fraction:
+        raise ConfigError(
+            f"{where}: holds out {manifest.holdout_fraction} of the documents, the recipe "
+            f"{recipe.holdout.fraction}; {again}"
+        )
+    for spec in recipe.used_sources():
+        recorded = manifest.sources.get(spec.name)
+        if recorded is None:
+            raise ConfigError(f"{where}: holds no source '{spec.name}'; {again}")
+        ours = {k: v for k, v in spec_record(spec).items() if k != "path"}
+        theirs = {k: v for k, v in recorded.spec.items() if k != "path"}
+        if ours != theirs:
+            changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+            raise ConfigError(f"{where}: source '{spec.name}' was prepared with other {', '.join(changed)}; {again}")
+        _check_files(where, spec, recorded.files, again)
+    if recipe.tokenizer.train_vocab_size:
+        if manifest.tokenizer_settings != tokenizer_settings(recipe):
+            raise ConfigError(
+                f"{where}: its tokenizer was trained with {manifest.tokenizer_settings}, the recipe asks for "
+                f"{tokenizer_settings(recipe)}; {again}"
+            )
+    else:
+        _check_tokenizer(where, recipe, manifest.tokenizer_sha256, again)
+    return store
+
+
+def _check_files(where: str, spec, recorded: list[FileFingerprint], again: str):
+    if spec.format == "hf":
+        return
+    try:
+        files = resolve_files(spec)
+    except DataError:
+        log.info(
+            "%s: the files of source '%s' are not on this machine; training from the store alone", where, spec.name
+        )
+        return
+    now = [(Path(p).name, f.bytes, f.mtime_ns) for p, f in ((p, FileFingerprint.of(p)) for p in files)]
+    then = [(Path(f.path).name, f.bytes, f.mtime_ns) for f in recorded]
+    if now != then:
+        raise DataError(f"{where}: the files of source '{spec.name}' changed since it was prepared; {again}")
+
+
+def _check_tokenizer(where: str, recipe: Recipe, fingerprint: str, again: str):
+    try:
+        tokenizer = build_tokenizer(recipe)
+    except (OSError, ValueError):  # offline, or not on this machine: the store's own tokenizer is used
+        log.info("%s: the recipe's tokenizer cannot be loaded here; using the store's", where)
+        return
+    if tokenizer_fingerprint(tokenizer) != fingerprint:
+        raise ConfigError(f"{where}: its token ids come from another tokenizer than the recipe's; {again}")
