@@ -119,9 +119,64 @@ def _store(recipe: Recipe, state: PartialState) -> Store:
     return prepare(recipe)
 
 
+@dataclass
+class PhaseSetup:
+    """Everything a phase trains with, before it trains."""
+
+    trainer: PretrainingTrainer
+    plan: PhasePlan
+    rows: PhaseIndex
+    eval_rows: list[PackedRow]
+    folder: PhaseFolder
+
+
 def run_phase(
     recipe: Recipe, index: int, model, tokenizer, store: Store, previous_checkpoint: str | None, resume: bool
 ) -> PhaseSummary:
+    setup = set_up_phase(recipe, index, model, tokenizer, store, previous_checkpoint)
+    trainer, plan, rows, eval_rows, folder = setup.trainer, setup.plan, setup.rows, setup.eval_rows, setup.folder
+    phase, names = recipe.phases[index], recipe.phases[index].source_names()
+
+    checkpoint = last_complete_checkpoint(folder) if resume else None
+    if checkpoint and folder.state_json.exists():
+        state = PhaseState.load(folder.state_json)
+        trainer.restore_progress(checkpoint)
+        log.info("phase %s: resuming from %s", phase.name, checkpoint)
+    else:
+        if folder.checkpoints_dir.exists() and PartialState().is_main_process:
+            shutil.rmtree(folder.checkpoints_dir)  # a phase killed before its first checkpoint starts over
+        state = PhaseState(trainer.evaluate(metric_key_prefix="held_out")["held_out_loss"])
+        if trainer.args.should_save:
+            run_files.write_json(folder.state_json, state.to_dict())
+        checkpoint = None
+    trainer.session_start = time.monotonic()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    wall = trainer.wall_time()
+    held_out_end = trainer.evaluate(metric_key_prefix="held_out")["held_out_loss"]
+
+    final_checkpoint = last_complete_checkpoint(folder)
+    save_for_transformers(trainer, tokenizer, folder.folder)
+    reports = _source_reports(store, names, rows, plan.steps * plan.rows_per_step)
+    summary = _phase_summary(recipe, plan, trainer, reports, eval_rows, state.held_out_loss_start, held_out_end, wall)
+    summary.final_checkpoint, summary.model_dir = final_checkpoint, str(folder.folder)
+    if trainer.args.should_save:
+        run_files.write_json(folder.summary_json, summary.to_dict())
+    log.info(
+        "phase %s done: held-out loss %.4f -> %.4f, %d tokens in %.0f s (%.0f tokens/s)",
+        phase.name,
+        state.held_out_loss_start,
+        held_out_end,
+        summary.tokens,
+        wall,
+        summary.tokens / max(wall, 1e-9),
+    )
+    return summary
+
+
+def set_up_phase(
+    recipe: Recipe, index: int, model, tokenizer, store: Store, previous_checkpoint: str | None
+) -> PhaseSetup:
+    """The phase's plan, rows and Trainer (tests read the Trainer's data loader from here)."""
     phase = recipe.phases[index]
     folder = PretrainingRun(recipe.output_dir).phase(phase.name)
     folder.folder.mkdir(parents=True, exist_ok=True)
@@ -196,40 +251,7 @@ def run_phase(
         phase=phase.name,
         carry_optimizer_from=None if phase.reset_optimizer else previous_checkpoint,
     )
-    checkpoint = last_complete_checkpoint(folder) if resume else None
-    if checkpoint and folder.state_json.exists():
-        state = PhaseState.load(folder.state_json)
-        trainer.restore_progress(checkpoint)
-        log.info("phase %s: resuming from %s", phase.name, checkpoint)
-    else:
-        if folder.checkpoints_dir.exists() and PartialState().is_main_process:
-            shutil.rmtree(folder.checkpoints_dir)  # a phase killed before its first checkpoint starts over
-        state = PhaseState(trainer.evaluate(metric_key_prefix="held_out")["held_out_loss"])
-        if trainer.args.should_save:
-            run_files.write_json(folder.state_json, state.to_dict())
-        checkpoint = None
-    trainer.session_start = time.monotonic()
-    trainer.train(resume_from_checkpoint=checkpoint)
-    wall = trainer.wall_time()
-    held_out_end = trainer.evaluate(metric_key_prefix="held_out")["held_out_loss"]
-
-    final_checkpoint = last_complete_checkpoint(folder)
-    save_for_transformers(trainer, tokenizer, folder.folder)
-    reports = _source_reports(store, names, rows, plan.steps * plan.rows_per_step)
-    summary = _phase_summary(recipe, plan, trainer, reports, eval_rows, state.held_out_loss_start, held_out_end, wall)
-    summary.final_checkpoint, summary.model_dir = final_checkpoint, str(folder.folder)
-    if trainer.args.should_save:
-        run_files.write_json(folder.summary_json, summary.to_dict())
-    log.info(
-        "phase %s done: held-out loss %.4f -> %.4f, %d tokens in %.0f s (%.0f tokens/s)",
-        phase.name,
-        state.held_out_loss_start,
-        held_out_end,
-        summary.tokens,
-        wall,
-        summary.tokens / max(wall, 1e-9),
-    )
-    return summary
+    return PhaseSetup(trainer, plan, rows, eval_rows, folder)
 
 
 def last_complete_checkpoint(folder: PhaseFolder) -> str | None:

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from helpers import SCRIPT, TWO_PROCESSES, phase_weights, script_env, synthetic_documents, train, write_recipe
+from helpers import ROOT, SCRIPT, TWO_PROCESSES, phase_weights, script_env, synthetic_documents, train, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -343,3 +343,38 @@ def test_a_killed_prepare_continues_to_the_store_an_uninterrupted_one_makes(tmp_
             for split, shard in part["shards"].items()
         }
     assert len(checksums["whole"]) >= 8 and checksums["killed"] == checksums["whole"]
+
+
+def test_global_batches_and_masks_are_the_same_with_one_and_two_processes(tmp_path):
+    """Step k trains the same rows, masked the same, whether one process accumulates two micro-batches or
+    two processes take one each (each process reading only its own rows)."""
+    recipe = write_recipe(tmp_path, **{"phases.0.length.steps": 3})
+    train(tmp_path, "prepare", recipe)
+    script = str(ROOT / "tests" / "batches_seen.py")
+    env = {**script_env(tmp_path), "PYTHONPATH": str(ROOT)}
+    for launch, out in (([sys.executable], "one"), (TWO_PROCESSES, "two")):
+        result = subprocess.run(
+            [*launch, script, str(recipe), str(tmp_path / out), "3"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    def steps(prefix: str, processes: int) -> list[list]:
+        runs = [json.loads((tmp_path / f"{prefix}.{rank}.json").read_text()) for rank in range(processes)]
+        per_step = []
+        for step in range(3):
+            rows = []
+            for run in runs:
+                start = step * run["accumulation"]
+                for batch in run["batches"][start : start + run["accumulation"]]:
+                    rows += [json.dumps(row) for row in batch]
+            per_step.append(sorted(rows))
+        return per_step
+
+    one, two = steps("one", 1), steps("two", 2)
+    assert all(len(step) == 8 for step in one) and one == two
+    assert one[0] != one[1], "steps differ from each other"
