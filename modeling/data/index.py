@@ -135,6 +135,13 @@ class PhaseDocuments:
         self.sources = sources
         self.lengths = [store.split(name, split).lengths() for name in sources]
 
+    @classmethod
+    def of_lengths(cls, lengths: dict[str, np.ndarray]) -> PhaseDocuments:
+        """Documents known by their lengths only (benchmarks and tests of the index)."""
+        documents = cls.__new__(cls)
+        documents.sources, documents.lengths = list(lengths), [np.asarray(v, dtype=np.int64) for v in lengths.values()]
+        return documents
+
     def counts(self) -> np.ndarray:
         return np.array([len(lengths) for lengths in self.lengths], dtype=np.int64)
 

@@ -240,28 +240,34 @@ def prepare_part(store: StoreFolder, spec: SourceSpec, part: Part, holdout_fract
     schema = pa.schema([("input_ids", pa.list_(dtype))])
     skips = SkipLog()
     records = iter_file_records(spec, list(part.files), skips) if part.files else iter_records(spec, skips)
-    store.source_dir(spec.name).mkdir(parents=True, exist_ok=True)
-    writers = {split: _ShardWriter(store.shard(spec.name, split, part.number), schema) for split in SPLITS}
     try:
-        batch: list[str] = []
-        for _, text in records:
-            batch.append(text)
-            if len(batch) == TOKENIZE_BATCH:
-                _write_batch(batch, backend, writers, holdout_fraction)
-                batch = []
-        _write_batch(batch, backend, writers, holdout_fraction)
-        shards = {split: writer.close() for split, writer in writers.items()}
-    finally:
-        for writer in writers.values():
-            writer.abort()
-    record = PartRecord(
-        source=spec.name,
-        part=part.number,
-        files=list(part.files),
-        shards=shards,
-        skipped=skips.as_dict().get(spec.name, {}),
-    )
-    run_files.write_json(store.part_json(spec.name, part.number), record.to_dict())
+        store.source_dir(spec.name).mkdir(parents=True, exist_ok=True)
+        writers = {split: _ShardWriter(store.shard(spec.name, split, part.number), schema) for split in SPLITS}
+        try:
+            batch: list[str] = []
+            for _, text in records:
+                batch.append(text)
+                if len(batch) == TOKENIZE_BATCH:
+                    _write_batch(batch, backend, writers, holdout_fraction)
+                    batch = []
+            _write_batch(batch, backend, writers, holdout_fraction)
+            shards = {split: writer.close() for split, writer in writers.items()}
+        finally:
+            for writer in writers.values():
+                writer.abort()
+        record = PartRecord(
+            source=spec.name,
+            part=part.number,
+            files=list(part.files),
+            shards=shards,
+            skipped=skips.as_dict().get(spec.name, {}),
+        )
+        run_files.write_json(store.part_json(spec.name, part.number), record.to_dict())
+    except OSError as error:  # the disk filled up, the folder went away ...: reading errors are DataErrors
+        raise DataError(
+            f"{store.source_dir(spec.name)}: cannot write the store ({error.strerror or error}); the parts already "
+            "finished are kept: fix this and run prepare again"
+        ) from None
     return record
 
 
@@ -348,7 +354,12 @@ def prepare_store(
         raise _task_error(error) from None
     finally:
         logger.enable("datatrove")
-    return write_manifest(store, specs, parts, holdout_fraction, tokenizer_settings or {})
+    try:
+        return write_manifest(store, specs, parts, holdout_fraction, tokenizer_settings or {})
+    except OSError as error:
+        raise DataError(
+            f"{store.manifest_json}: cannot write it ({error.strerror or error}); run prepare again"
+        ) from None
 
 
 class QuietLocalExecutor(LocalPipelineExecutor):

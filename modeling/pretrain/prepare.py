@@ -25,8 +25,10 @@ from modeling.common.errors import ConfigError, DataError
 from modeling.data.sources import resolve_files
 from modeling.data.store import (
     FileFingerprint,
+    PreparePart,
     Store,
     StoreFolder,
+    plan_parts,
     prepare_store,
     spec_record,
     tokenizer_fingerprint,
@@ -47,6 +49,31 @@ def prepare(recipe: Recipe, num_proc: int | None = None, rebuild: bool = False) 
         store = open_store(recipe)
         log.info("store %s: complete, %s training tokens", folder.folder, f"{store.manifest.tokens():,}")
         return store
+    _with_tokenizer(recipe)
+    prepare_store(
+        folder.folder,
+        recipe.used_sources(),
+        recipe.holdout.fraction,
+        num_proc=num_proc or len(os.sched_getaffinity(0)),
+        part_bytes=recipe.store.part_mb * 2**20,
+        tokenizer_settings=tokenizer_settings(recipe),
+    )
+    return open_store(recipe)
+
+
+def store_pipeline(recipe: Recipe) -> tuple[list, int]:
+    """For running the parts on several machines with another datatrove executor (Slurm, Ray): puts the
+    tokenizer in the store, then returns (pipeline, tasks) for the executor. When every task is done,
+    `train_mlm.py prepare RECIPE` finds every part prepared and writes the manifest."""
+    folder = _with_tokenizer(recipe)
+    specs = recipe.used_sources()
+    parts = plan_parts(specs, recipe.store.part_mb * 2**20)
+    return [PreparePart(folder.folder.absolute(), specs, parts, recipe.holdout.fraction)], len(parts)
+
+
+def _with_tokenizer(recipe: Recipe) -> StoreFolder:
+    """The store's folder, holding the recipe's tokenizer (trained now if the recipe trains one)."""
+    folder = StoreFolder(recipe.store_dir())
     folder.folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(recipe)
     if folder.tokenizer_dir.exists():  # a prepare that was killed: continue only with the same tokenizer
@@ -57,17 +84,12 @@ def prepare(recipe: Recipe, num_proc: int | None = None, rebuild: bool = False) 
                 "pass --rebuild to prepare it again, or choose another store.path"
             )
     else:
-        with run_files.atomic_folder(folder.tokenizer_dir) as tmp:
-            tokenizer.save_pretrained(tmp)
-    prepare_store(
-        folder.folder,
-        recipe.used_sources(),
-        recipe.holdout.fraction,
-        num_proc=num_proc or len(os.sched_getaffinity(0)),
-        part_bytes=recipe.store.part_mb * 2**20,
-        tokenizer_settings=tokenizer_settings(recipe),
-    )
-    return open_store(recipe)
+        try:
+            with run_files.atomic_folder(folder.tokenizer_dir) as tmp:
+                tokenizer.save_pretrained(tmp)
+        except OSError as error:
+            raise DataError(f"{folder.tokenizer_dir}: cannot write it ({error.strerror or error})") from None
+    return folder
 
 
 def tokenizer_settings(recipe: Recipe) -> dict:

@@ -79,10 +79,8 @@ def test_collate_numbers_documents_and_restarts_positions():
     assert batch["source_tokens"].tolist() == [[3, 4], [0, 3]]
 
 
-class _Documents(PhaseDocuments):
-    def __init__(self, counts):
-        self.sources = [f"s{i}" for i in range(len(counts))]
-        self.lengths = [np.full(n, 10) for n in counts]
+def _Documents(counts):
+    return PhaseDocuments.of_lengths({f"s{i}": np.full(n, 10) for i, n in enumerate(counts)})
 
 
 def test_natural_proportion_draws_every_document_once_per_epoch_in_a_new_order():

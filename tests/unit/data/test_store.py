@@ -163,3 +163,41 @@ def test_epochs_reshuffle_and_the_held_out_slice_is_a_fixed_uniform_sample(tmp_p
     again = held_out_rows(store, ["notes", "abstracts"], 1, "p", 10, 64, 8)
     assert [r.input_ids.tolist() for r in held] == [r.input_ids.tolist() for r in again]
     assert all(r.input_ids[0] == cls and r.input_ids[-1] == sep for r in held)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_that_counts(tmp_path, tiny_tokenizer):
+    import subprocess
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        specs = _corpus(tmp_path, files=3, per_file=2000)
+        tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
+        shutil.copytree(tmp_path / "tokenizer", disk / "store" / "tokenizer")
+        full = r"store/notes: cannot write the store \(.*No space left on device\)"
+        with pytest.raises(DataError, match=full) as raised:
+            prepare_store(disk / "store", specs, FRACTION, part_bytes=4000)
+        assert "\n" not in str(raised.value)
+        assert not (disk / "store" / "manifest.json").exists() and not list(disk.rglob("*.tmp"))
+        for record in (disk / "store").rglob("part-*.json"):  # a part that finished is whole
+            for shard in json.loads(record.read_text())["shards"].values():
+                assert (record.parent / shard["file"]).stat().st_size == shard["bytes"]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_hugging_face_dataset_is_streamed_once_into_the_store(tmp_path, tiny_tokenizer):
+    folder = tmp_path / "hub_dataset"  # load_dataset(folder) as load_dataset("org/name") would be read
+    folder.mkdir()
+    texts = synthetic_documents(200, seed=4)
+    (folder / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    store = _store(tmp_path, tiny_tokenizer, [SourceSpec("hub", str(folder), "hf")])
+    record = store.manifest.sources["hub"]
+    assert len(record.parts) == 1 and record.files == []
+    assert record.documents["train"] + record.documents["held_out"] == 200
+    assert record.tokens["train"] == sum(
+        len(tiny_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts if not is_held_out(t, FRACTION)
+    )

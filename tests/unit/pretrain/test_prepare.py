@@ -75,3 +75,21 @@ def test_rebuild_prepares_the_store_again(prepared):
 def test_a_recipe_still_setting_retired_keys_is_told_why(tmp_path):
     with pytest.raises(ConfigError, match="data.shuffle_buffer: no longer a setting .* permutation of the whole"):
         load_recipe(write_recipe(tmp_path), parse_overrides(["--data.shuffle_buffer", "100"]))
+
+
+def test_parts_run_by_another_executor_are_found_by_prepare(tmp_path, monkeypatch):
+    """The multi-machine path: the pipeline runs on a datatrove executor (here its local one with two
+    workers, standing in for Slurm or Ray); prepare then finds every part done and writes the manifest."""
+    from datatrove.executor import LocalPipelineExecutor
+
+    from modeling.pretrain.prepare import store_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    recipe = _recipe(write_recipe(tmp_path))
+    pipeline, tasks = store_pipeline(recipe)
+    assert tasks == 2  # one part per source at this size
+    LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=2, logging_dir=str(tmp_path / "logs")).run()
+    parts = sorted(p.name for p in (tmp_path / "stores" / "tiny").rglob("part-*.json"))
+    assert parts == ["part-00000.json", "part-00000.json"] and not (tmp_path / "stores/tiny/manifest.json").exists()
+    store = prepare(recipe, num_proc=1)
+    assert store.manifest.sources["notes"].documents["train"] > 300
