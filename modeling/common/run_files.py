@@ -15,7 +15,8 @@ Pretraining run (`train_mlm.py`), `output_dir/`:
     tensorboard/PHASE/              TensorBoard events (when logging.report_to names tensorboard)
     PHASE/                          the phase's model: a stock transformers folder (safetensors)
     PHASE/phase_state.json          held-out loss measured before the phase's first step (a resume reads it)
-    PHASE/index/                    the phase's row indexes (epoch-N.npz, or weighted.npz): rebuilt if missing
+    PHASE/index/                    the phase's row indexes (epoch-N-KEY.npz, weighted-KEY.npz; KEY: the settings they
+                                    were built with): rebuilt if missing
     PHASE/phase_summary.json        written when the phase is done; its presence marks the phase complete
     PHASE/checkpoints/checkpoint-N/ resumable Trainer checkpoint; complete once checkpoint_complete.json is in it
 

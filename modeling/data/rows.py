@@ -9,6 +9,8 @@ by index arithmetic, reading nothing before the checkpoint.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -42,6 +44,18 @@ class PhaseIndex:
         self.documents = PhaseDocuments(store, sources)
         self.weights, self.seed, self.phase = weights, seed, phase
         self.max_seq_length, self.open_rows, self.cache_dir = max_seq_length, open_rows, cache_dir
+        # A cached index is used only by the same settings over the same documents.
+        settings = [
+            sources,
+            weights,
+            seed,
+            phase,
+            max_seq_length,
+            open_rows,
+            store.manifest.tokenizer_sha256,
+            [len(lengths) for lengths in self.documents.lengths],
+        ]
+        self.key = hashlib.blake2b(json.dumps(settings).encode(), digest_size=6).hexdigest()
         self.indexes: list[RowIndex] = []  # natural proportion: one per epoch; weighted: one
         self.firsts: list[int] = [0]  # first row of each index, and one past the last
 
@@ -116,7 +130,7 @@ class PhaseIndex:
     def _cached(self, name: str, build) -> RowIndex:
         if self.cache_dir is None:
             return build()
-        path = self.cache_dir / f"{name}.npz"
+        path = self.cache_dir / f"{name}-{self.key}.npz"
         if path.exists():
             try:
                 return RowIndex.load(path)
