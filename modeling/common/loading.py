@@ -1,13 +1,70 @@
-"""Loading checkpoints the safe way: safetensors only, stock transformers classes only."""
+"""Loading checkpoints the safe way: no code from a model folder ever runs, weights from safetensors only,
+stock transformers classes only.
+
+Every config, tokenizer and model the project loads goes through here. Each load passes
+`trust_remote_code=False`, so transformers never asks "run the custom code? [y/N]": a local folder whose
+config or tokenizer config names custom code (`auto_map`) is refused before transformers reads it, and a
+Hub repository that needs custom code fails in transformers and is reported in one line.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from modeling.common.attention import DOCUMENT_SDPA, register_document_sdpa
 from modeling.common.errors import ConfigError
 
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+CONFIG_FILES = ("config.json", "tokenizer_config.json", "adapter_config.json")
+
+
+def refuse_remote_code(path: str | Path) -> None:
+    """A local folder that asks for custom code is refused; nothing in it is imported."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return
+    for name in CONFIG_FILES:
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            settings = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{file}: not readable JSON ({error})") from None
+        if isinstance(settings, dict) and settings.get("auto_map"):
+            names = ", ".join(sorted(settings["auto_map"])) if isinstance(settings["auto_map"], dict) else "custom code"
+            raise ConfigError(
+                f"{file}: asks for custom code ({names} in auto_map), which this project never runs; "
+                "use a checkpoint of a model transformers ships (ModernBERT, BERT, ...)"
+            )
+
+
+def _remote_code_error(path, error: Exception) -> Exception:
+    text = str(error)
+    if "trust_remote_code" in text:
+        return ConfigError(f"{path}: needs custom code (trust_remote_code), which this project never runs")
+    return error
+
+
+def load_config(path: str, **kwargs):
+    from transformers import AutoConfig
+
+    refuse_remote_code(path)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=False, **kwargs)
+    except ValueError as error:
+        raise _remote_code_error(path, error) from None
+
+
+def load_tokenizer(path: str | Path, **kwargs):
+    from transformers import AutoTokenizer
+
+    refuse_remote_code(path)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
+    except ValueError as error:
+        raise _remote_code_error(path, error) from None
 
 
 def load_pretrained(
@@ -16,6 +73,7 @@ def load_pretrained(
     """`auto_class.from_pretrained` from safetensors only, unless `allow_pickle`: pickle weights
     (pytorch_model.bin, *.pt) can run arbitrary code while they are unpickled. `flag` is how the
     calling command lets a user allow them, for the error message."""
+    refuse_remote_code(path)
     if not allow_pickle and Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
         pickles = sorted(p.name for pattern in PICKLE_PATTERNS for p in Path(path).glob(pattern))
         if pickles:
@@ -26,10 +84,14 @@ def load_pretrained(
     if kwargs.get("attn_implementation") == DOCUMENT_SDPA:
         register_document_sdpa()
     try:
-        return auto_class.from_pretrained(path, use_safetensors=None if allow_pickle else True, **kwargs)
+        return auto_class.from_pretrained(
+            path, use_safetensors=None if allow_pickle else True, trust_remote_code=False, **kwargs
+        )
     except OSError as error:
         if not allow_pickle and "safetensors" in str(error):
             raise ConfigError(
                 f"{path}: no safetensors weights ({error}); pickle weights are loaded only with {flag}"
             ) from None
         raise
+    except ValueError as error:
+        raise _remote_code_error(path, error) from None

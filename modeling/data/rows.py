@@ -19,6 +19,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from modeling.common import run_files
+from modeling.common.loading import load_tokenizer
 from modeling.data.index import PhaseDocuments, RowIndex, epoch_index, pack_pieces, pieces, seeded, weighted_index
 from modeling.data.packing import PackedRow
 from modeling.data.store import Store
@@ -212,9 +213,7 @@ def held_out_rows(
 
 
 def _special_ids(store: Store) -> tuple[int, int]:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(store.folder.tokenizer_dir)
+    tokenizer = load_tokenizer(store.folder.tokenizer_dir)
     return tokenizer.cls_token_id, tokenizer.sep_token_id
 
 

@@ -38,6 +38,7 @@ from loguru import logger
 
 from modeling.common import run_files
 from modeling.common.errors import DataError
+from modeling.common.loading import load_tokenizer
 from modeling.common.records import Record
 from modeling.data.sources import SkipLog, SourceSpec, iter_file_records, iter_records, resolve_files
 
@@ -230,11 +231,9 @@ class PreparePart:
 
 
 def prepare_part(store: StoreFolder, spec: SourceSpec, part: Part, holdout_fraction: float) -> PartRecord:
-    from transformers import AutoTokenizer
-
     from modeling.data.packing import plain_backend
 
-    tokenizer = AutoTokenizer.from_pretrained(store.tokenizer_dir)
+    tokenizer = load_tokenizer(store.tokenizer_dir)
     backend = plain_backend(tokenizer)
     dtype = pa.uint16() if len(tokenizer) <= 2**16 else pa.uint32()
     schema = pa.schema([("input_ids", pa.list_(dtype))])
@@ -384,9 +383,8 @@ def _task_error(error: Exception) -> Exception:
 def write_manifest(
     store: StoreFolder, specs: list[SourceSpec], parts: list[Part], holdout_fraction: float, tokenizer_settings: dict
 ) -> StoreManifest:
-    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(store.tokenizer_dir)
+    tokenizer = load_tokenizer(store.tokenizer_dir)
     sources = {}
     for spec in specs:
         records = [PartRecord.load(store.part_json(spec.name, p.number)) for p in parts if p.source == spec.name]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, set_seed
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, set_seed
 
 from modeling.common.errors import ConfigError
-from modeling.common.loading import load_pretrained
+from modeling.common.loading import load_config, load_pretrained
 from modeling.common.run_files import TaskRun
 from modeling.finetune.config import TaskConfig
 
@@ -29,7 +29,7 @@ def build_task_model(task: TaskConfig, seed: int):
     set_seed(seed)  # the new head's initialisation depends on the seed
     try:
         if task.random_init:
-            config = AutoConfig.from_pretrained(task.model, **options)
+            config = load_config(task.model, **options)
             model = auto.from_config(config, attn_implementation=task.attn_implementation)
         else:
             model = load_pretrained(
@@ -85,7 +85,7 @@ def check_model_exists(model: str) -> None:
 
 def max_length_for(task: TaskConfig, tokenizer) -> int:
     """The config's max_length, else the model's (8192 for ModernBERT)."""
-    positions = AutoConfig.from_pretrained(task.model).max_position_embeddings
+    positions = load_config(task.model).max_position_embeddings
     limit = min(positions, tokenizer.model_max_length) if tokenizer.model_max_length < 10**9 else positions
     if task.max_length and task.max_length > positions:
         raise ConfigError(f"max_length={task.max_length}: above the model's {positions} positions")

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModel, AutoModelForSequenceClassification
 
 from modeling.common.attention import packed_attention_kwargs
 from modeling.common.errors import ConfigError
-from modeling.common.loading import load_pretrained
+from modeling.common.loading import load_config, load_pretrained, load_tokenizer
 from modeling.data.packing import PackedRow, collate_rows, plain_backend
 
 POOLINGS = ("mean", "cls")
@@ -118,7 +118,7 @@ class NoteEncoder:
     ) -> NoteEncoder:
         """A sequence classifier when the folder's config says so, else the bare encoder (AutoModel;
         an MLM checkpoint such as a pretraining phase loads as one)."""
-        architectures = AutoConfig.from_pretrained(path).architectures or []
+        architectures = load_config(path).architectures or []
         auto = (
             AutoModelForSequenceClassification
             if any("SequenceClassification" in a for a in architectures)
@@ -127,7 +127,7 @@ class NoteEncoder:
         model = load_pretrained(
             auto, path, allow_pickle, flag="--allow_pickle", attn_implementation=attn_implementation, dtype=dtype
         )
-        return cls(model.to(device), AutoTokenizer.from_pretrained(path), **kwargs)
+        return cls(model.to(device), load_tokenizer(path), **kwargs)
 
     @torch.inference_mode()
     def encode(

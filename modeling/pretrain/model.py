@@ -9,12 +9,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModelForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
+from transformers import AutoModelForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
 
 from modeling.common.attention import DOCUMENT_SDPA, register_document_sdpa
 from modeling.common.errors import ConfigError
-from modeling.common.loading import load_pretrained
+from modeling.common.loading import load_config, load_pretrained
 from modeling.pretrain.recipe import Recipe
+
+
+def check_model_config(recipe: Recipe) -> None:
+    """Every `model.config` key is a field of ModernBertConfig (a typo would silently give the default)."""
+    import inspect
+
+    from transformers import PreTrainedConfig
+
+    known = set(inspect.signature(ModernBertConfig.__init__).parameters) - {"self", "kwargs"}
+    known |= set(PreTrainedConfig().to_dict())
+    for key in recipe.model.config or {}:
+        if key not in known:
+            close = sorted(k for k in known if k.split("_")[0] == str(key).split("_")[0])[:5]
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"model.config.{key}: not a ModernBertConfig field{hint}")
 
 
 def build_model(recipe: Recipe, tokenizer) -> ModernBertForMaskedLM:
@@ -25,7 +40,7 @@ def build_model(recipe: Recipe, tokenizer) -> ModernBertForMaskedLM:
             AutoModelForMaskedLM, spec.init, spec.allow_pickle, attn_implementation=spec.attn_implementation
         )
     else:
-        base = AutoConfig.from_pretrained(spec.init).to_dict() if spec.init else {}
+        base = load_config(spec.init).to_dict() if spec.init else {}
         fields = {**base, **spec.config}
         fields.setdefault("vocab_size", _round_up(len(tokenizer), 64))
         fields.update(

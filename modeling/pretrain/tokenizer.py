@@ -11,10 +11,11 @@ import logging
 import os
 from pathlib import Path
 
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from modeling.common import run_files
 from modeling.common.errors import ConfigError
+from modeling.common.loading import load_tokenizer
 from modeling.data.sources import SkipLog, iter_documents
 from modeling.data.store import is_held_out
 from modeling.pretrain.recipe import Recipe
@@ -43,7 +44,7 @@ def build_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
         raise ConfigError(
             "tokenizer.path: a fresh model needs a tokenizer: give tokenizer.path or tokenizer.train_vocab_size"
         )
-    return AutoTokenizer.from_pretrained(path)
+    return load_tokenizer(path)
 
 
 def trained_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
@@ -60,7 +61,7 @@ def trained_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
     folder = cache_dir() / "tokenizers" / key
     if (folder / "tokenizer.json").exists():
         log.info("tokenizer: reusing %s", folder)
-        return AutoTokenizer.from_pretrained(folder)
+        return load_tokenizer(folder)
     log.info(
         "tokenizer: training a %d-token BPE vocabulary on up to %d documents of %s",
         recipe.tokenizer.train_vocab_size,
@@ -76,7 +77,7 @@ def trained_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with run_files.atomic_folder(folder) as tmp:  # a killed run never leaves a half-written tokenizer in the cache
         tokenizer.save_pretrained(tmp)
-    return AutoTokenizer.from_pretrained(folder)
+    return load_tokenizer(folder)
 
 
 def train_bpe_tokenizer(texts, vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
