@@ -70,7 +70,7 @@ def finetune(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(finetune, argv)
+    return run_command(finetune, argv, lambda argv: "run the same command again: finished runs are reused")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 from modeling.common.cli import run_command
 from modeling.common.config import parse_overrides
 from modeling.common.errors import ConfigError
+from modeling.common.run_files import PretrainingRun
 from modeling.common.runtime import is_main_process
 from modeling.pretrain.recipe import describe_recipe_fields, load_recipe
 
@@ -85,7 +86,8 @@ def train(argv: list[str]) -> int:
                 f"{phase.wall_time_s:>10.0f}{phase.tokens_per_second:>10.0f}"
             )
         print(f"\nsummary: {recipe.output_dir}/training_summary.json   plot: {recipe.output_dir}/{summary.plot}")
-        print("models:  " + "  ".join(phase.model_dir for phase in summary.phases))
+        run = PretrainingRun(recipe.output_dir)
+        print("models:  " + "  ".join(run.resolve(phase.model_dir) for phase in summary.phases))
     return 0
 
 
@@ -98,8 +100,16 @@ def _pusher(recipe):
     return lambda folder, phase, last: push_phase(folder, phase, recipe.hub, last)
 
 
+def next_step(argv: list[str]) -> str:
+    """What to run after an interruption: prepare keeps its finished parts; training resumes."""
+    if argv and argv[0] == "prepare":
+        return "run the same prepare again: the parts already prepared are kept"
+    again = " ".join(["accelerate launch train_mlm.py", *argv, *([] if "--resume" in argv else ["--resume"])])
+    return f"continue with: {again}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_command(train, argv)
+    return run_command(train, argv, next_step)
 
 
 if __name__ == "__main__":

@@ -122,8 +122,10 @@ def read_yaml(path: Path, what: str, shipped_dir: Path, shipped: str = "shipped"
         raise ConfigError(f"{path}: {what} not found ({shipped}: {names})")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{path}{yaml_error(e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of {settings}, got {type(raw).__name__}")
     return raw
@@ -147,8 +149,31 @@ def parse_overrides(args: list[str]) -> list[tuple[str, object]]:
                 raise ConfigError(f"{arg}: missing value")
             key, value = arg[2:], args[i + 1]
             i += 2
-        pairs.append((key, yaml.safe_load(value) if value != "" else None))
+        try:
+            pairs.append((key, yaml.safe_load(value) if value != "" else None))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--{key} {value!r}: not a valid YAML value ({yaml_error(e, where=False)})") from None
     return pairs
+
+
+def yaml_error(error: yaml.YAMLError, where: bool = True) -> str:
+    """':LINE:COLUMN: not valid YAML (the problem)' from PyYAML's several-line message."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    cause = f"{context}, {problem}" if context else problem
+    if not where:
+        return cause
+    place = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    return f"{place}: not valid YAML ({cause})"
+
+
+def folder_name(key: str, name) -> None:
+    """Names that become folder names (runs, phases, tasks) stay inside their parent folder."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{key}={name!r}: give a name")
+    if "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise ConfigError(f"{key}={name!r}: becomes a folder name, so it cannot hold / or \\ or start with a dot")
 
 
 def apply_override(raw: dict, dotted: str, value):

@@ -36,10 +36,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def not_a_file(key: str, folder: Path) -> None:
+    """A folder a command writes into must not be an existing file; checked before any work."""
+    from modeling.common.errors import ConfigError
+
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{key}={folder}: is a file, not a folder; choose a folder to write into")
+
 
 # ---------------------------------------------------------------- atomic writes
 
@@ -120,8 +130,41 @@ class PretrainingRun(_Folder):
     def phase(self, name: str) -> PhaseFolder:
         return PhaseFolder(self.folder / name)
 
-    def holds_a_run(self) -> bool:
-        return self.folder.exists() and any(self.folder.iterdir())
+    def has_progress(self) -> bool:
+        """A run started training here: a summary, or a phase that measured its held-out loss or saved a
+        checkpoint. (A folder with only recipe.json is a run that stopped before training, on a mistake
+        found late: a corrected rerun may start over.)"""
+        if not self.folder.is_dir():
+            return False
+        if self.summary_json.exists():
+            return True
+        return any(
+            (d / PhaseFolder.state_json.name).exists() or (d / PhaseFolder.checkpoints_dir.name).exists()
+            for d in self.folder.iterdir()
+            if d.is_dir()
+        )
+
+    def relative(self, path: Path | str | None) -> str | None:
+        """A path inside the run as recorded: relative to the run folder, so a moved run still finds it."""
+        if path is None:
+            return None
+        return os.path.relpath(Path(path).absolute(), self.folder.absolute())
+
+    def resolve(self, recorded: str | None) -> str | None:
+        """A recorded path back to a path here. Runs recorded before paths were relative hold absolute ones:
+        used where they exist, else looked up by their last parts inside this run (a moved run)."""
+        if recorded is None:
+            return None
+        path = Path(recorded)
+        if not path.is_absolute():
+            return str(self.folder / path)
+        if path.exists():
+            return str(path)
+        for depth in range(1, len(path.parts)):
+            candidate = self.folder.joinpath(*path.parts[-depth:])
+            if candidate.exists():
+                return str(candidate)
+        return str(path)
 
 
 class PhaseFolder(_Folder):
@@ -171,3 +214,69 @@ class InferenceOutputs(_Folder):
     embeddings_safetensors = _File("embeddings.safetensors")
     notes_jsonl = _File("notes.jsonl")
     predictions_jsonl = _File("predictions.jsonl")
+
+
+# ---------------------------------------------------------------- one writer per run
+
+
+class RunLock:
+    """`.lock` in a run folder: one process trains or resumes into a folder at a time. A lock left by a
+    process that is no longer running (killed) is recognised and taken over."""
+
+    def __init__(self, folder: Path | str):
+        self.path = Path(folder) / ".lock"
+        self.held = False
+
+    def acquire(self) -> str | None:
+        """None once the lock is held; else why it cannot be (another live process holds it)."""
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None or (holder.get("host") == me["host"] and not _alive(holder.get("pid"))):
+                    logging.getLogger(__name__).warning(
+                        "%s: left by process %s, which is no longer running; taking it over",
+                        self.path,
+                        holder.get("pid") if holder else "?",
+                    )
+                    self.path.unlink(missing_ok=True)
+                    continue
+                where = "" if holder.get("host") == me["host"] else f" on {holder.get('host')}"
+                return (
+                    f"{self.path.parent}: process {holder.get('pid')}{where} is training into it (its lock is "
+                    f"{self.path}); wait for it to end, or remove the lock if that process is gone"
+                )
+            with os.fdopen(descriptor, "w") as handle:
+                json.dump(me, handle)
+            self.held = True
+            return None
+        return f"{self.path}: cannot take the lock"
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def _holder(self) -> dict | None:
+        try:
+            holder = json.loads(self.path.read_text())
+            return holder if isinstance(holder, dict) else None
+        except (OSError, ValueError):
+            return None  # empty or cut short: its writer died while writing it
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -18,10 +18,9 @@ import os
 import shutil
 from pathlib import Path
 
-from transformers import AutoTokenizer
-
 from modeling.common import run_files
 from modeling.common.errors import ConfigError, DataError
+from modeling.common.loading import load_tokenizer
 from modeling.data.sources import resolve_files
 from modeling.data.store import (
     FileFingerprint,
@@ -41,6 +40,7 @@ log = logging.getLogger(__name__)
 
 def prepare(recipe: Recipe, num_proc: int | None = None, rebuild: bool = False) -> Store:
     """The recipe's store, prepared where missing (or all over again with `rebuild`), and checked."""
+    run_files.not_a_file("store.path", recipe.store_dir())
     folder = StoreFolder(recipe.store_dir())
     if rebuild and folder.folder.exists():
         log.info("store %s: removing it to prepare it again", folder.folder)
@@ -77,7 +77,7 @@ def _with_tokenizer(recipe: Recipe) -> StoreFolder:
     folder.folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(recipe)
     if folder.tokenizer_dir.exists():  # a prepare that was killed: continue only with the same tokenizer
-        kept = AutoTokenizer.from_pretrained(folder.tokenizer_dir)
+        kept = load_tokenizer(folder.tokenizer_dir)
         if tokenizer_fingerprint(kept) != tokenizer_fingerprint(tokenizer):
             raise ConfigError(
                 f"store.path={folder.folder}: a partial store made with another tokenizer; "

@@ -17,6 +17,7 @@ from modeling.common.config import (
     build,
     choice,
     describe_fields,
+    folder_name,
     numbers,
     option,
     positive,
@@ -167,6 +168,7 @@ class PhaseConfig:
     def validate(self, key: str, source_names: set[str]):
         if not self.name:
             raise ConfigError(f"{key}.name: every phase needs a name")
+        folder_name(f"{key}.name", self.name)
         if not self.sources:
             raise ConfigError(f"{key}.sources: list at least one source (declared under `sources`)")
         names = self.sources if isinstance(self.sources, list) else list(self.sources)
@@ -320,6 +322,7 @@ class Recipe:
     def validate(self):
         if not self.name or not self.output_dir:
             raise ConfigError("recipe: `name` and `output_dir` are required")
+        folder_name("name", self.name)
         self.model.validate("model")
         self.tokenizer.validate("tokenizer")
         positive("max_seq_length", self.max_seq_length)

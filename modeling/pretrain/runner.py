@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import PartialState
-from transformers import AutoTokenizer, Trainer, set_seed
+from accelerate.utils import broadcast_object_list
+from transformers import Trainer, set_seed
 
 from modeling.common import run_files
 from modeling.common.errors import ConfigError, DataError
+from modeling.common.loading import load_tokenizer
 from modeling.common.records import Record
 from modeling.common.run_files import PhaseFolder, PretrainingRun
 from modeling.common.runtime import join_processes
@@ -27,10 +29,10 @@ from modeling.data.packing import PackedRow
 from modeling.data.rows import PhaseIndex, PhaseRows, held_out_rows
 from modeling.data.store import Store, StoreFolder
 from modeling.pretrain.masking import MLMCollator
-from modeling.pretrain.model import build_model, reload_phase_model
+from modeling.pretrain.model import build_model, check_model_config, reload_phase_model
 from modeling.pretrain.plot import plot_training
 from modeling.pretrain.prepare import open_store, prepare
-from modeling.pretrain.recipe import Recipe
+from modeling.pretrain.recipe import Recipe, recipe_from_dict
 from modeling.pretrain.schedules import MaskingSchedule, PhasePlan, plan_phase
 from modeling.pretrain.summary import (
     HeldOutRecord,
@@ -40,7 +42,7 @@ from modeling.pretrain.summary import (
     SourceReport,
     TrainingSummary,
 )
-from modeling.pretrain.trainer import PretrainingTrainer, trainer_callbacks, training_arguments
+from modeling.pretrain.trainer import CheckpointMarker, PretrainingTrainer, trainer_callbacks, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -58,27 +60,56 @@ class PhaseState(Record):
 def run(recipe: Recipe, resume: bool = False, on_phase_end: PhaseEndHook | None = None) -> TrainingSummary:
     """Train every phase of the recipe; returns the training summary."""
     state = join_processes()
+    check_model_config(recipe)  # before minutes of preparing a store
+    run_files.not_a_file("output_dir", Path(recipe.output_dir))
+    run_files.not_a_file("store.path", recipe.store_dir())
     run_folder = PretrainingRun(recipe.output_dir)
-    holds_a_run = run_folder.holds_a_run()
-    state.wait_for_everyone()  # every process has looked before the main one writes
-    if holds_a_run and not resume:
-        raise ConfigError(
+    lock = run_files.RunLock(run_folder.folder)
+    problem = _start_problem(recipe, resume, run_folder, lock) if state.is_main_process else None
+    problem = broadcast_object_list([problem])[0] if state.num_processes > 1 else problem
+    if problem:
+        raise ConfigError(problem)
+    try:
+        return _run(recipe, resume, on_phase_end, state, run_folder)
+    finally:
+        if state.is_main_process:
+            lock.release()
+
+
+def _start_problem(recipe: Recipe, resume: bool, run_folder: PretrainingRun, lock) -> str | None:
+    """Why this run may not start (None: it may; the lock is then held): another run's folder without
+    --resume, a recipe that is not the run's, or another process training into the folder."""
+    if run_folder.has_progress() and not resume:
+        return (
             f"output_dir={run_folder.folder}: already holds a run; pass --resume to continue it, "
             "or choose another output_dir"
         )
+    if resume and run_folder.recipe_json.exists():
+        recorded = recipe_from_dict(run_files.read_json(run_folder.recipe_json), validate=False)
+        changed = recipe_differences(recorded, recipe)
+        if changed:
+            return (
+                f"--resume: the recipe differs from the run's ({run_folder.recipe_json}) in "
+                f"{', '.join(changed)}; resume with the run's settings, or start a new run in another output_dir"
+            )
+    return lock.acquire()
+
+
+def _run(recipe: Recipe, resume: bool, on_phase_end, state: PartialState, run_folder: PretrainingRun):
     store = _store(recipe, state)
-    if state.is_main_process:
-        run_folder.folder.mkdir(parents=True, exist_ok=True)
-        run_files.write_json(run_folder.recipe_json, recipe.to_dict())
     set_seed(recipe.seed)
-    tokenizer = AutoTokenizer.from_pretrained(store.folder.tokenizer_dir)
-    model = build_model(recipe, tokenizer)
+    tokenizer = load_tokenizer(store.folder.tokenizer_dir)
+    model = build_model(recipe, tokenizer)  # a config error found here leaves nothing behind
     log.info(
         "model: %.2fM parameters, %s attention; tokenizer: %d tokens",
         model.num_parameters() / 1e6,
         model.config._attn_implementation,
         len(tokenizer),
     )
+    if state.is_main_process and not (resume and run_folder.recipe_json.exists()):
+        run_folder.folder.mkdir(parents=True, exist_ok=True)
+        run_files.write_json(run_folder.recipe_json, recipe.to_dict())  # a resume never rewrites the record
+    state.wait_for_everyone()
 
     phases: list[PhaseSummary] = []
     previous_checkpoint = None
@@ -88,14 +119,20 @@ def run(recipe: Recipe, resume: bool = False, on_phase_end: PhaseEndHook | None 
         if folder.is_done():
             summary = PhaseSummary.load(folder.summary_json)
             log.info("phase %s: already complete, skipping", phase.name)
+            problem = weights_problem(folder.folder / "model.safetensors")
+            if problem:
+                raise DataError(
+                    f"{folder.folder}: phase '{phase.name}' is marked complete but its {problem}; restore the "
+                    f"folder, or remove {folder.summary_json.name} there to train the phase again from its checkpoints"
+                )
             model = reload_phase_model(folder.folder, recipe)
         else:
             summary = run_phase(recipe, index, model, tokenizer, store, previous_checkpoint, resume)
-        previous_checkpoint = summary.final_checkpoint
+        previous_checkpoint = run_folder.resolve(summary.final_checkpoint)
         phases.append(summary)
         if state.is_main_process:  # one writer: several processes renaming the same temporary file race
             training = TrainingSummary.of_phases(
-                recipe.name, str(run_folder.recipe_json), recipe.max_seq_length, phases, run_folder.plot_png.name
+                recipe.name, run_folder.recipe_json.name, recipe.max_seq_length, phases, run_folder.plot_png.name
             )
             run_files.write_json(run_folder.summary_json, training.to_dict())
             plot_training(run_folder.plot_png, phases)
@@ -103,6 +140,48 @@ def run(recipe: Recipe, resume: bool = False, on_phase_end: PhaseEndHook | None 
                 on_phase_end(run_folder.folder, phase.name, index == len(recipe.phases) - 1)
         state.wait_for_everyone()
     return TrainingSummary.load(run_folder.summary_json)
+
+
+# Settings a resume may change: they change how a run is watched or kept, not what it computes.
+RESUMABLE_CHANGES = (
+    "output_dir",
+    "logging.",
+    "checkpoint.keep",
+    "hub.",
+    "data.workers",
+    "store.path",
+    "sources.*.path",
+)
+
+
+def recipe_differences(recorded: Recipe, current: Recipe) -> list[str]:
+    """Dotted keys whose values differ between two recipes, less the ones a resume may change."""
+    old, new = _flatten(recorded.to_dict()), _flatten(current.to_dict())
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        generic = ".".join(
+            "*" if i == 1 and key.startswith("sources.") else part for i, part in enumerate(key.split("."))
+        )
+        if any(key.startswith(p) or generic.startswith(p) for p in RESUMABLE_CHANGES):
+            continue
+        changed.append(f"{key} ({old.get(key)!r} -> {new.get(key)!r})")
+    return changed
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    if isinstance(value, list) and value and all(isinstance(item, dict) and "name" in item for item in value):
+        out = {}
+        for item in value:  # phases, by name
+            out.update(_flatten(item, f"{prefix}{item['name']}."))
+        return out
+    return {prefix[:-1]: value}
 
 
 def _store(recipe: Recipe, state: PartialState) -> Store:
@@ -158,7 +237,11 @@ def run_phase(
     save_for_transformers(trainer, tokenizer, folder.folder)
     reports = _source_reports(store, names, rows, plan.steps * plan.rows_per_step)
     summary = _phase_summary(recipe, plan, trainer, reports, eval_rows, state.held_out_loss_start, held_out_end, wall)
-    summary.final_checkpoint, summary.model_dir = final_checkpoint, str(folder.folder)
+    run_folder = PretrainingRun(recipe.output_dir)  # recorded relative to it: a moved run still resumes
+    summary.final_checkpoint, summary.model_dir = (
+        run_folder.relative(final_checkpoint),
+        run_folder.relative(folder.folder),
+    )
     if trainer.args.should_save:
         run_files.write_json(folder.summary_json, summary.to_dict())
     log.info(
@@ -255,11 +338,40 @@ def set_up_phase(
 
 
 def last_complete_checkpoint(folder: PhaseFolder) -> str | None:
-    """Newest checkpoint with its completion marker; incomplete ones are skipped with a warning."""
+    """Newest checkpoint whose completion marker and weights read back; others (cut off while saving, or
+    damaged since) are skipped with a warning naming what is wrong."""
     for path in folder.checkpoints():
-        if (path / PhaseFolder.CHECKPOINT_MARKER).exists() and (path / "model.safetensors").exists():
+        problem = _checkpoint_problem(path)
+        if problem is None:
             return str(path)
-        log.warning("checkpoint %s is incomplete (interrupted while saving?); skipping it", path)
+        log.warning("checkpoint %s is incomplete (%s); skipping it", path, problem)
+    return None
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    marker = path / PhaseFolder.CHECKPOINT_MARKER
+    if not marker.exists():
+        return "no completion marker: interrupted while saving?"
+    try:
+        CheckpointMarker.load(marker)
+    except DataError:
+        return f"{marker.name} cannot be read"
+    return weights_problem(path / "model.safetensors")
+
+
+def weights_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be used (missing, cut short, not safetensors), or None."""
+    from safetensors import safe_open
+
+    if not path.exists():
+        return f"no {path.name}"
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            names = list(weights.keys())
+            if names:
+                weights.get_slice(names[-1])[...]  # the last tensor lies at the end of the file
+    except Exception as error:  # safetensors raises its own error types for a damaged file
+        return f"{path.name} cannot be read ({type(error).__name__}: {str(error).splitlines()[0]})"
     return None
 
 
