@@ -10,7 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from modeling.common.config import apply_override, build, choice, describe_fields, option, positive, read_yaml
+from modeling.common.config import (
+    apply_override,
+    build,
+    choice,
+    describe_fields,
+    folder_name,
+    option,
+    positive,
+    read_yaml,
+)
 from modeling.common.errors import ConfigError
 from modeling.finetune.examples import TASK_TYPES, TaskLabels
 from modeling.finetune.loaders import check_data_spec
@@ -128,6 +137,7 @@ class TaskConfig:
     def validate(self):
         if not self.name:
             raise ConfigError("name: a task config needs a name")
+        folder_name("name", self.name)
         choice("task", self.task, TASK_TYPES)
         choice(
             "attn_implementation", self.attn_implementation, ("sdpa", "eager", "flash_attention_2", "flex_attention")

@@ -25,6 +25,9 @@ def check_labels(examples: list[Example], config: TaskConfig, skips: SkipLog) ->
     """Every label must be in the label list; NER tags are checked and BIO-repaired."""
     allowed, kept = set(config.tag_names), []
     for example in examples:
+        if config.task != "ner" and (not isinstance(example.text, str) or not example.text.strip()):
+            bad_record(config.data, skips, config.name, example.id, "empty text")
+            continue
         values = example.tags if config.task == "ner" else example.labels
         unknown = sorted({v for v in values if v not in allowed})
         if config.task == "single_label" and len(values) != 1:

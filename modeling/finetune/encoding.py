@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from tokenizers import Tokenizer
-from transformers import AutoTokenizer
 
+from modeling.common.loading import load_tokenizer
 from modeling.finetune.config import TaskConfig
 from modeling.finetune.examples import Example
 
@@ -27,11 +27,7 @@ def load_task_tokenizer(path: str, task: str):
     space before each pre-split word, as in running text. Without it "took aspirin" split into words
     becomes "took" + "aspirin" instead of "Ġtook" + "Ġaspirin", tokens the model rarely saw mid-sentence;
     transformers 5 stores `add_prefix_space=True` but does not pass it to the backend, so it is set there."""
-    tokenizer = (
-        AutoTokenizer.from_pretrained(path, add_prefix_space=True)
-        if task == "ner"
-        else AutoTokenizer.from_pretrained(path)
-    )
+    tokenizer = load_tokenizer(path, add_prefix_space=True) if task == "ner" else load_tokenizer(path)
     if task == "ner" and tokenizer.is_fast:
         state = json.loads(tokenizer.backend_tokenizer.to_str())
         if _set_prefix_space(state.get("pre_tokenizer")):

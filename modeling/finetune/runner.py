@@ -19,7 +19,7 @@ from transformers import DataCollatorForTokenClassification, DataCollatorWithPad
 
 from modeling.common import run_files
 from modeling.common.errors import ConfigError
-from modeling.common.run_files import TaskResults, TaskRun
+from modeling.common.run_files import TaskResults, TaskRun, not_a_file
 from modeling.common.runtime import join_processes
 from modeling.finetune.config import TaskConfig
 from modeling.finetune.dataset import label_counts, load_task_examples
@@ -46,6 +46,7 @@ class DataSummary:
 def run(task: TaskConfig) -> TaskAggregate:
     """All runs of a task (seeds x learning rates); returns the aggregate over seeds."""
     results = TaskResults(task.results_dir())
+    not_a_file("output_dir", results.folder)
     join_processes()
     check_model_exists(task.model)
     splits, skips = load_task_examples(task)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,15 @@ from modeling.common import run_files
 from modeling.common.errors import ConfigError
 from modeling.common.run_files import PretrainingRun, TaskResults, TaskRun
 from modeling.finetune.config import task_from_dict
-from modeling.finetune.results import MetricStats, RunRecord, TaskAggregate, aggregate_runs, mean_std, metric_table
+from modeling.finetune.results import (
+    MetricStats,
+    RunRecord,
+    TaskAggregate,
+    aggregate_runs,
+    markdown_summary,
+    mean_std,
+    metric_table,
+)
 from modeling.pretrain.recipe import Recipe, recipe_from_dict
 from modeling.pretrain.summary import PhaseSummary, TrainingSummary
 
@@ -250,7 +259,7 @@ def encoder_card(folder: Path, repo_id: str, results: list, revision: str, licen
         model_name=repo_id.split("/")[-1],
         revision=revision,
         parameters=_parameter_count(folder),
-        init=init,
+        init=public_path(init),
         init_is_hub_id=base is not None,
         recipe=recipe,
         config=run_files.read_json(folder / "config.json"),
@@ -266,11 +275,11 @@ def encoder_card(folder: Path, repo_id: str, results: list, revision: str, licen
     )
     card = render("encoder.md", data, context)
     files, left_out = _model_files(folder)
-    files.update({path.name: path for path in (run.summary_json, run.recipe_json)})
+    files.update({path.name: public_json(path) for path in (run.summary_json, run.recipe_json)})
     if (run.folder / summary.plot).exists():
         files["training_curves.png"] = run.folder / summary.plot
     for task, aggregate in _eval_files(own):
-        files.update({f"eval/{task}/{name}": path for name, path in aggregate.items()})
+        files.update({f"eval/{task}/{name}": _public_eval_file(path) for name, path in aggregate.items()})
     files["README.md"] = str(card).encode()
     if not base and init:
         notes.append(f"base_model left out of the metadata: model.init `{init}` is a local folder, not a Hub id")
@@ -474,7 +483,7 @@ def task_card(
         kind=kind,
         record=record,
         aggregate=aggregate,
-        encoder=encoder,
+        encoder=public_path(encoder),
         base_model=base,
         pipeline_tag=pipeline_tag,
         task_type_name=TASK_TYPE_NAMES[record.task_type],
@@ -490,9 +499,13 @@ def task_card(
     if adapter is not None and base:
         adapter = {**adapter, "base_model_name_or_path": base}  # the local training path means nothing to downloaders
         files["adapter_config.json"] = (json.dumps(adapter, indent=2, sort_keys=True) + "\n").encode()
-    files[run.results_json.name] = run.results_json
+    files[run.results_json.name] = public_json(run.results_json)
     files.update(
-        {f"eval/{path.name}": path for path in (results.aggregate_json, results.aggregate_md) if path.exists()}
+        {
+            f"eval/{path.name}": _public_eval_file(path)
+            for path in (results.aggregate_json, results.aggregate_md)
+            if path.exists()
+        }
     )
     if results.plot_png.exists():
         files[results.plot_png.name] = results.plot_png
@@ -514,6 +527,40 @@ def _run_license(encoder: str) -> str | None:
     if recipe.exists():
         return recipe_from_dict(run_files.read_json(recipe), validate=False).hub.license
     return None
+
+
+# ------------------------------------------------------------------------------------ nothing local to the Hub
+
+
+def public_path(value):
+    """A local absolute path (or ~/...) as its last part: the repo keeps file names, not this machine's
+    folders. Anything else (Hub ids, relative names, numbers) as it is."""
+    if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")):
+        return Path(value).name
+    return value
+
+
+def public(value):
+    """`public_path` through a whole JSON document."""
+    if isinstance(value, dict):
+        return {key: public(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [public(item) for item in value]
+    return public_path(value)
+
+
+def public_json(path: Path) -> bytes:
+    return (json.dumps(public(run_files.read_json(path)), indent=2) + "\n").encode()
+
+
+def _public_eval_file(path: Path) -> Path | bytes:
+    """aggregate.json with local paths dropped; aggregate.md written again from it; plots as they are."""
+    if path.suffix == ".json":
+        return public_json(path)
+    if path.suffix == ".md" and path.with_suffix(".json").exists():
+        aggregate = TaskAggregate.from_dict(public(run_files.read_json(path.with_suffix(".json"))))
+        return markdown_summary(aggregate).encode()
+    return path
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -22,6 +22,8 @@ def load_chemprot_tsv(spec: DataSpec, task: TaskLabels, skips: SkipLog) -> list[
         with reading(path), open(path, encoding="utf-8", newline="") as handle:
             rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)  # sentences hold bare quotes
             header = next(rows, None)
+            if header is None:
+                raise DataError(f"{path}: empty file (the {split} split)")
             if header != CHEMPROT_HEADER:
                 raise DataError(f"{path}:1: expected the header {'<TAB>'.join(CHEMPROT_HEADER)}, found {header!r}")
             for row in rows:
@@ -38,4 +40,6 @@ def load_chemprot_tsv(spec: DataSpec, task: TaskLabels, skips: SkipLog) -> list[
                     )
                     continue
                 examples.append(Example(id=where, text=row[1], labels=[row[2]], split=split))
+        if not any(e.split == split for e in examples):
+            raise DataError(f"{path}: no records (the {split} split)")
     return examples

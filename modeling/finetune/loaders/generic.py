@@ -30,9 +30,17 @@ def _records(spec: DataSpec, task: TaskLabels, fmt: str, skips: SkipLog):
             elif fmt == "csv":
                 rows = csv_rows(reader, file, skips, required=[])
             else:
-                rows = ((f"{file}:row {i}", row) for i, row in enumerate(pd.read_parquet(file).to_dict("records")))
+                try:
+                    table = pd.read_parquet(file)
+                except Exception as error:  # pyarrow raises several types for a file that is not Parquet
+                    raise DataError(f"{file}: not a readable Parquet file ({str(error).splitlines()[0]})") from None
+                rows = ((f"{file}:row {i}", row) for i, row in enumerate(table.to_dict("records")))
+            count = 0
             for where, record in rows:
+                count += 1
                 yield split, where, record
+            if count == 0 and split != "all":
+                raise DataError(f"{file}: no records (the {split} split, data.files.{split})")
 
 
 def _examples_from_records(records, spec: DataSpec, task: TaskLabels, skips: SkipLog) -> list[Example]:
@@ -56,12 +64,15 @@ def _examples_from_records(records, spec: DataSpec, task: TaskLabels, skips: Ski
             if spec.text_field not in record:
                 bad_record(spec, skips, task.name, where, f"missing field '{spec.text_field}'")
                 continue
+            text = _plain(record[spec.text_field])
+            if not isinstance(text, str) or not text.strip():
+                what = "null" if text is None or text != text else "empty" if isinstance(text, str) else "not text"
+                bad_record(spec, skips, task.name, where, f"{what} text in field '{spec.text_field}'")
+                continue
             label = _plain(record.get(spec.label_field))
             if isinstance(label, int) and not isinstance(label, bool) and task.type == "single_label":
                 label = task.labels[label] if 0 <= label < len(task.labels) else label
-            example = Example(
-                id=example_id, text=str(record[spec.text_field]), labels=as_label_list(label, spec, where)
-            )
+            example = Example(id=example_id, text=text, labels=as_label_list(label, spec, where))
         example.split = None if split == "all" else split
         examples.append(example)
     return examples
