@@ -67,10 +67,16 @@ def write_recipe(tmp_path: Path, **changes) -> Path:
 
     corpus = tmp_path / "corpus"
     corpus.mkdir(exist_ok=True)
-    (corpus / "notes.txt").write_text("\n".join(synthetic_documents(400, seed=1)) + "\n")
-    (corpus / "abstracts.jsonl").write_text(
-        "\n".join(json.dumps({"text": d}) for d in synthetic_documents(300, seed=2, max_words=60)) + "\n"
-    )
+    # Written only when different, so a run (or a copy of one) keeps the corpus files its store was prepared from.
+    for name, text in (
+        ("notes.txt", "\n".join(synthetic_documents(400, seed=1)) + "\n"),
+        (
+            "abstracts.jsonl",
+            "\n".join(json.dumps({"text": d}) for d in synthetic_documents(300, seed=2, max_words=60)) + "\n",
+        ),
+    ):
+        if not (corpus / name).exists() or (corpus / name).read_text() != text:
+            (corpus / name).write_text(text)
     raw = {
         "name": "tiny",
         "output_dir": str(tmp_path / "out"),

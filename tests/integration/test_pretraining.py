@@ -136,18 +136,30 @@ def test_dataloader_workers_train_exactly_as_the_main_process(tmp_path):
 
 
 def test_incomplete_last_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
+    """Newer checkpoints cut off while saving (no marker, an empty marker) or damaged since (weights cut
+    short) are skipped, each with a warning saying what is wrong; the newest sound one is used."""
+    import torch
+    from safetensors.torch import save_file
+
     from modeling.common.run_files import PhaseFolder
     from modeling.pretrain.runner import last_complete_checkpoint
+    from modeling.pretrain.trainer import CheckpointMarker
 
     folder = tmp_path / "checkpoints"
-    for step, complete in ((3, True), (6, True), (9, False)):
-        (folder / f"checkpoint-{step}").mkdir(parents=True)
-        (folder / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x")
-        if complete:
-            (folder / f"checkpoint-{step}" / "checkpoint_complete.json").write_text("{}")
+    for step in (3, 6, 9, 12, 15):
+        checkpoint = folder / f"checkpoint-{step}"
+        checkpoint.mkdir(parents=True)
+        save_file({"w": torch.arange(64, dtype=torch.float32)}, str(checkpoint / "model.safetensors"))
+        if step != 9:
+            marker = json.dumps(CheckpointMarker(step=step).to_dict())
+            (checkpoint / PhaseFolder.CHECKPOINT_MARKER).write_text("" if step == 15 else marker)
+    weights = folder / "checkpoint-12" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-40])
     with caplog.at_level("WARNING"):
         assert last_complete_checkpoint(PhaseFolder(tmp_path)) == str(folder / "checkpoint-6")
-    assert "checkpoint-9 is incomplete" in caplog.text
+    assert "checkpoint-15 is incomplete (checkpoint_complete.json cannot be read)" in caplog.text
+    assert "checkpoint-12 is incomplete (model.safetensors cannot be read" in caplog.text
+    assert "checkpoint-9 is incomplete (no completion marker" in caplog.text
 
 
 def test_resume_skips_an_incomplete_checkpoint_and_matches(tmp_path, finished_run):
@@ -325,12 +337,15 @@ def test_a_killed_prepare_continues_to_the_store_an_uninterrupted_one_makes(tmp_
                 cwd=folder,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
             first = folder / "stores" / "tiny" / "notes" / "part-00000.json"
             deadline = time.time() + 120
             while not first.exists() and process.poll() is None and time.time() < deadline:
                 time.sleep(0.01)
-            process.send_signal(signal.SIGKILL)
+            # the whole process group, as Slurm or a terminal would: killing only the main process leaves
+            # datatrove's queue-manager process waiting for it forever
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             assert first.exists() and not (folder / "stores" / "tiny" / "manifest.json").exists(), "killed mid-way"
         result = train(folder, "prepare", recipe, "--num_proc", 2)
