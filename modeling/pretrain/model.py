@@ -18,18 +18,41 @@ from modeling.pretrain.recipe import Recipe
 
 
 def check_model_config(recipe: Recipe) -> None:
-    """Every `model.config` key is a field of ModernBertConfig (a typo would silently give the default)."""
+    """Every `model.config` key is one ModernBertConfig reads (a typo would silently give the default).
+    transformers has no list of what a config reads: fields are in its signature, and older names that it
+    still converts (global_attn_every_n_layers -> layer_types, global_rope_theta, ...) are found by whether
+    another value of them changes the config that gets built."""
     import inspect
 
     from transformers import PreTrainedConfig
 
     known = set(inspect.signature(ModernBertConfig.__init__).parameters) - {"self", "kwargs"}
     known |= set(PreTrainedConfig().to_dict())
-    for key in recipe.model.config or {}:
-        if key not in known:
-            close = sorted(k for k in known if k.split("_")[0] == str(key).split("_")[0])[:5]
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"model.config.{key}: not a ModernBertConfig field{hint}")
+    for key, value in (recipe.model.config or {}).items():
+        if key in known or _changes_the_config(key, value):
+            continue
+        close = sorted(k for k in known if k.split("_")[0] == str(key).split("_")[0])[:5]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"model.config.{key}: not a setting ModernBertConfig reads{hint}")
+
+
+def _changes_the_config(key: str, value) -> bool:
+    """Whether ModernBertConfig(key=value) and ModernBertConfig(key=other value) differ beyond the key."""
+    if isinstance(value, bool):
+        other = not value
+    elif isinstance(value, int | float):
+        other = value * 2 + 1
+    elif isinstance(value, str):
+        other = value + "_other"
+    else:
+        other = None if value is not None else 1
+    try:
+        built = [ModernBertConfig(**{key: v}).to_dict() for v in (value, other)]
+    except Exception:  # the config class rejected a value: it reads the key
+        return True
+    for fields in built:
+        fields.pop(key, None)
+    return built[0] != built[1]
 
 
 def build_model(recipe: Recipe, tokenizer) -> ModernBertForMaskedLM:

@@ -59,7 +59,7 @@ RECIPE_CASES = [
     Case(
         "typo in model.config",
         "train",
-        "model.config.hidden_sise: not a ModernBertConfig field",
+        "model.config.hidden_sise: not a setting ModernBertConfig reads",
         changes={"model.config.hidden_sise": 64},
     ),
     Case("masking above 1", "train", "phases.0.masking (start=1.2)", changes={"phases.0.masking": 1.2}),

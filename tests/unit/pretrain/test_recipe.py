@@ -16,8 +16,31 @@ SHIPPED = ["demo", "bioclinical-modernbert-base", "bioclinical-modernbert-large"
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_recipes_load(name):
+    from modeling.pretrain.model import check_model_config
+
     recipe = load_recipe(name)
+    check_model_config(recipe)  # every model.config key is one the config class reads
     assert recipe.phases and recipe.name
+
+
+@pytest.mark.parametrize(
+    "config, refused",
+    [
+        ({"hidden_size": 64, "num_hidden_layers": 2}, None),
+        ({"global_attn_every_n_layers": 2, "global_rope_theta": 80000.0, "local_rope_theta": 1e4}, None),
+        ({"hiden_size": 64}, "model.config.hiden_size: not a setting ModernBertConfig reads"),
+        ({"reference_compile": True}, "model.config.reference_compile: not a setting"),  # transformers drops it
+    ],
+)
+def test_model_config_keys_are_ones_the_config_reads(tmp_path, config, refused):
+    from modeling.pretrain.model import check_model_config
+
+    recipe = load_recipe(write_recipe(tmp_path, **{"model.config": config}))
+    if refused is None:
+        check_model_config(recipe)
+    else:
+        with pytest.raises(ConfigError, match=refused):
+            check_model_config(recipe)
 
 
 def test_reference_recipe_values():
