@@ -270,6 +270,22 @@ class RunLock:
             return None  # empty or cut short: its writer died while writing it
 
 
+def remove_orphaned_temporaries(folder: Path) -> int:
+    """Remove the temporary files (`NAME.PID.tmp`, as the writers here name them) under `folder` whose writer
+    is no longer running on this host: a process killed mid-write (a pool terminated after another task's
+    error, a kill) leaves one. Files of writers still alive are kept. Returns how many went."""
+    removed = 0
+    for path in Path(folder).rglob("*.tmp"):
+        pid = path.name.rsplit(".", 2)[-2] if path.name.count(".") >= 2 else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def _alive(pid) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False

@@ -346,10 +346,13 @@ def prepare_store(
         done,
         executor.workers,
     )
+    run_files.remove_orphaned_temporaries(store.folder)  # left by a prepare that was killed
     logger.disable("datatrove")  # see QuietLocalExecutor
     try:
         executor.run()
     except Exception as error:  # a part's error arrives through the executor's process pool
+        # the pool terminated the other tasks, mid-write perhaps: their temporary shards go too
+        run_files.remove_orphaned_temporaries(store.folder)
         raise _task_error(error) from None
     finally:
         logger.enable("datatrove")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,3 +136,21 @@ def test_optional_mappings_of_records_are_rebuilt():
     aggregate = aggregate_runs([record, other], record.selection_metric)
     again = type(aggregate).from_dict(json.loads(json.dumps(aggregate.to_dict())))
     assert isinstance(next(iter(again.by_lr.values())), LearningRateResult) and again == aggregate
+
+
+def test_temporaries_of_dead_writers_are_removed_and_those_of_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from modeling.common.run_files import remove_orphaned_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has ended
+    (tmp_path / "notes").mkdir()
+    orphan = tmp_path / "notes" / f"train-00000.arrow.{dead_pid}.tmp"
+    live = tmp_path / "notes" / f"train-00001.arrow.{os.getpid()}.tmp"
+    shard = tmp_path / "notes" / "train-00002.arrow"
+    for path in (orphan, live, shard):
+        path.write_bytes(b"x")
+    assert remove_orphaned_temporaries(tmp_path) == 1
+    assert not orphan.exists() and live.exists() and shard.exists()
