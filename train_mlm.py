@@ -78,12 +78,16 @@ def train(argv: list[str]) -> int:
 
     summary = run(recipe, resume=resume, on_phase_end=_pusher(recipe))
     if is_main_process():
-        print(f"\n{'phase':<12}{'tokens':>14}{'held-out loss':>22}{'wall (s)':>10}{'tokens/s':>10}")
+        # the unigram entropy is what a frequency-only model would score on the same held-out text
+        print(
+            f"\n{'phase':<12}{'tokens':>14}{'held-out loss':>22}{'unigram entropy':>17}{'wall (s)':>10}{'tokens/s':>10}"
+        )
         for phase in summary.phases:
             held = phase.held_out
+            entropy = f"{held.unigram_entropy:.3f}" if held.unigram_entropy is not None else "-"
             print(
                 f"{phase.phase:<12}{phase.tokens:>14,}{held.loss_start:>11.3f} -> {held.loss_end:<7.3f}"
-                f"{phase.wall_time_s:>10.0f}{phase.tokens_per_second:>10.0f}"
+                f"{entropy:>17}{phase.wall_time_s:>10.0f}{phase.tokens_per_second:>10.0f}"
             )
         print(f"\nsummary: {recipe.output_dir}/training_summary.json   plot: {recipe.output_dir}/{summary.plot}")
         run = PretrainingRun(recipe.output_dir)

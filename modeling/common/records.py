@@ -8,6 +8,7 @@ dataclass does not (a newer writer) are ignored.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import types
@@ -26,9 +27,16 @@ class Record:
 
     # Required fields that files written by earlier versions lack: field -> what such a file reads back as.
     OLDER_FILES_LACK: ClassVar[dict[str, Callable[[], Any]]] = {}
+    # Optional fields added later: left out while None, so a file from an earlier version, read and written
+    # again, stays byte for byte what it was.
+    OMITTED_WHEN_NONE: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {
+            field.name: _plain(getattr(self, field.name))
+            for field in dataclasses.fields(self)
+            if not (field.name in self.OMITTED_WHEN_NONE and getattr(self, field.name) is None)
+        }
 
     @classmethod
     def from_dict(cls: type[R], data: dict) -> R:
@@ -48,6 +56,19 @@ class Record:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as error:
             raise DataError(f"{path}: not a readable {cls.__name__} ({type(error).__name__}: {error})") from None
+
+
+def _plain(value: Any):
+    """What dataclasses.asdict makes of a value, with nested records written by their own to_dict."""
+    if isinstance(value, Record):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return copy.deepcopy(value)
 
 
 def _convert(hint, value: Any):

@@ -1,4 +1,5 @@
-"""training_curves.png: loss (training and held-out), learning rate and masking rate across the phases.
+"""training_curves.png: loss (training and held-out, with the held-out text's unigram entropy: what a model
+that knew only token frequencies would score), learning rate and masking rate across the phases.
 The x axis is tokens seen, so phases of different batch sizes line up."""
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ def plot_training(path: Path, phases: list[PhaseSummary]) -> Path:
             color=line.get_color(),
             label=f"{phase.phase} held-out ({held.loss_start:.2f} -> {held.loss_end:.2f})",
         )
+        if held.unigram_entropy is not None:  # a frequency-only model's loss on the same held-out text
+            loss_ax.hlines(
+                held.unigram_entropy,
+                offset / 1e6,
+                end / 1e6,
+                colors=line.get_color(),
+                linestyles=":",
+                label=f"{phase.phase} held-out unigram entropy ({held.unigram_entropy:.2f})",
+            )
         lr_ax.plot(x, [e["learning_rate"] for e in train], color=line.get_color())
         mask_ax.plot(x, [e["masking_rate"] for e in train], color=line.get_color())
         for ax in (loss_ax, lr_ax, mask_ax):

@@ -26,7 +26,7 @@ from modeling.common.records import Record
 from modeling.common.run_files import PhaseFolder, PretrainingRun
 from modeling.common.runtime import join_processes
 from modeling.data.packing import PackedRow
-from modeling.data.rows import PhaseIndex, PhaseRows, held_out_rows
+from modeling.data.rows import PhaseIndex, PhaseRows, held_out_rows, unigram_entropy
 from modeling.data.store import Store, StoreFolder
 from modeling.pretrain.masking import MLMCollator
 from modeling.pretrain.model import build_model, check_model_config, reload_phase_model
@@ -245,10 +245,11 @@ def run_phase(
     if trainer.args.should_save:
         run_files.write_json(folder.summary_json, summary.to_dict())
     log.info(
-        "phase %s done: held-out loss %.4f -> %.4f, %d tokens in %.0f s (%.0f tokens/s)",
+        "phase %s done: held-out loss %.4f -> %.4f (a frequency-only model: %.4f), %d tokens in %.0f s (%.0f tokens/s)",
         phase.name,
         state.held_out_loss_start,
         held_out_end,
+        summary.held_out.unigram_entropy,
         summary.tokens,
         wall,
         summary.tokens / max(wall, 1e-9),
@@ -414,6 +415,7 @@ def _phase_summary(
             masking=plan.masking.end,
             loss_start=loss_start,
             loss_end=loss_end,
+            unigram_entropy=unigram_entropy(eval_rows, trainer.processing_class.all_special_ids),
         ),
         wall_time_s=wall,
         tokens_per_second=tokens / wall if wall else None,

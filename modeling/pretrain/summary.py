@@ -51,6 +51,11 @@ class HeldOutRecord(Record):
     masking: float
     loss_start: float
     loss_end: float
+    # What a model that knew only token frequencies would score on the same text (modeling.data.rows.
+    # unigram_entropy); the distance below it is what the model learned of context. None in older summaries.
+    unigram_entropy: float | None = None
+
+    OMITTED_WHEN_NONE = ("unigram_entropy",)
 
 
 @dataclass
