@@ -34,7 +34,11 @@ def run_command(
     then = f"; {next_step(argv)}" if next_step else ""
     with _terminate_as_interrupt():
         try:
-            return command(argv) or 0
+            code = command(argv) or 0
+            if not interrupted():
+                return code
+            print(f"error: interrupted{then}", file=sys.stderr)  # the interrupt was swallowed on its way up
+            return EXIT_INTERRUPTED
         except UserError as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             return EXIT_USER_ERROR
@@ -49,24 +53,41 @@ def run_command(
             return EXIT_USER_ERROR
 
 
+_interrupted = False
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C or a kill reached this command. A KeyboardInterrupt raised where Python cannot pass it on
+    (a finalizer, a callback that swallows it) is lost; long loops check this at safe points and stop there."""
+    return _interrupted
+
+
 class _terminate_as_interrupt:
-    """SIGTERM (a kill, a scheduler's preemption) ends the command as Ctrl-C does, with its one line."""
+    """SIGINT (Ctrl-C) and SIGTERM (a kill, a scheduler's preemption) end the command with its one line: both
+    raise KeyboardInterrupt and are remembered, so an interrupt that lands where it is swallowed still ends it."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self):
-        self.previous = None
-        try:
-            self.previous = signal.signal(signal.SIGTERM, self._raise)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
+        global _interrupted
+        _interrupted = False
+        self.previous = {}
+        for signum in self.SIGNALS:
+            try:
+                self.previous[signum] = signal.signal(signum, self._raise)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
         return self
 
     @staticmethod
     def _raise(signum, frame):
+        global _interrupted
+        _interrupted = True
         raise KeyboardInterrupt
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
         return False
 
 

@@ -23,6 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from modeling.common import run_files
 from modeling.common.attention import packed_model_inputs
+from modeling.common.cli import interrupted
 from modeling.common.errors import ConfigError
 from modeling.common.records import Record
 from modeling.common.run_files import PhaseFolder
@@ -215,8 +216,17 @@ class TensorBoardInFolder(TensorBoardCallback):
         self.logging_dir = str(folder)
 
 
+class StopWhenInterrupted(TrainerCallback):
+    """Ctrl-C or a kill whose KeyboardInterrupt was swallowed (it landed in a finalizer, say) still stops
+    training at the next step, from where it propagates."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if interrupted():
+            raise KeyboardInterrupt
+
+
 def trainer_callbacks(recipe: Recipe, tensorboard_dir: Path) -> list[TrainerCallback]:
-    callbacks: list[TrainerCallback] = [SaveAtPhaseEnd()]
+    callbacks: list[TrainerCallback] = [SaveAtPhaseEnd(), StopWhenInterrupted()]
     if "tensorboard" in recipe.logging.report_to:
         callbacks.append(TensorBoardInFolder(tensorboard_dir))
     return callbacks
