@@ -28,6 +28,7 @@ from modeling.finetune.metrics import metric_names
 
 EVAL_CONFIGS_DIR = Path(__file__).resolve().parent.parent.parent / "eval_configs"
 PAPER_SEEDS = [42, 43, 44, 45, 46]
+BATCHINGS = ("packed", "random", "length_grouped")
 
 
 @dataclass
@@ -65,6 +66,12 @@ class TrainingConfig:
     max_grad_norm: float = option("Gradient clipping", 1.0)
     precision: str = option("auto (bf16 on a GPU that has it) | bf16 | fp16 | fp32", "auto")
     logging_steps: int = option("Log every N steps", 10)
+    batching: str = option(
+        "packed: random batches (the paper's protocol) whose examples share rows, attention confined to each, "
+        "outputs equal to padded (ModernBERT; other encoders get random) | random: random batches padded to their "
+        "longest | length_grouped: batches of similar lengths, faster than random but scores lower at a fixed budget",
+        "packed",
+    )
 
     def validate(self, key: str):
         for name in ("lr", "epochs", "batch_size", "eval_batch_size", "logging_steps"):
@@ -81,6 +88,7 @@ class TrainingConfig:
         if self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"{key}: weight_decay must be >= 0 and warmup_ratio in [0, 1)")
         choice(f"{key}.precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
+        choice(f"{key}.batching", self.batching, BATCHINGS)
 
 
 @dataclass
@@ -109,7 +117,11 @@ class TaskConfig:
     task: str = option("single_label | multi_label | ner", None)
     model: str = option("Hub id or folder of the encoder to fine-tune (`--model`)", "answerdotai/ModernBERT-base")
     random_init: bool = option("Same architecture as `model`, random weights (a baseline at the same budget)", False)
-    attn_implementation: str = option("sdpa | eager; flash_attention_2 on GPUs with flash-attn installed", "sdpa")
+    attn_implementation: str = option(
+        "sdpa | eager | document_sdpa (packed batches on CPU: attention per example, no dense masks) | "
+        "flex_attention; flash_attention_2 on GPUs with flash-attn installed",
+        "sdpa",
+    )
     output_dir: str | None = option("Where results, predictions and models go (default: results/NAME)", None)
     labels: list = option("Label names; NER: entity types (B-/I- tags are derived) or the full BIO tag list", None)
     negative_labels: list | None = option(
@@ -140,7 +152,9 @@ class TaskConfig:
         folder_name("name", self.name)
         choice("task", self.task, TASK_TYPES)
         choice(
-            "attn_implementation", self.attn_implementation, ("sdpa", "eager", "flash_attention_2", "flex_attention")
+            "attn_implementation",
+            self.attn_implementation,
+            ("sdpa", "eager", "document_sdpa", "flash_attention_2", "flex_attention"),
         )
         if self.random_init and self.peft is not None:
             raise ConfigError(

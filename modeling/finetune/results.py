@@ -46,6 +46,9 @@ class RunRecord(Record):
     config: dict = field(default_factory=dict)  # the TaskConfig as run (config.task_from_dict reads it back)
     saved: dict[str, str] | None = None  # model / adapter folders
     wall_time_s: float | None = None
+    batching: str | None = None  # packed | random | length_grouped as run (None: written before it was recorded)
+
+    OMITTED_WHEN_NONE = ("batching",)
 
     def to_dict(self) -> dict:
         data = super().to_dict()

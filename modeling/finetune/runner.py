@@ -26,6 +26,7 @@ from modeling.finetune.dataset import label_counts, load_task_examples
 from modeling.finetune.encoding import EncodedSplit, encode_split, load_task_tokenizer
 from modeling.finetune.metrics import DESCRIPTIONS
 from modeling.finetune.model import build_task_model, check_model_exists, max_length_for, save_task_model
+from modeling.finetune.packing import install_packing
 from modeling.finetune.results import RunRecord, TaskAggregate, aggregate_runs, write_aggregate
 from modeling.finetune.trainer import TaskTrainer, score_split, training_arguments
 
@@ -112,12 +113,19 @@ def run_one(
 ) -> RunRecord:
     started = time.time()
     model = build_task_model(task, seed)
+    batching = task.training.batching
+    if batching == "packed" and install_packing(model, row_length=data.max_length) is None:
+        log.info(
+            "batching: packed needs a ModernBERT encoder (this one is '%s'); training on padded random batches",
+            model.config.model_type,
+        )
+        batching = "random"
     collator = (
         DataCollatorForTokenClassification(tokenizer) if task.task == "ner" else DataCollatorWithPadding(tokenizer)
     )
     trainer = TaskTrainer(
         model=model,
-        args=training_arguments(task, seed, lr, folder),
+        args=training_arguments(task, seed, lr, folder, batching),
         train_dataset=encoded["train"].features,
         eval_dataset=encoded["validation"],
         data_collator=collator,
@@ -136,6 +144,7 @@ def run_one(
         peft=dataclasses.asdict(task.peft) if task.peft else None,
         seed=seed,
         lr=lr,
+        batching=batching,
         selection_metric=task.metric_for_selection,
         best_epoch=best["epoch"],
         validation_by_epoch=epochs,

@@ -29,6 +29,10 @@ class TaskTrainer(Trainer):
     def __init__(self, *args, task: TaskConfig, **kwargs):
         super().__init__(*args, **kwargs)
         self.task = task
+        # The task heads take **kwargs, so the Trainer would take them for heads that normalise their loss by
+        # num_items_in_batch over an accumulated batch; they ignore it and return a per-batch mean, which the
+        # Trainer must then divide by the accumulation steps (else accumulated gradients are summed).
+        self.model_accepts_loss_kwargs = False
 
     def _get_eval_sampler(self, eval_dataset):
         # transformers applies train_sampling_strategy="group_by_length" to evaluation too, which shuffles the
@@ -40,7 +44,8 @@ class TaskTrainer(Trainer):
         output = self.predict(split.features, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         scores, _ = score_split(self.task, split, output.predictions)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in scores.items() if isinstance(v, float)}
-        metrics[f"{metric_key_prefix}_loss"] = output.metrics.get(f"{metric_key_prefix}_loss")
+        for name in ("loss", "runtime"):  # the runtime lets training speed be told apart from evaluation's
+            metrics[f"{metric_key_prefix}_{name}"] = output.metrics.get(f"{metric_key_prefix}_{name}")
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -102,7 +107,9 @@ def _round(x) -> float:
     return round(float(x), 6)
 
 
-def training_arguments(task: TaskConfig, seed: int, lr: float, run: TaskRun) -> TrainingArguments:
+def training_arguments(task: TaskConfig, seed: int, lr: float, run: TaskRun, batching: str) -> TrainingArguments:
+    """`batching` as the run does it: packed and random batches are both drawn at random (packing happens inside
+    the model, modeling.finetune.packing); length_grouped uses transformers' grouping sampler."""
     spec = task.training
     world = PartialState().num_processes
     # batch_size is the global batch: split over processes, the rest made up by gradient accumulation
@@ -138,7 +145,7 @@ def training_arguments(task: TaskConfig, seed: int, lr: float, run: TaskRun) -> 
         save_only_model=True,
         logging_steps=spec.logging_steps,
         report_to=[],
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="group_by_length" if batching == "length_grouped" else "random",
         remove_unused_columns=False,
         label_names=["labels"],
         use_cpu=use_cpu(),

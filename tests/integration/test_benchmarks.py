@@ -3,6 +3,7 @@ is not asserted here: the figures live in benchmarks/README.md)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import synthetic_documents
 from transformers import ModernBertConfig, ModernBertModel
@@ -88,3 +89,25 @@ def test_scaling_sweeps_time_every_point(tiny_tokenizer):
     assert "| 8 | 32 |" in scaling.table(
         "documents", points, figures, ["sdpa"], (["tokens"], lambda name: [256 // int(name)])
     )
+
+
+def test_finetuning_benchmark_runs_each_batching_and_counts_padding(tmp_path, modernbert_dir):
+    from helpers import make_task
+
+    from benchmarks import finetuning
+
+    task = make_task(tmp_path, modernbert_dir, "multi_label", training={"lr": 5e-3, "epochs": 1, "batch_size": 8})
+    runs = finetuning.compare([task], seeds=[3], output_root=tmp_path / "bench")
+    by_side = {r["side"]: r for r in runs}
+    assert {side: r["batching"] for side, r in by_side.items()} == {s: s for s in finetuning.SIDES}
+    assert by_side["packed"]["padding"] < by_side["length_grouped"]["padding"] < by_side["random"]["padding"]
+    assert by_side["packed"]["score"] == pytest.approx(by_side["random"]["score"], abs=1e-3)  # the same batches
+    assert all(0 < r["training_s"] and r["examples_per_second"] > 0 for r in runs)
+    summary = finetuning.summarise(runs)
+    assert [s["side"] for s in summary] == list(finetuning.SIDES) and summary[0]["speedup"] == 1.0
+    again = finetuning.compare([task], seeds=[3], output_root=tmp_path / "bench", sides=["packed"])
+    assert again[0]["padding"] is None  # reused, not retrained: no padding figure is made up
+
+    checked = finetuning.equality(task, batch_size=8)
+    assert checked["loss_diff"] < 1e-5 and checked["max_grad_diff"] < 1e-5 and checked["max_logit_diff"] < 1e-5
+    assert checked["max_grad"] > 1e-3  # the gradients compared are not all zero

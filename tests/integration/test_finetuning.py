@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import subprocess
 import sys
@@ -63,6 +64,36 @@ def test_tiny_modernbert_learns_each_task_type(tmp_path, modernbert_dir, task_ty
     assert untrained_validation(reloaded_task, seed=3) == pytest.approx(after, abs=1e-6)
 
 
+@pytest.mark.parametrize("task_type", ["multi_label", "ner"])
+def test_packed_run_follows_the_padded_random_batches_run(tmp_path, modernbert_dir, task_type):
+    """Packing changes how a batch is laid out, not which examples it holds or what the model computes: the two
+    runs see the same batches and their losses and validation scores agree to float rounding."""
+    records = {}
+    for batching in ("random", "packed"):
+        task = make_task(
+            tmp_path / batching,
+            modernbert_dir,
+            task_type,
+            training={"lr": 5e-3, "epochs": 2, "batch_size": 8, "logging_steps": 1, "batching": batching},
+            save_model=False,
+        )
+        run(task)
+        records[batching] = json.loads((tmp_path / batching / "results" / "seed3" / "results.json").read_text())
+    random_run, packed_run = records["random"], records["packed"]
+    assert (random_run["batching"], packed_run["batching"]) == ("random", "packed")
+    assert [step for step, _ in packed_run["train_loss"]] == [step for step, _ in random_run["train_loss"]]
+    assert len(packed_run["train_loss"]) > 20
+    np.testing.assert_allclose(
+        [loss for _, loss in packed_run["train_loss"]], [loss for _, loss in random_run["train_loss"]], atol=1e-4
+    )
+    for packed_epoch, random_epoch in zip(
+        packed_run["validation_by_epoch"], random_run["validation_by_epoch"], strict=True
+    ):
+        assert packed_epoch["loss"] == pytest.approx(random_epoch["loss"], abs=1e-4)
+    metric = "seqeval_f1" if task_type == "ner" else "weighted_f1"
+    assert packed_run["metrics"]["test"][metric] == pytest.approx(random_run["metrics"]["test"][metric], abs=1e-3)
+
+
 def test_ner_predictions_are_spans_with_character_offsets(tmp_path, modernbert_dir):
     task = make_task(tmp_path, modernbert_dir, "ner", save_model=False)
     run(task)
@@ -77,11 +108,15 @@ def test_ner_predictions_are_spans_with_character_offsets(tmp_path, modernbert_d
     assert not (tmp_path / "results" / "seed3" / "model").exists()
 
 
-def test_non_modernbert_encoder_with_two_seeds_aggregated(tmp_path, bert_dir):
+def test_non_modernbert_encoder_with_two_seeds_aggregated(tmp_path, bert_dir, caplog):
     task = make_task(tmp_path, bert_dir, "single_label", seeds=[3, 4])
+    assert task.training.batching == "packed"  # the default, which BERT cannot do
     before = untrained_validation(task, seed=3)
-    summary = run(task)
+    with caplog.at_level(logging.INFO, logger="modeling.finetune.runner"):
+        summary = run(task)
+    assert "packed needs a ModernBERT encoder (this one is 'bert'); training on padded random batches" in caplog.text
     records = [json.loads((tmp_path / "results" / f"seed{s}" / "results.json").read_text()) for s in (3, 4)]
+    assert [r["batching"] for r in records] == ["random", "random"]
     values = [r["metrics"]["test"]["accuracy"] for r in records]
     assert summary.test["accuracy"].mean == pytest.approx(np.mean(values))
     assert summary.test["accuracy"].std == pytest.approx(np.std(values, ddof=1))
