@@ -139,31 +139,42 @@ class DocumentSpans:
 
 def document_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """query/key/value [B, heads, T, head_dim] -> [B, T, heads, head_dim], attending within each document
-    (and, in local layers, within the window). Any other mask (a plain padded batch) goes to stock sdpa."""
+    (and, in local layers, within the window). Any other mask (a plain padded batch) goes to stock sdpa.
+
+    The rows are laid end to end and split into documents in one op: its backward is one concatenation, where
+    slicing each document out would allocate a full-size gradient per document. Each document goes to sdpa as a
+    4-d [1, heads, n, head_dim] tensor, which torch's fused CPU kernel takes (3-d inputs fall back to the
+    slower math path)."""
     if not isinstance(attention_mask, DocumentSpans):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     local = getattr(module, "sliding_window", None) is not None
-    rows = []
-    for b, spans in enumerate(attention_mask.rows):
-        pieces = []
-        for start, end, is_document in spans:
-            if not is_document:  # padding: its output is never used
-                pieces.append(query.new_zeros(query.shape[1], end - start, value.shape[-1]))
-                continue
-            q, k, v = query[b, :, start:end], key[b, :, start:end], value[b, :, start:end]
-            if local and end - start > attention_mask.window + 1:
-                pieces.append(_local_attention(q, k, v, attention_mask.window, dropout, scaling))
-            else:
-                pieces.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling))
-        rows.append(torch.cat(pieces, dim=1))
-    return torch.stack(rows).transpose(1, 2).contiguous(), None
+    batch, heads, length, _ = query.shape
+    spans = [span for row in attention_mask.rows for span in row]
+    sizes = [end - start for start, end, _ in spans]
+
+    def documents(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return x.transpose(0, 1).reshape(1, heads, batch * length, x.shape[-1]).split(sizes, dim=2)
+
+    pieces = []
+    for (start, end, is_document), q, k, v in zip(
+        spans, documents(query), documents(key), documents(value), strict=True
+    ):
+        if not is_document:  # padding: its output is never used
+            pieces.append(q.new_zeros(1, heads, end - start, value.shape[-1]))
+        elif local and end - start > attention_mask.window + 1:
+            pieces.append(_local_attention(q, k, v, attention_mask.window, dropout, scaling))
+        else:
+            pieces.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling))
+    out = torch.cat(pieces, dim=2).reshape(heads, batch, length, value.shape[-1])
+    return out.permute(1, 2, 0, 3).contiguous(), None
 
 
 def _local_attention(q, k, v, window: int, dropout: float, scaling) -> torch.Tensor:
-    """|i - j| <= window inside one document, LOCAL_BLOCK queries at a time against the keys they can reach."""
-    length, out = q.shape[1], []
+    """|i - j| <= window inside one document ([1, heads, n, head_dim]), LOCAL_BLOCK queries at a time against
+    the keys they can reach."""
+    length, out = q.shape[2], []
     for start in range(0, length, LOCAL_BLOCK):
         end = min(start + LOCAL_BLOCK, length)
         k_start, k_end = max(0, start - window), min(length, end + window)
@@ -172,15 +183,15 @@ def _local_attention(q, k, v, window: int, dropout: float, scaling) -> torch.Ten
         band = (rows - cols).abs() <= window
         out.append(
             F.scaled_dot_product_attention(
-                q[:, start:end],
-                k[:, k_start:k_end],
-                v[:, k_start:k_end],
+                q[:, :, start:end],
+                k[:, :, k_start:k_end],
+                v[:, :, k_start:k_end],
                 attn_mask=band,
                 dropout_p=dropout,
                 scale=scaling,
             )
         )
-    return torch.cat(out, dim=1)
+    return torch.cat(out, dim=2)
 
 
 def register_document_sdpa():

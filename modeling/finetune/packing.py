@@ -4,9 +4,10 @@ equals that of the example run alone.
 The Trainer still builds padded random batches, so the protocol is the paper's: the same examples per step,
 in the same order, as `batching: random`. Hooks on the encoder inside the task model repack each batch on
 the way in and unpack it on the way out:
-  1. in:  the padded batch's examples go into as few rows of up to `row_length` tokens (the task's window) as
-          they need, the rows as even as possible; positions restart in each example and attention stays
-          inside it
+  1. in:  the padded batch's examples go into rows; positions restart in each example and attention stays
+          inside it. Backends that attend per document (document_sdpa, flash_attention_2) get one row with no
+          padding at all; dense masks get as few rows of up to `row_length` tokens (the task's window) as the
+          batch needs, as even as possible
           (modeling.common.attention, every backend ModernBERT has);
   2. out: the encoder's outputs go back to the padded layout (zeros on padding).
 The task head then pools (CLS or mean over the attention mask), classifies and computes its loss exactly
@@ -23,7 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from modeling.common.attention import packed_attention_kwargs
+from modeling.common.attention import DOCUMENT_SDPA, packed_attention_kwargs
+
+PER_DOCUMENT_BACKENDS = (DOCUMENT_SDPA, "flash_attention_2")
 
 
 def balanced_rows(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -129,8 +132,12 @@ class PackedEncoder:
         self.layout = None
         if args or input_ids is None or lengths is None or kwargs.get("position_ids") is not None:
             return None  # not a plain padded batch of ids: the model runs it as it is
-        layout = PackedLayout.from_lengths(lengths, input_ids.shape[1], input_ids.device, self.row_length)
         config = module.config
+        # Backends that attend per document cost the same however the examples are laid out: one row, no padding.
+        # Dense masks cost (row length)^2 per row: rows of at most the task's window.
+        one_row = config._attn_implementation in PER_DOCUMENT_BACKENDS
+        row_length = sum(lengths) if one_row else self.row_length
+        layout = PackedLayout.from_lengths(lengths, input_ids.shape[1], input_ids.device, row_length)
         kwargs.update(input_ids=layout.pack(input_ids, self.pad_id), position_ids=layout.position_ids)
         kwargs["attention_mask"] = None  # flash-attn takes sequence offsets instead of a mask
         kwargs.update(

@@ -103,12 +103,16 @@ def test_packed_batch_equals_each_example_alone(tiny_tokenizer, task, pooling, a
 
     packing = install_packing(model)
     assert packing is not None
-    rows = []
+    rows, seen = [], []
     packing.encoder.register_forward_hook(lambda m, a, out: rows.append(out.last_hidden_state.shape))
+    packing.encoder.embeddings.tok_embeddings.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
     loss, logits, grads = loss_and_gradients(model, padded)
 
     lengths = padded["attention_mask"].sum(1).tolist()
-    assert len(balanced_rows(lengths, max(lengths))) < len(features), "the batch was not packed"
+    if attention == DOCUMENT_SDPA:  # attention per example: one row, not a position of padding
+        assert seen == [(1, sum(lengths))]
+    else:  # dense masks: rows no wider than the longest example, fewer rows than examples
+        assert seen[0][0] == len(balanced_rows(lengths, max(lengths))) < len(features) and seen[0][1] <= max(lengths)
     assert rows == [padded["input_ids"].shape + (model.config.hidden_size,)], "outputs not back in the padded layout"
     assert abs(float(loss - reference_loss)) < TOLERANCE
     assert grads.keys() == reference_grads.keys() and len(grads) > 10
