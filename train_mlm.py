@@ -76,7 +76,12 @@ def train(argv: list[str]) -> int:
     # heavy imports only once the recipe is known to be good (and publishing only when the recipe pushes)
     from modeling.pretrain.runner import run
 
-    summary = run(recipe, resume=resume, on_phase_end=_pusher(recipe))
+    pusher = _pusher(recipe)
+    try:
+        summary = run(recipe, resume=resume, on_phase_end=pusher)
+    finally:
+        if pusher is not None:
+            pusher.wait()  # a push in flight finishes before the process ends
     if is_main_process():
         # the unigram entropy is what a frequency-only model would score on the same held-out text
         print(
@@ -96,12 +101,13 @@ def train(argv: list[str]) -> int:
 
 
 def _pusher(recipe):
-    """With hub.repo_id, each phase is pushed when it ends (branch = phase; the last also to main)."""
+    """With hub.repo_id, each phase is pushed when it ends (branch = phase; the last also to main), in the
+    background while training goes on."""
     if not recipe.hub.repo_id:
         return None
-    from modeling.publish.hub import push_phase
+    from modeling.publish.hub import PhasePusher
 
-    return lambda folder, phase, last: push_phase(folder, phase, recipe.hub, last)
+    return PhasePusher(recipe.hub)
 
 
 def next_step(argv: list[str]) -> str:

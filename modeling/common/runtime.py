@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
+import socket
+import uuid
+from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, gather_object
+
+from modeling.common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -16,12 +23,53 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def join_processes() -> PartialState:
+DEFAULT_TIMEOUT_MINUTES = 180.0
+
+
+def join_processes(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> PartialState:
     """The process group of this launch (one process when not launched with several); on a machine
-    without CUDA the processes talk over gloo. Also gives a lone CPU process every core (use_every_core)."""
-    state = PartialState(cpu=not torch.cuda.is_available())
+    without CUDA the processes talk over gloo. Also gives a lone CPU process every core (use_every_core).
+
+    The group is created here, before any Trainer, so the run's timeout must be given here: a collective that
+    waits longer fails. Left to torch, NCCL's is 10 minutes, less than a large model's checkpoint on a slow
+    disk; TrainingArguments.ddp_timeout never reaches a group that already exists."""
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(minutes=timeout_minutes))
     use_every_core(state)
     return state
+
+
+def process_group_timeout() -> datetime.timedelta | None:
+    """The timeout of this launch's process group (None without one)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return None
+    group = torch.distributed.distributed_c10d._get_default_group()
+    return group._get_backend(torch.device("cpu")).options._timeout
+
+
+def check_shared_folder(state: PartialState, folder: Path, key: str) -> None:
+    """Several processes read what one of them writes in `folder` (run state, results): every process must see
+    the same folder. The main process writes a marker there and every process looks for it; where one cannot
+    (another machine with the same path on its own disk), every process stops with the same line, instead of
+    one failing while the others wait at the next collective until the timeout."""
+    if state.num_processes == 1:
+        return
+    name = [f".shared-folder-check-{uuid.uuid4().hex}" if state.is_main_process else None]
+    name = broadcast_object_list(name)[0]
+    marker = Path(folder) / name
+    if state.is_main_process:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(socket.gethostname())
+    state.wait_for_everyone()
+    seen = gather_object([(state.process_index, socket.gethostname(), marker.exists())])
+    state.wait_for_everyone()
+    if state.is_main_process:
+        marker.unlink(missing_ok=True)
+    blind = [f"rank {rank} on {host}" for rank, host, found in seen if not found]
+    if blind:
+        raise ConfigError(
+            f"{key}={folder}: not one folder for every process ({', '.join(blind)} cannot see what rank 0 wrote "
+            f"there); runs on several machines need {key} on a filesystem they all mount (NFS, Lustre, ...)"
+        )
 
 
 def use_every_core(state: PartialState):

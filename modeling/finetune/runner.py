@@ -20,7 +20,7 @@ from transformers import DataCollatorForTokenClassification, DataCollatorWithPad
 from modeling.common import run_files
 from modeling.common.errors import ConfigError
 from modeling.common.run_files import TaskResults, TaskRun, not_a_file
-from modeling.common.runtime import join_processes
+from modeling.common.runtime import check_shared_folder, join_processes
 from modeling.finetune.config import TaskConfig
 from modeling.finetune.dataset import label_counts, load_task_examples
 from modeling.finetune.encoding import EncodedSplit, encode_split, load_task_tokenizer
@@ -48,7 +48,8 @@ def run(task: TaskConfig) -> TaskAggregate:
     """All runs of a task (seeds x learning rates); returns the aggregate over seeds."""
     results = TaskResults(task.results_dir())
     not_a_file("output_dir", results.folder)
-    join_processes()
+    state = join_processes()
+    check_shared_folder(state, results.folder, "output_dir")  # every process reads the finished runs there
     check_model_exists(task.model)
     splits, skips = load_task_examples(task)
     tokenizer = load_task_tokenizer(task.model, task.task)

@@ -16,7 +16,7 @@ from transformers import Trainer, TrainingArguments
 
 from modeling.common.errors import ConfigError
 from modeling.common.run_files import TaskRun
-from modeling.common.runtime import resolve_precision, use_cpu
+from modeling.common.runtime import DEFAULT_TIMEOUT_MINUTES, resolve_precision, use_cpu
 from modeling.finetune.config import TaskConfig
 from modeling.finetune.encoding import EncodedSplit, document_logits, word_logits
 from modeling.finetune.metrics import task_scores
@@ -149,5 +149,6 @@ def training_arguments(task: TaskConfig, seed: int, lr: float, run: TaskRun, bat
         remove_unused_columns=False,
         label_names=["labels"],
         use_cpu=use_cpu(),
+        ddp_timeout=round(DEFAULT_TIMEOUT_MINUTES * 60),  # as join_processes gave the group
         disable_tqdm=False,
     )

@@ -274,6 +274,17 @@ class StoreConfig:
 
 
 @dataclass
+class DistributedConfig:
+    timeout_minutes: float = option(
+        "How long a process waits for the others at a collective before the run fails (the process group's timeout)",
+        180.0,
+    )
+
+    def validate(self, key: str):
+        positive(f"{key}.timeout_minutes", self.timeout_minutes)
+
+
+@dataclass
 class HubConfig:
     repo_id: str | None = option(
         "Hub repo (org/name) that each phase's model is pushed to when the phase ends "
@@ -318,6 +329,7 @@ class Recipe:
     data: DataConfig = option("Data pipeline", factory=DataConfig)
     store: StoreConfig = option("Token store: every source read and tokenized once", factory=StoreConfig)
     hub: HubConfig = option("Model card metadata and pushing to the Hugging Face Hub", factory=HubConfig)
+    distributed: DistributedConfig = option("Several processes and machines", factory=DistributedConfig)
 
     def validate(self):
         if not self.name or not self.output_dir:
@@ -345,6 +357,7 @@ class Recipe:
         self.data.validate("data")
         self.store.validate("store")
         self.hub.validate("hub")
+        self.distributed.validate("distributed")
         return self
 
     def store_dir(self) -> Path:

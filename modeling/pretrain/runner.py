@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import PartialState
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 from transformers import Trainer, set_seed
 
 from modeling.common import run_files
@@ -24,7 +25,7 @@ from modeling.common.errors import ConfigError, DataError
 from modeling.common.loading import load_tokenizer
 from modeling.common.records import Record
 from modeling.common.run_files import PhaseFolder, PretrainingRun
-from modeling.common.runtime import join_processes
+from modeling.common.runtime import check_shared_folder, join_processes
 from modeling.data.packing import PackedRow
 from modeling.data.rows import PhaseIndex, PhaseRows, held_out_rows, unigram_entropy
 from modeling.data.store import Store, StoreFolder
@@ -59,7 +60,7 @@ class PhaseState(Record):
 
 def run(recipe: Recipe, resume: bool = False, on_phase_end: PhaseEndHook | None = None) -> TrainingSummary:
     """Train every phase of the recipe; returns the training summary."""
-    state = join_processes()
+    state = join_processes(recipe.distributed.timeout_minutes)
     check_model_config(recipe)  # before minutes of preparing a store
     run_files.not_a_file("output_dir", Path(recipe.output_dir))
     run_files.not_a_file("store.path", recipe.store_dir())
@@ -70,6 +71,7 @@ def run(recipe: Recipe, resume: bool = False, on_phase_end: PhaseEndHook | None 
     if problem:
         raise ConfigError(problem)
     try:
+        check_shared_folder(state, run_folder.folder, "output_dir")
         return _run(recipe, resume, on_phase_end, state, run_folder)
     finally:
         if state.is_main_process:
@@ -151,6 +153,7 @@ RESUMABLE_CHANGES = (
     "data.workers",
     "store.path",
     "sources.*.path",
+    "distributed.",
 )
 
 
@@ -187,7 +190,17 @@ def _flatten(value, prefix: str = "") -> dict:
 def _store(recipe: Recipe, state: PartialState) -> Store:
     """The recipe's token store. A single process prepares it when it is missing (the demo's first run);
     several processes never do: one would work for minutes while the others wait."""
-    if StoreFolder(recipe.store_dir()).is_complete():
+    complete = StoreFolder(recipe.store_dir()).is_complete()
+    if state.num_processes > 1:  # every process decides alike, or one stops while the others wait for it
+        seen = gather_object([(state.process_index, socket.gethostname(), complete)])
+        if any(found for _, _, found in seen) and not all(found for _, _, found in seen):
+            blind = ", ".join(f"rank {rank} on {host}" for rank, host, found in seen if not found)
+            raise ConfigError(
+                f"store.path={recipe.store_dir()}: the token store is there for some processes but not for {blind}; "
+                "runs on several machines need store.path on a filesystem they all mount (or a copy on each)"
+            )
+        complete = all(found for _, _, found in seen)
+    if complete:
         return open_store(recipe)
     if state.num_processes > 1:
         raise ConfigError(

@@ -254,6 +254,7 @@ def training_arguments(recipe: Recipe, plan: PhasePlan, phase: PhaseFolder, accu
         weight_decay=recipe.optimizer.weight_decay,
         max_grad_norm=recipe.optimizer.max_grad_norm,
         use_cpu=use_cpu(),
+        ddp_timeout=round(recipe.distributed.timeout_minutes * 60),  # as join_processes gave the group
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         seed=recipe.seed,

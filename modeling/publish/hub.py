@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from modeling.common.cli import run_command
@@ -270,6 +271,28 @@ def push_phase(run_dir: Path, phase: str, hub, last: bool) -> None:
                 run_dir / phase,
                 resume,
             )
+
+
+class PhasePusher:
+    """Pushes finished phases in a background thread, one after another, while training goes on: an upload takes
+    minutes, and with several processes the others would wait for it at the next collective. `wait()` before the
+    process ends."""
+
+    def __init__(self, hub):
+        self.hub = hub
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-push")
+        self.pending: list[Future] = []
+
+    def __call__(self, run_dir: Path, phase: str, last: bool) -> None:
+        log.info("phase %s: pushing to %s in the background", phase, self.hub.repo_id)
+        self.pending.append(self.pool.submit(push_phase, run_dir, phase, self.hub, last))
+
+    def wait(self) -> None:
+        if any(not future.done() for future in self.pending):
+            log.info("waiting for the push to %s to finish", self.hub.repo_id)
+        for future in self.pending:
+            future.result()  # push_phase logs its own failures; anything else is a bug and is raised here
+        self.pool.shutdown()
 
 
 def resume_command(
