@@ -111,3 +111,37 @@ def test_finetuning_benchmark_runs_each_batching_and_counts_padding(tmp_path, mo
     checked = finetuning.equality(task, batch_size=8)
     assert checked["loss_diff"] < 1e-5 and checked["max_grad_diff"] < 1e-5 and checked["max_logit_diff"] < 1e-5
     assert checked["max_grad"] > 1e-3  # the gradients compared are not all zero
+
+
+def test_memory_figures_follow_from_the_shapes():
+    from benchmarks import memory
+
+    result = memory.figures("ModernBERT-base", ranks=8, gpu_gb=80, reserve=0.1, sequence_length=1024, masking=0.3)
+    assert 149e6 < result["parameters"] < 150e6  # ModernBERT-base with its MLM head
+    engines = result["engines"]
+    assert engines["DDP"]["states_gb"] == 20 * result["parameters"] / 1e9
+    assert engines["FSDP2"]["states_gb"] < engines["ZeRO-2"]["states_gb"] < engines["DDP"]["states_gb"]
+    assert engines["DDP"]["largest_batch"] <= engines["FSDP2"]["largest_batch"]
+    longer = memory.figures("ModernBERT-base", ranks=8, gpu_gb=80, reserve=0.1, sequence_length=2048, masking=0.3)
+    # a fused kernel saves O(length) per layer: activations double with the length, not quadruple
+    ratio = longer["activations_gb_per_sequence"] / result["activations_gb_per_sequence"]
+    assert 1.9 < ratio < 2.1
+    assert result["checkpointed_gb_per_sequence"] < result["activations_gb_per_sequence"]
+
+
+def test_document_attention_benchmark_loads_the_earlier_kernel_which_computes_the_same(tiny_tokenizer):
+    from benchmarks import document_attention
+    from modeling.common.attention import DocumentSpans, document_sdpa_forward
+
+    then = document_attention.kernel_at("61e221e")  # per-document slices, 3-d sdpa
+    torch.manual_seed(0)
+    query, key, value = (torch.randn(2, 2, 40, 8) for _ in range(3))
+    doc_ids = torch.tensor([[0] * 25 + [1] * 15, [0] * 30 + [-1] * 10])
+    layer = torch.nn.Module()
+    for window in (None, 4):  # a global layer, a local one
+        layer.sliding_window = window
+        spans = DocumentSpans.from_doc_ids(doc_ids, window or 8)
+        old, _ = then(layer, query, key, value, spans)
+        new, _ = document_sdpa_forward(layer, query, key, value, spans)
+        real = (doc_ids >= 0)[..., None, None].expand_as(new)
+        assert torch.allclose(old[real], new[real], atol=1e-6)
