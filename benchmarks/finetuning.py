@@ -154,7 +154,7 @@ def equality(task: TaskConfig, batch_size: int = 16) -> dict:
         alone_logits.append(output.logits.detach()[0])
     alone_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    packing = install_packing(model, row_length=max_length_for(task, tokenizer))
+    packing = install_packing(model)
     model.zero_grad()
     batch = collator([dict(f) for f in features])
     output = model(**batch)

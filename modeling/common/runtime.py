@@ -61,9 +61,9 @@ def check_shared_folder(state: PartialState, folder: Path, key: str) -> None:
         marker.write_text(socket.gethostname())
     state.wait_for_everyone()
     seen = gather_object([(state.process_index, socket.gethostname(), marker.exists())])
-    state.wait_for_everyone()
     if state.is_main_process:
         marker.unlink(missing_ok=True)
+    state.wait_for_everyone()  # no process goes on while the marker is still there
     blind = [f"rank {rank} on {host}" for rank, host, found in seen if not found]
     if blind:
         raise ConfigError(

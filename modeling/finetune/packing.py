@@ -6,12 +6,13 @@ in the same order, as `batching: random`. Hooks on the encoder inside the task m
 the way in and unpack it on the way out:
   1. in:  the padded batch's examples go into rows; positions restart in each example and attention stays
           inside it. Backends that attend per document (document_sdpa, flash_attention_2) get one row with no
-          padding at all; dense masks get as few rows of up to `row_length` tokens (the task's window) as the
-          batch needs, as even as possible
+          padding at all. Dense masks (sdpa, eager, flex_attention) cost (row length)^2 per row whatever they
+          mask, so their rows are no wider than the batch's longest example: as few as the batch needs, as
+          even as possible, never costlier than the padded batch
           (modeling.common.attention, every backend ModernBERT has);
   2. out: the encoder's outputs go back to the padded layout (zeros on padding).
 The task head then pools (CLS or mean over the attention mask), classifies and computes its loss exactly
-as on the padded batch. The only thing removed is the encoder's work on padding.
+as on the padded batch. What goes is the encoder's work on padding (all of it on per-document backends).
 
 The swap happens inside the model's own forward, so DDP and FSDP wrappers, peft adapters, the Trainer's
 loss and its predictions need nothing else. Only ModernBERT takes per-example positions and document masks;
@@ -20,6 +21,7 @@ loss and its predictions need nothing else. Only ModernBERT takes per-example po
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -115,11 +117,12 @@ def right_padded_lengths(attention_mask) -> list[int] | None:
 
 
 class PackedEncoder:
-    """The two hooks on one ModernBERT encoder module (see the module docstring)."""
+    """The two hooks on one ModernBERT encoder module (see the module docstring). The layout of the batch in
+    flight is kept per thread: nn.DataParallel runs replicas that share these hooks in threads of their own."""
 
-    def __init__(self, encoder, row_length: int = 0):
-        self.encoder, self.row_length = encoder, row_length
-        self.layout: PackedLayout | None = None
+    def __init__(self, encoder):
+        self.encoder = encoder
+        self.in_flight = threading.local()
         self.pad_id = encoder.config.pad_token_id or 0
         self.handles = [
             encoder.register_forward_pre_hook(self._pack, with_kwargs=True),
@@ -129,27 +132,30 @@ class PackedEncoder:
     def _pack(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         lengths = right_padded_lengths(kwargs.get("attention_mask"))
-        self.layout = None
-        if args or input_ids is None or lengths is None or kwargs.get("position_ids") is not None:
+        self.in_flight.layout = None
+        asks_for_more = kwargs.get("output_hidden_states") or kwargs.get("output_attentions")  # per-position outputs
+        if args or input_ids is None or lengths is None or kwargs.get("position_ids") is not None or asks_for_more:
             return None  # not a plain padded batch of ids: the model runs it as it is
         config = module.config
         # Backends that attend per document cost the same however the examples are laid out: one row, no padding.
-        # Dense masks cost (row length)^2 per row: rows of at most the task's window.
-        one_row = config._attn_implementation in PER_DOCUMENT_BACKENDS
-        row_length = sum(lengths) if one_row else self.row_length
+        # Dense masks cost (row length)^2 per row: rows no wider than the batch's longest example.
+        row_length = sum(lengths) if config._attn_implementation in PER_DOCUMENT_BACKENDS else 0
         layout = PackedLayout.from_lengths(lengths, input_ids.shape[1], input_ids.device, row_length)
         kwargs.update(input_ids=layout.pack(input_ids, self.pad_id), position_ids=layout.position_ids)
         kwargs["attention_mask"] = None  # flash-attn takes sequence offsets instead of a mask
         kwargs.update(
             packed_attention_kwargs(layout.doc_ids, config._attn_implementation, config.sliding_window, module.dtype)
         )
-        self.layout = layout
+        self.in_flight.layout = layout
         return args, kwargs
 
     def _unpack(self, module, args, kwargs, output):
-        if self.layout is None:
+        layout = getattr(self.in_flight, "layout", None)
+        if layout is None:
             return None
-        layout, self.layout = self.layout, None
+        self.in_flight.layout = None
+        if isinstance(output, tuple):  # return_dict=False
+            return (layout.unpack(output[0]), *output[1:])
         output.last_hidden_state = layout.unpack(output.last_hidden_state)
         return output
 
@@ -166,8 +172,7 @@ def task_encoder(model):
     return getattr(base, base.base_model_prefix, None)
 
 
-def install_packing(model, row_length: int = 0) -> PackedEncoder | None:
-    """Pack every padded batch the model sees from now on into rows of up to `row_length` tokens (at least the
-    batch's longest example); None when the model is not a ModernBERT."""
+def install_packing(model) -> PackedEncoder | None:
+    """Pack every padded batch the model sees from now on; None when the model is not a ModernBERT."""
     encoder = task_encoder(model)
-    return PackedEncoder(encoder, row_length) if encoder is not None else None
+    return PackedEncoder(encoder) if encoder is not None else None

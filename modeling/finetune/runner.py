@@ -86,8 +86,11 @@ def run(task: TaskConfig) -> TaskAggregate:
 
 
 def _comparable(config: dict) -> dict:
-    """A run's settings, less those that do not change the run itself."""
-    return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ("seeds", "output_dir")}
+    """A run's settings, less those that do not change the run itself. Runs recorded before
+    `training.batching` existed were trained on length-grouped batches."""
+    config = json.loads(json.dumps(config))
+    config.get("training", {}).setdefault("batching", "length_grouped")
+    return {k: v for k, v in config.items() if k not in ("seeds", "output_dir")}
 
 
 def _finished_run(task: TaskConfig, folder: TaskRun) -> RunRecord | None:
@@ -115,7 +118,7 @@ def run_one(
     started = time.time()
     model = build_task_model(task, seed)
     batching = task.training.batching
-    if batching == "packed" and install_packing(model, row_length=data.max_length) is None:
+    if batching == "packed" and install_packing(model) is None:
         log.info(
             "batching: packed needs a ModernBERT encoder (this one is '%s'); training on padded random batches",
             model.config.model_type,

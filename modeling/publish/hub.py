@@ -252,30 +252,12 @@ def push_run(run_dir: str | Path, repo_id: str, **options) -> list[dict]:
     return pushed
 
 
-def push_phase(run_dir: Path, phase: str, hub, last: bool) -> None:
-    """Called by training at the end of a phase (recipe `hub.repo_id`): the phase to its branch, the last also
-    to main. A failed push does not stop training: it is logged with the command that redoes it."""
-    for revision in (phase, "main") if last else (phase,):
-        try:
-            result = push(run_dir / phase, hub.repo_id, revision=revision, private=hub.private)
-            log.info("phase %s pushed to %s (%s, %d files)", phase, hub.repo_id, revision, len(result["files"]))
-        except (PushError, ConfigError) as error:
-            resume = getattr(error, "resume", "") or resume_command(
-                run_dir / phase, hub.repo_id, revision=revision, private=hub.private
-            )
-            log.error(
-                "phase %s: push to %s failed: %s; the model is safe in %s; push it with:\n  %s",
-                phase,
-                hub.repo_id,
-                error,
-                run_dir / phase,
-                resume,
-            )
-
-
 class PhasePusher:
-    """Pushes finished phases in a background thread, one after another, while training goes on: an upload takes
-    minutes, and with several processes the others would wait for it at the next collective. `wait()` before the
+    """Called by training at the end of each phase (recipe `hub.repo_id`): the phase to its branch, the last also
+    to main. The folder is staged at once, while its files are final (the next phase rewrites the run's summary
+    and plot); the upload runs in a background thread, pushes one after another, while training goes on: an
+    upload takes minutes, and with several processes the others would wait for it at the next collective.
+    A failed push does not stop training: it is logged with the command that redoes it. `wait()` before the
     process ends."""
 
     def __init__(self, hub):
@@ -284,14 +266,52 @@ class PhasePusher:
         self.pending: list[Future] = []
 
     def __call__(self, run_dir: Path, phase: str, last: bool) -> None:
-        log.info("phase %s: pushing to %s in the background", phase, self.hub.repo_id)
-        self.pending.append(self.pool.submit(push_phase, run_dir, phase, self.hub, last))
+        for revision in (phase, "main") if last else (phase,):
+            staged = Path(tempfile.mkdtemp(prefix="hub-stage-")) / "repo"
+            try:
+                card, _ = prepare(run_dir / phase, self.hub.repo_id, staged, revision=revision)
+            except Exception as error:  # a card that cannot be built must not end the training
+                self._failed(run_dir, phase, revision, error)
+                shutil.rmtree(staged.parent, ignore_errors=True)
+                continue
+            log.info("phase %s: pushing to %s (%s) in the background", phase, self.hub.repo_id, revision)
+            self.pending.append(self.pool.submit(self._upload, run_dir, phase, revision, staged, card))
+
+    def _upload(self, run_dir: Path, phase: str, revision: str, staged: Path, card: Card) -> None:
+        try:
+            push_folder(
+                staged,
+                self.hub.repo_id,
+                revision=revision,
+                private=self.hub.private,
+                resume=self._resume(run_dir, phase, revision),
+                message=f"Upload {card.kind} from {phase}",
+            )
+            log.info("phase %s pushed to %s (%s)", phase, self.hub.repo_id, revision)
+        except Exception as error:  # logged with the command that redoes it; the model is safe on disk
+            self._failed(run_dir, phase, revision, error)
+        finally:
+            shutil.rmtree(staged.parent, ignore_errors=True)
+
+    def _resume(self, run_dir: Path, phase: str, revision: str) -> str:
+        return resume_command(run_dir / phase, self.hub.repo_id, revision=revision, private=self.hub.private)
+
+    def _failed(self, run_dir: Path, phase: str, revision: str, error: Exception) -> None:
+        log.error(
+            "phase %s: push to %s (%s) failed: %s; the model is safe in %s; push it with:\n  %s",
+            phase,
+            self.hub.repo_id,
+            revision,
+            error,
+            run_dir / phase,
+            getattr(error, "resume", "") or self._resume(run_dir, phase, revision),
+        )
 
     def wait(self) -> None:
         if any(not future.done() for future in self.pending):
             log.info("waiting for the push to %s to finish", self.hub.repo_id)
         for future in self.pending:
-            future.result()  # push_phase logs its own failures; anything else is a bug and is raised here
+            future.result()
         self.pool.shutdown()
 
 

@@ -96,7 +96,13 @@ def test_finetuning_benchmark_runs_each_batching_and_counts_padding(tmp_path, mo
 
     from benchmarks import finetuning
 
-    task = make_task(tmp_path, modernbert_dir, "multi_label", training={"lr": 5e-3, "epochs": 1, "batch_size": 8})
+    task = make_task(  # as the demo tasks: per-window attention, so a packed batch is one row without padding
+        tmp_path,
+        modernbert_dir,
+        "multi_label",
+        training={"lr": 5e-3, "epochs": 1, "batch_size": 8},
+        attn_implementation="document_sdpa",
+    )
     runs = finetuning.compare([task], seeds=[3], output_root=tmp_path / "bench")
     by_side = {r["side"]: r for r in runs}
     assert {side: r["batching"] for side, r in by_side.items()} == {s: s for s in finetuning.SIDES}

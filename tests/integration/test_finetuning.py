@@ -226,6 +226,17 @@ def test_finished_runs_are_reused_and_other_settings_refused(tmp_path, modernber
     changed = make_task(tmp_path, modernbert_dir, "multi_label", save_model=False, training={"epochs": 2})
     with pytest.raises(ConfigError, match="seed3/results.json holds a run with other settings"):
         run(changed)
+    # A run recorded before training.batching existed was trained on length-grouped batches: reused as such only.
+    record = json.loads(results.read_text())
+    del record["config"]["training"]["batching"]
+    results.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="other settings"):
+        run(task)  # packed, the default now
+    grouped = make_task(
+        tmp_path, modernbert_dir, "multi_label", save_model=False, training={"epochs": 1, "batching": "length_grouped"}
+    )
+    run(grouped)
+    assert json.loads(results.read_text()) == record  # reused, not retrained
 
 
 def test_shipped_chemprot_config_runs_from_the_command_line(tmp_path, modernbert_dir):

@@ -129,6 +129,21 @@ def test_packed_batch_equals_each_example_alone(tiny_tokenizer, task, pooling, a
     assert abs(float(unpacked_loss - loss)) < TOLERANCE
 
 
+def test_tuple_outputs_and_requests_for_every_layer(tiny_tokenizer):
+    """return_dict=False gets its outputs unpacked too; asking for hidden states or attentions (per position, per
+    layer) runs the batch unpacked, so they come in the padded layout the caller expects."""
+    model = task_model(tiny_tokenizer, "ner", "cls", "sdpa")
+    padded = collate(tiny_tokenizer, "ner", examples(tiny_tokenizer, "ner"))
+    reference = model(**padded).logits.detach()
+    real = padded["attention_mask"].bool()  # padding positions carry no prediction
+    install_packing(model)
+    as_tuple = model(**padded, return_dict=False)
+    assert torch.allclose(as_tuple[1][real], reference[real], atol=TOLERANCE)  # (loss, logits)
+    hidden = model(**padded, output_hidden_states=True)
+    assert hidden.hidden_states[-1].shape[:2] == padded["input_ids"].shape
+    assert torch.allclose(hidden.logits, reference, atol=TOLERANCE)  # run unpacked: even padding agrees
+
+
 def test_packing_really_changes_what_the_encoder_sees(tiny_tokenizer):
     """Without the attention confined to each example the outputs would differ: the equality is not vacuous."""
     features = examples(tiny_tokenizer, "single_label")
