@@ -73,7 +73,7 @@ def test_two_machines_simulated_on_one(tmp_path):
             "distributed.timeout_minutes": 5,
         },
     )
-    train(tmp_path, "prepare", recipe)
+    train(tmp_path, "prepare", recipe, "--num_proc", 2)  # several processes never prepare: the store comes first
     port = free_port()
     machines = [
         subprocess.Popen(
@@ -112,8 +112,3 @@ def test_two_machines_simulated_on_one(tmp_path):
     assert 0.8 * 3 * 8 * 128 < summary["phases"][0]["tokens"] <= 3 * 8 * 128
     assert (tmp_path / "out" / "phase2" / "model.safetensors").exists()
     assert not list((tmp_path / "out").glob(".shared-folder-check-*"))
-
-
-def test_a_timeout_in_the_recipe_is_checked(tmp_path):
-    result = train(tmp_path, write_recipe(tmp_path, **{"distributed.timeout_minutes": 0}), check=False)
-    assert result.returncode == 2 and "distributed.timeout_minutes" in result.stderr

@@ -112,6 +112,7 @@ def test_overrides_reach_nested_fields_list_items_and_sources(tmp_path):
         (["--phases.0.length", "{epochs: 1}"], "phases.0.length.epochs: epochs need natural proportion"),
         (["--max_seq_length", "many"], "max_seq_length='many': must be an integer"),
         (["--phases.nope.masking", "0.2"], "--phases.nope: no entry named 'nope'"),
+        (["--distributed.timeout_minutes", "0"], "distributed.timeout_minutes"),
     ],
 )
 def test_bad_values_stop_with_the_key(tmp_path, override, expected):
