@@ -194,6 +194,14 @@ def _local_attention(q, k, v, window: int, dropout: float, scaling) -> torch.Ten
     return torch.cat(out, dim=2)
 
 
+def known_attention(implementation: str) -> str:
+    """`implementation`, made known to transformers first when it is this module's backend (transformers knows
+    the others): what every place that builds or loads a model passes as attn_implementation."""
+    if implementation == DOCUMENT_SDPA:
+        register_document_sdpa()
+    return implementation
+
+
 def register_document_sdpa():
     """Make `attn_implementation="document_sdpa"` known to transformers. Called where models are built
     (pretraining, inference), not at import: nothing changes in transformers unless a model asks for it.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from modeling.common.attention import DOCUMENT_SDPA, register_document_sdpa
+from modeling.common.attention import known_attention
 from modeling.common.errors import ConfigError
 
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -81,8 +81,8 @@ def load_pretrained(
                 f"{path}: holds only pickle weights ({', '.join(pickles)}), which can run code when loaded; "
                 f"convert them to safetensors, or pass {flag} if you trust their source"
             )
-    if kwargs.get("attn_implementation") == DOCUMENT_SDPA:
-        register_document_sdpa()
+    if "attn_implementation" in kwargs:
+        kwargs["attn_implementation"] = known_attention(kwargs["attn_implementation"])
     try:
         return auto_class.from_pretrained(
             path, use_safetensors=None if allow_pickle else True, trust_remote_code=False, **kwargs

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, set_seed
 
-from modeling.common.attention import DOCUMENT_SDPA, register_document_sdpa
+from modeling.common.attention import known_attention
 from modeling.common.errors import ConfigError
 from modeling.common.loading import load_config, load_pretrained
 from modeling.common.run_files import TaskRun
@@ -30,10 +30,8 @@ def build_task_model(task: TaskConfig, seed: int):
     set_seed(seed)  # the new head's initialisation depends on the seed
     try:
         if task.random_init:
-            if task.attn_implementation == DOCUMENT_SDPA:
-                register_document_sdpa()
             config = load_config(task.model, **options)
-            model = auto.from_config(config, attn_implementation=task.attn_implementation)
+            model = auto.from_config(config, attn_implementation=known_attention(task.attn_implementation))
         else:
             model = load_pretrained(
                 auto,

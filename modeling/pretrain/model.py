@@ -11,7 +11,7 @@ from pathlib import Path
 
 from transformers import AutoModelForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
 
-from modeling.common.attention import DOCUMENT_SDPA, register_document_sdpa
+from modeling.common.attention import known_attention
 from modeling.common.errors import ConfigError
 from modeling.common.loading import load_config, load_pretrained
 from modeling.pretrain.recipe import Recipe
@@ -78,9 +78,9 @@ def build_model(recipe: Recipe, tokenizer) -> ModernBertForMaskedLM:
             config = ModernBertConfig(**fields)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model.config: {e}") from None
-        if spec.attn_implementation == DOCUMENT_SDPA:
-            register_document_sdpa()
-        model = ModernBertForMaskedLM._from_config(config, attn_implementation=spec.attn_implementation)
+        model = ModernBertForMaskedLM._from_config(
+            config, attn_implementation=known_attention(spec.attn_implementation)
+        )
     if len(tokenizer) > model.config.vocab_size:
         raise ConfigError(
             f"tokenizer: {len(tokenizer)} tokens do not fit the model's vocab_size {model.config.vocab_size}"
