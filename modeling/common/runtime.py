@@ -46,6 +46,13 @@ def process_group_timeout() -> datetime.timedelta | None:
     return group._get_backend(torch.device("cpu")).options._timeout
 
 
+def processes_without(state: PartialState, has: bool) -> list[str]:
+    """Every process says whether it has something (a collective: all must call it); those that do not, as
+    "rank R on HOST", the same list on every process, so all of them decide alike."""
+    said = gather_object([(state.process_index, socket.gethostname(), has)])
+    return [f"rank {rank} on {host}" for rank, host, found in said if not found]
+
+
 def check_shared_folder(state: PartialState, folder: Path, key: str) -> None:
     """Several processes read what one of them writes in `folder` (run state, results): every process must see
     the same folder. The main process writes a marker there and every process looks for it; where one cannot
@@ -60,11 +67,10 @@ def check_shared_folder(state: PartialState, folder: Path, key: str) -> None:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(socket.gethostname())
     state.wait_for_everyone()
-    seen = gather_object([(state.process_index, socket.gethostname(), marker.exists())])
+    blind = processes_without(state, marker.exists())
     if state.is_main_process:
         marker.unlink(missing_ok=True)
     state.wait_for_everyone()  # no process goes on while the marker is still there
-    blind = [f"rank {rank} on {host}" for rank, host, found in seen if not found]
     if blind:
         raise ConfigError(
             f"{key}={folder}: not one folder for every process ({', '.join(blind)} cannot see what rank 0 wrote "

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import PartialState
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import broadcast_object_list
 from transformers import Trainer, set_seed
 
 from modeling.common import run_files
@@ -25,7 +24,7 @@ from modeling.common.errors import ConfigError, DataError
 from modeling.common.loading import load_tokenizer
 from modeling.common.records import Record
 from modeling.common.run_files import PhaseFolder, PretrainingRun
-from modeling.common.runtime import check_shared_folder, join_processes
+from modeling.common.runtime import check_shared_folder, join_processes, processes_without
 from modeling.data.packing import PackedRow
 from modeling.data.rows import PhaseIndex, PhaseRows, held_out_rows, unigram_entropy
 from modeling.data.store import Store, StoreFolder
@@ -192,14 +191,14 @@ def _store(recipe: Recipe, state: PartialState) -> Store:
     several processes never do: one would work for minutes while the others wait."""
     complete = StoreFolder(recipe.store_dir()).is_complete()
     if state.num_processes > 1:  # every process decides alike, or one stops while the others wait for it
-        seen = gather_object([(state.process_index, socket.gethostname(), complete)])
-        if any(found for _, _, found in seen) and not all(found for _, _, found in seen):
-            blind = ", ".join(f"rank {rank} on {host}" for rank, host, found in seen if not found)
+        blind = processes_without(state, complete)
+        if 0 < len(blind) < state.num_processes:
             raise ConfigError(
-                f"store.path={recipe.store_dir()}: the token store is there for some processes but not for {blind}; "
-                "runs on several machines need store.path on a filesystem they all mount (or a copy on each)"
+                f"store.path={recipe.store_dir()}: the token store is there for some processes but not for "
+                f"{', '.join(blind)}; runs on several machines need store.path on a filesystem they all mount "
+                "(or a copy on each)"
             )
-        complete = all(found for _, _, found in seen)
+        complete = not blind
     if complete:
         return open_store(recipe)
     if state.num_processes > 1:
