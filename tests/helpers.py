@@ -137,6 +137,9 @@ def script_env(tmp_path):
         "PYTHONPATH": str(ROOT),
         "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        # DeepSpeed compiles its CPU communication op on first use: once per machine, not once per test cache
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR")
+        or str(Path.home() / ".cache" / "torch_extensions"),
     }
 
 
@@ -169,6 +172,14 @@ TWO_PROCESSES = [
     "--dynamo_backend",
     "no",
 ]
+
+
+def launch_command(config: str) -> list[str]:
+    """A shipped accelerate config (accelerate_configs/), shrunk to two processes on this machine's CPU; under
+    FSDP, through tests/fsdp_on_cpu.py (its docstring says why). The script and its arguments follow."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+    command += [str(ROOT / "accelerate_configs" / config), "--num_processes", "2"]
+    return command + ([str(ROOT / "tests" / "fsdp_on_cpu.py")] if "fsdp" in config else [])
 
 
 def phase_weights(folder: Path) -> dict:

@@ -96,12 +96,13 @@ def max_length_for(task: TaskConfig, tokenizer) -> int:
     return length
 
 
-def save_task_model(model, tokenizer, run: TaskRun, task: TaskConfig) -> dict[str, str]:
-    """Full fine-tuning: the model. LoRA: the adapter on its own (loads onto the base model with peft),
-    and with peft.merge a stock transformers model with the adapter merged in."""
+def save_task_model(model, tokenizer, run: TaskRun, task: TaskConfig, weights: dict | None = None) -> dict[str, str]:
+    """Full fine-tuning: the model (with `weights`, the full state dict, where an engine sharded it). LoRA: the
+    adapter on its own (loads onto the base model with peft), and with peft.merge a stock transformers model
+    with the adapter merged in."""
     saved = {}
     if task.peft is None:
-        model.save_pretrained(run.model_dir)
+        model.save_pretrained(run.model_dir, state_dict=weights)
         tokenizer.save_pretrained(run.model_dir)
         return {"model": str(run.model_dir)}
     model.save_pretrained(run.adapter_dir)

@@ -18,6 +18,7 @@ from accelerate import PartialState
 from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer
 
 from modeling.common import run_files
+from modeling.common.engines import engine_of, full_state_dict
 from modeling.common.errors import ConfigError
 from modeling.common.run_files import TaskResults, TaskRun, not_a_file
 from modeling.common.runtime import check_shared_folder, join_processes
@@ -135,6 +136,14 @@ def run_one(
         data_collator=collator,
         task=task,
     )
+    engine = engine_of(trainer.accelerator)
+    if engine != "ddp":
+        log.info("training under %s: model states sharded over %d processes", engine, trainer.accelerator.num_processes)
+    if task.peft and engine != "ddp":
+        raise ConfigError(
+            f"peft: LoRA under {engine}; LoRA trains a few parameters and needs no sharding: launch with DDP "
+            "(accelerate_configs/8gpu_ddp.yaml)"
+        )
     trainer.train()
     epochs = _validation_by_epoch(trainer, task.metric_for_selection)
     best = max(epochs, key=lambda e: e[task.metric_for_selection])  # what load_best_model_at_end restored
@@ -160,11 +169,16 @@ def run_one(
         train_runtime_s=round(trainer.state.log_history[-1].get("train_runtime", math.nan), 1),
         config=dataclasses.asdict(task),
     )
+    weights = None  # where an engine sharded them, the best epoch's weights gathered whole (every process takes part)
+    if task.save_model and engine != "ddp":
+        weights = full_state_dict(trainer, engine, trainer.state.best_model_checkpoint)
     if trainer.is_world_process_zero():
         folder.folder.mkdir(parents=True, exist_ok=True)
         run_files.write_text(folder.predictions_jsonl, "".join(json.dumps(row) + "\n" for row in test_records))
         if task.save_model:
-            record.saved = save_task_model(trainer.model, tokenizer, folder, task)
+            record.saved = save_task_model(
+                trainer.accelerator.unwrap_model(trainer.model), tokenizer, folder, task, weights
+            )
         shutil.rmtree(folder.checkpoints_dir, ignore_errors=True)  # the best epoch is saved above
         record.wall_time_s = round(time.time() - started, 1)
         run_files.write_json(folder.results_json, record.to_dict())

@@ -7,13 +7,17 @@ windows (Trainer.predict: batching, devices, gathering across processes) and map
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from accelerate import PartialState
 from seqeval.metrics.sequence_labeling import get_entities
 from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from modeling.common.engines import sharded_launch
 from modeling.common.errors import ConfigError
 from modeling.common.run_files import TaskRun
 from modeling.common.runtime import DEFAULT_TIMEOUT_MINUTES, resolve_precision, use_cpu
@@ -38,6 +42,18 @@ class TaskTrainer(Trainer):
         # transformers applies train_sampling_strategy="group_by_length" to evaluation too, which shuffles the
         # predictions; windows are mapped back to documents by position (and are already sorted by length).
         return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        # transformers names the best checkpoint on each process by whether its folder exists when the model has
+        # been saved; FSDP writes the folder later, with the optimizer, so some processes would miss it, skip
+        # loading the best epoch at the end and wait forever in the others' collectives. Decided again here, once
+        # every process has written its part.
+        if self.state.best_global_step:
+            best = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
+            self.accelerator.wait_for_everyone()
+            if best.exists():
+                self.state.best_model_checkpoint = str(best)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         split = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -142,7 +158,8 @@ def training_arguments(task: TaskConfig, seed: int, lr: float, run: TaskRun, bat
         metric_for_best_model=f"eval_{task.metric_for_selection}",
         greater_is_better=True,
         save_total_limit=1,
-        save_only_model=True,
+        # the best epoch's checkpoint is reloaded at the end; FSDP and DeepSpeed reload theirs with the optimizer
+        save_only_model=not sharded_launch(),
         logging_steps=spec.logging_steps,
         report_to=[],
         train_sampling_strategy="group_by_length" if batching == "length_grouped" else "random",

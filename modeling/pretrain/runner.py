@@ -20,9 +20,9 @@ from accelerate.utils import broadcast_object_list
 from transformers import Trainer, set_seed
 
 from modeling.common import run_files
+from modeling.common.engines import checkpoint_files_problem, full_state_dict, weights_problem
 from modeling.common.errors import ConfigError, DataError
 from modeling.common.loading import load_tokenizer
-from modeling.common.records import Record
 from modeling.common.run_files import PhaseFolder, PretrainingRun
 from modeling.common.runtime import check_shared_folder, join_processes, processes_without
 from modeling.data.packing import PackedRow
@@ -42,19 +42,18 @@ from modeling.pretrain.summary import (
     SourceReport,
     TrainingSummary,
 )
-from modeling.pretrain.trainer import CheckpointMarker, PretrainingTrainer, trainer_callbacks, training_arguments
+from modeling.pretrain.trainer import (
+    CheckpointMarker,
+    PhaseState,
+    PretrainingTrainer,
+    trainer_callbacks,
+    training_arguments,
+)
 
 log = logging.getLogger(__name__)
 
 # Called on the main process when a phase has been trained and recorded: (run folder, phase name, is the last).
 PhaseEndHook = Callable[[Path, str, bool], None]
-
-
-@dataclass
-class PhaseState(Record):
-    """phase_state.json: what a resumed phase needs from before its first step."""
-
-    held_out_loss_start: float
 
 
 def run(recipe: Recipe, resume: bool = False, on_phase_end: PhaseEndHook | None = None) -> TrainingSummary:
@@ -126,8 +125,9 @@ def _run(recipe: Recipe, resume: bool, on_phase_end, state: PartialState, run_fo
                     f"{folder.folder}: phase '{phase.name}' is marked complete but its {problem}; restore the "
                     f"folder, or remove {folder.summary_json.name} there to train the phase again from its checkpoints"
                 )
-            model = reload_phase_model(folder.folder, recipe)
         else:
+            if index > 0:  # a fresh model from the previous phase's folder: the engine prepares each phase's own
+                model = reload_phase_model(run_folder.phase(recipe.phases[index - 1].name).folder, recipe)
             summary = run_phase(recipe, index, model, tokenizer, store, previous_checkpoint, resume)
         previous_checkpoint = run_folder.resolve(summary.final_checkpoint)
         phases.append(summary)
@@ -228,27 +228,25 @@ def run_phase(
     trainer, plan, rows, eval_rows, folder = setup.trainer, setup.plan, setup.rows, setup.eval_rows, setup.folder
     phase, names = recipe.phases[index], recipe.phases[index].source_names()
 
-    checkpoint = last_complete_checkpoint(folder) if resume else None
+    checkpoint = last_complete_checkpoint(folder, trainer.engine) if resume else None
     if checkpoint and folder.state_json.exists():
-        state = PhaseState.load(folder.state_json)
+        held_out_start = PhaseState.load(folder.state_json).held_out_loss_start
         trainer.restore_progress(checkpoint)
         log.info("phase %s: resuming from %s", phase.name, checkpoint)
     else:
         if folder.checkpoints_dir.exists() and PartialState().is_main_process:
             shutil.rmtree(folder.checkpoints_dir)  # a phase killed before its first checkpoint starts over
-        state = PhaseState(trainer.evaluate(metric_key_prefix="held_out")["held_out_loss"])
-        if trainer.args.should_save:
-            run_files.write_json(folder.state_json, state.to_dict())
-        checkpoint = None
+        checkpoint, held_out_start = None, None
     trainer.session_start = time.monotonic()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)  # a fresh phase measures its held-out loss first
+    held_out_start = trainer.held_out_start if held_out_start is None else held_out_start
     wall = trainer.wall_time()
     held_out_end = trainer.evaluate(metric_key_prefix="held_out")["held_out_loss"]
 
-    final_checkpoint = last_complete_checkpoint(folder)
-    save_for_transformers(trainer, tokenizer, folder.folder)
+    final_checkpoint = last_complete_checkpoint(folder, trainer.engine)
+    save_for_transformers(trainer, tokenizer, folder.folder, final_checkpoint)
     reports = _source_reports(store, names, rows, plan.steps * plan.rows_per_step)
-    summary = _phase_summary(recipe, plan, trainer, reports, eval_rows, state.held_out_loss_start, held_out_end, wall)
+    summary = _phase_summary(recipe, plan, trainer, reports, eval_rows, held_out_start, held_out_end, wall)
     run_folder = PretrainingRun(recipe.output_dir)  # recorded relative to it: a moved run still resumes
     summary.final_checkpoint, summary.model_dir = (
         run_folder.relative(final_checkpoint),
@@ -259,7 +257,7 @@ def run_phase(
     log.info(
         "phase %s done: held-out loss %.4f -> %.4f (a frequency-only model: %.4f), %d tokens in %.0f s (%.0f tokens/s)",
         phase.name,
-        state.held_out_loss_start,
+        held_out_start,
         held_out_end,
         summary.held_out.unigram_entropy,
         summary.tokens,
@@ -345,47 +343,47 @@ def set_up_phase(
         callbacks=trainer_callbacks(recipe, PretrainingRun(recipe.output_dir).tensorboard_dir(phase.name)),
         source_names=names,
         phase=phase.name,
+        phase_state_json=folder.state_json,
         carry_optimizer_from=None if phase.reset_optimizer else previous_checkpoint,
     )
     return PhaseSetup(trainer, plan, rows, eval_rows, folder)
 
 
-def last_complete_checkpoint(folder: PhaseFolder) -> str | None:
-    """Newest checkpoint whose completion marker and weights read back; others (cut off while saving, or
-    damaged since) are skipped with a warning naming what is wrong."""
+def last_complete_checkpoint(folder: PhaseFolder, engine: str) -> str | None:
+    """Newest checkpoint whose completion marker, Trainer state and engine files read back; others (cut off
+    while saving, or damaged since) are skipped with a warning naming what is wrong. A complete checkpoint
+    written under another engine stops the run: its files cannot be loaded, and skipping it would lose it."""
     for path in folder.checkpoints():
         problem = _checkpoint_problem(path)
         if problem is None:
+            written_under = CheckpointMarker.load(path / PhaseFolder.CHECKPOINT_MARKER).engine
+            if written_under != engine:
+                raise ConfigError(
+                    f"--resume: {path} was saved under {written_under} and this launch runs {engine}; resume with "
+                    "the accelerate config the run was launched with"
+                )
             return str(path)
         log.warning("checkpoint %s is incomplete (%s); skipping it", path, problem)
     return None
 
 
 def _checkpoint_problem(path: Path) -> str | None:
+    """Complete: our marker (written last) reads, the Trainer's own state is at the marker's step, and the
+    engine's model and optimizer files are whole."""
     marker = path / PhaseFolder.CHECKPOINT_MARKER
     if not marker.exists():
         return "no completion marker: interrupted while saving?"
     try:
-        CheckpointMarker.load(marker)
+        saved = CheckpointMarker.load(marker)
     except DataError:
         return f"{marker.name} cannot be read"
-    return weights_problem(path / "model.safetensors")
-
-
-def weights_problem(path: Path) -> str | None:
-    """Why a safetensors file cannot be used (missing, cut short, not safetensors), or None."""
-    from safetensors import safe_open
-
-    if not path.exists():
-        return f"no {path.name}"
     try:
-        with safe_open(str(path), framework="pt") as weights:
-            names = list(weights.keys())
-            if names:
-                weights.get_slice(names[-1])[...]  # the last tensor lies at the end of the file
-    except Exception as error:  # safetensors raises its own error types for a damaged file
-        return f"{path.name} cannot be read ({type(error).__name__}: {str(error).splitlines()[0]})"
-    return None
+        step = run_files.read_json(path / "trainer_state.json")["global_step"]
+    except (OSError, ValueError, KeyError):
+        return "trainer_state.json is missing or cannot be read"
+    if step != saved.step:
+        return f"trainer_state.json is at step {step}, the marker at {saved.step}"
+    return checkpoint_files_problem(path, saved.engine)
 
 
 def _phase_summary(
@@ -433,6 +431,7 @@ def _phase_summary(
         tokens_per_second=tokens / wall if wall else None,
         sources=reports,
         log_history=[entry for entry in trainer.state.log_history if "loss" in entry or "held_out_loss" in entry],
+        model_states=trainer.state_bytes,
     )
 
 
@@ -451,13 +450,16 @@ def _source_reports(store: Store, names: list[str], rows: PhaseIndex, trained_ro
     return reports
 
 
-def save_for_transformers(trainer: Trainer, tokenizer, folder: Path):
-    """model.safetensors + config + tokenizer: loads with AutoModelForMaskedLM / pipeline('fill-mask')."""
+def save_for_transformers(trainer: Trainer, tokenizer, folder: Path, final_checkpoint: str):
+    """model.safetensors + config + tokenizer: loads with AutoModelForMaskedLM / pipeline('fill-mask').
+    The weights are gathered whole whatever the engine sharded (every process takes part)."""
+    state_dict = full_state_dict(trainer, trainer.engine, final_checkpoint)
+    if not trainer.args.should_save:
+        return
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.config.sparse_prediction = False  # saved config: downstream users get logits for every position
-    trainer.save_model(str(folder))
-    model.config.sparse_prediction = True
-    if trainer.args.should_save:
-        tokenizer.save_pretrained(str(folder))
-        for leftover in ("training_args.bin",):
-            (folder / leftover).unlink(missing_ok=True)  # pickled; not part of a published model
+    try:
+        model.save_pretrained(str(folder), state_dict=state_dict)
+    finally:
+        model.config.sparse_prediction = True
+    tokenizer.save_pretrained(str(folder))

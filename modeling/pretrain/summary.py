@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from modeling.common.engines import StateBytes
 from modeling.common.records import Record
 from modeling.common.run_files import PretrainingRun
 
@@ -78,10 +79,12 @@ class PhaseSummary(Record):
     log_history: list[dict] = field(default_factory=list)  # Trainer's logs: loss, learning rate, masking rate
     final_checkpoint: str | None = None  # the next phase carries its optimizer state from here
     model_dir: str | None = None
+    model_states: StateBytes | None = None  # bytes of parameters, gradients and optimizer state per process
 
     # Runs recorded before documents were counted per source, and before per-source reading reports, lack
     # these: they read back empty.
     OLDER_FILES_LACK = {"documents_trained": dict, "sources": dict}
+    OMITTED_WHEN_NONE = ("model_states",)
 
 
 @dataclass

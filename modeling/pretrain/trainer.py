@@ -3,14 +3,15 @@
 - document masks built on the device from each batch's `doc_ids` (modeling.common.attention);
 - counters of what was trained (real tokens and documents per source, masked positions), summed over
   processes, logged, and kept in each checkpoint's completion marker so a resumed phase counts on;
-- the previous phase's optimizer state carried over (its moments, with this phase's hyperparameters);
+- at the phase's start, once the engine (DDP, FSDP2, ZeRO; modeling.common.engines) has prepared the model
+  and optimizer: the previous phase's optimizer state carried over (its moments, with this phase's
+  hyperparameters) and the held-out loss measured;
 - a checkpoint at the phase's last step (the next phase carries its optimizer from there).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,6 +25,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from modeling.common import run_files
 from modeling.common.attention import packed_model_inputs
 from modeling.common.cli import interrupted
+from modeling.common.engines import (
+    StateBytes,
+    checkpoint_files_problem,
+    engine_of,
+    load_optimizer_state,
+    state_bytes,
+)
 from modeling.common.errors import ConfigError
 from modeling.common.records import Record
 from modeling.common.run_files import PhaseFolder
@@ -84,6 +92,26 @@ class CheckpointMarker(Record):
     step: int
     counts: list[float] = field(default_factory=list)  # TokenCounters.flat() summed over processes
     wall_time: float = 0.0  # training seconds of the phase so far, across interruptions
+    engine: str = "ddp"  # modeling.common.engines: what the checkpoint's files are (older markers: DDP, the only one)
+
+
+@dataclass
+class PhaseState(Record):
+    """phase_state.json: what a resumed phase needs from before its first step."""
+
+    held_out_loss_start: float
+
+
+def _carried_state_problem(checkpoint: Path, engine: str) -> str | None:
+    """Why the previous phase's last checkpoint cannot give this phase its optimizer state, or None."""
+    marker = checkpoint / PhaseFolder.CHECKPOINT_MARKER
+    if not marker.exists():
+        return "is gone"
+    written_under = CheckpointMarker.load(marker).engine
+    if written_under != engine:
+        return f"was saved under {written_under} and this launch runs {engine}; launch with the same accelerate config"
+    problem = checkpoint_files_problem(checkpoint, engine)
+    return f"is not whole ({problem})" if problem else None
 
 
 class PretrainingTrainer(Trainer):
@@ -95,15 +123,20 @@ class PretrainingTrainer(Trainer):
         held_out_collator,
         source_names: list[str],
         phase: str,
+        phase_state_json: Path,
         carry_optimizer_from: str | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.held_out_collator, self.source_names, self.phase = held_out_collator, source_names, phase
-        self.carry_optimizer_from = carry_optimizer_from
+        self.carry_optimizer_from, self.phase_state_json = carry_optimizer_from, phase_state_json
+        self.engine = engine_of(self.accelerator)
+        self.held_out_start: float | None = None
+        self.state_bytes: StateBytes | None = None
         self.counters = TokenCounters.zeros(len(source_names))
         self._last_log = (time.monotonic(), TokenCounters.zeros(len(source_names)))
         self.wall_time_before, self.session_start = 0.0, time.monotonic()
+        self.add_callback(PhaseStart(self))
 
     def wall_time(self) -> float:
         """Training time of the phase, across interruptions."""
@@ -127,38 +160,47 @@ class PretrainingTrainer(Trainer):
     # -- forward
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = packed_model_inputs(inputs, self.accelerator.unwrap_model(model).config, model.dtype)
+        unwrapped = self.accelerator.unwrap_model(model)  # DDP and DeepSpeed wrappers have no config or dtype
+        inputs = packed_model_inputs(inputs, unwrapped.config, unwrapped.dtype)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.counters.add_batch(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
 
-    # -- optimizer carried over from the previous phase
+    # -- the phase's start, once the engine has prepared the model and optimizer
 
-    def create_optimizer(self, model=None):
-        optimizer = super().create_optimizer(model)
-        if self.carry_optimizer_from and not getattr(self, "_carried", False):
-            if not os.path.isfile(os.path.join(self.carry_optimizer_from, "optimizer.pt")):
+    def start_phase(self):
+        """Before the first step of a phase started afresh (not resumed): the previous phase's optimizer state
+        carried over, then the held-out loss measured and kept in phase_state.json. Both need the model and
+        optimizer as the engine prepared them: FSDP2 cannot evaluate a model it has not sharded with its
+        optimizer, ZeRO-2 cannot evaluate outside training, and a sharded optimizer loads sharded state only."""
+        if self.carry_optimizer_from:
+            problem = _carried_state_problem(Path(self.carry_optimizer_from), self.engine)
+            if problem:
                 raise ConfigError(
-                    f"phase {self.phase}: the previous phase's optimizer state ({self.carry_optimizer_from}) is "
-                    f"gone; restore it, or start this phase with a fresh optimizer "
+                    f"phase {self.phase}: the previous phase's optimizer state ({self.carry_optimizer_from}) "
+                    f"{problem}; restore it, or start this phase with a fresh optimizer "
                     f"(--phases.{self.phase}.reset_optimizer true)"
                 )
-            state = torch.load(
-                os.path.join(self.carry_optimizer_from, "optimizer.pt"), weights_only=True, map_location="cpu"
-            )
-            optimizer.load_state_dict(state)
-            for group in optimizer.param_groups:  # keep the moments, take this phase's hyperparameters
-                group.pop("initial_lr", None)
-                group.update(
-                    lr=self.args.learning_rate,
-                    betas=(self.args.adam_beta1, self.args.adam_beta2),
-                    eps=self.args.adam_epsilon,
-                )
-            self._carried = True
+            load_optimizer_state(self, self.carry_optimizer_from, self.engine)
             log.info("phase %s: optimizer state carried over from %s", self.phase, self.carry_optimizer_from)
-        return optimizer
+        self.held_out_start = self.evaluate(metric_key_prefix="held_out")["held_out_loss"]
+        if self.args.should_save:
+            run_files.write_json(self.phase_state_json, PhaseState(self.held_out_start).to_dict())
+        self.session_start = time.monotonic()  # the wall time of the phase is its training
+        self._last_log = (self.session_start, self._last_log[1])
+
+    def record_state_bytes(self):
+        """Parameters, gradients and optimizer state held per process, the largest over processes (not under
+        ZeRO: see state_bytes)."""
+        if self.engine not in ("ddp", "fsdp2"):
+            return
+        local = state_bytes(self.model_wrapped, self.optimizer)
+        values = torch.tensor(local, dtype=torch.float64, device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.gather(values).view(-1, 3).max(dim=0).values
+        self.state_bytes = StateBytes(self.engine, *(int(v) for v in values.tolist()))
 
     # -- logging and checkpoints
 
@@ -187,7 +229,7 @@ class PretrainingTrainer(Trainer):
         counters = self.global_counters()
         if self.args.should_save:
             folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            marker = CheckpointMarker(self.state.global_step, counters.flat().tolist(), self.wall_time())
+            marker = CheckpointMarker(self.state.global_step, counters.flat().tolist(), self.wall_time(), self.engine)
             run_files.write_json(folder / PhaseFolder.CHECKPOINT_MARKER, marker.to_dict(), indent=None)
 
     def restore_progress(self, checkpoint: str):
@@ -197,6 +239,24 @@ class PretrainingTrainer(Trainer):
             self.counters = TokenCounters.from_flat(saved.counts, len(self.source_names))
         self._last_log = (time.monotonic(), counters)
         self.wall_time_before, self.session_start = saved.wall_time, time.monotonic()
+
+
+class PhaseStart(TrainerCallback):
+    """Calls the trainer's start_phase once the engine has prepared the model and optimizer (a resumed phase
+    has both from its checkpoint), and measures what each process holds after the first optimizer step."""
+
+    def __init__(self, trainer: PretrainingTrainer):
+        self.trainer = trainer
+        self.measured = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:
+            self.trainer.start_phase()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if not self.measured:
+            self.trainer.record_state_bytes()
+            self.measured = True
 
 
 class SaveAtPhaseEnd(TrainerCallback):

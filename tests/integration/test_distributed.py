@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 
-from helpers import ROOT, SCRIPT, TWO_PROCESSES, script_env, train, write_recipe
+from helpers import ROOT, SCRIPT, TWO_PROCESSES, phase_weights, script_env, train, write_recipe
 
 CHECKS = textwrap.dedent(
     """
@@ -64,15 +64,13 @@ def free_port() -> int:
 
 
 def test_two_machines_simulated_on_one(tmp_path):
-    recipe = write_recipe(
-        tmp_path,
-        **{
-            "phases.0.length.steps": 3,
-            "phases.1.length": {"steps": 2},
-            "logging.steps": 1,
-            "distributed.timeout_minutes": 5,
-        },
-    )
+    changes = {
+        "phases.0.length.steps": 3,
+        "phases.1.length": {"steps": 2},
+        "logging.steps": 1,
+        "distributed.timeout_minutes": 5,
+    }
+    recipe = write_recipe(tmp_path, **changes)
     train(tmp_path, "prepare", recipe, "--num_proc", 2)  # several processes never prepare: the store comes first
     port = free_port()
     machines = [
@@ -110,5 +108,13 @@ def test_two_machines_simulated_on_one(tmp_path):
     assert [phase["steps"] for phase in summary["phases"]] == [3, 2]
     # The global batch is split over the two machines' processes: 3 steps of 8 rows of at most 128 tokens.
     assert 0.8 * 3 * 8 * 128 < summary["phases"][0]["tokens"] <= 3 * 8 * 128
-    assert (tmp_path / "out" / "phase2" / "model.safetensors").exists()
     assert not list((tmp_path / "out").glob(".shared-folder-check-*"))
+    # The processes train one model: their gradients are averaged at every step (the held-out evaluation before
+    # the first step once left the model out of DDP, and each process trained its own). One process taking the
+    # same global batch in two micro-batches ends with the same weights.
+    alone = tmp_path / "one_process"
+    alone.mkdir()
+    train(alone, write_recipe(alone, **changes))
+    for phase in ("phase1", "phase2"):
+        together, expected = phase_weights(tmp_path / "out" / phase), phase_weights(alone / "out" / phase)
+        assert max((together[k] - expected[k]).abs().max().item() for k in expected) <= 1e-6

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import DRUGS, ROOT, TWO_PROCESSES, make_task, sentence
+from helpers import DRUGS, ROOT, launch_command, make_task, sentence
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 from modeling.finetune.dataset import load_task_examples
@@ -184,16 +184,19 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
     assert result.stderr.strip() == "error: bad.yaml: data.unit='sentence': allowed values are file, snippet"
 
 
-def test_two_processes_under_accelerate_write_one_result_with_every_test_example(tmp_path, modernbert_dir):
+def test_two_processes_under_fsdp2_write_one_result_with_every_test_example(tmp_path, modernbert_dir):
+    """The shipped FSDP2 config on two CPU processes: the best epoch's sharded weights are saved whole, and
+    predictions gathered from both processes come back in order."""
     import yaml
 
     task = make_task(tmp_path, modernbert_dir, "ner", training={"lr": 5e-3, "epochs": 4, "batch_size": 8})
     path = tmp_path / "task.yaml"
     raw = json.loads(json.dumps(__import__("dataclasses").asdict(task)))
     path.write_text(yaml.safe_dump(raw))
-    command = [*TWO_PROCESSES, "finetune.py", str(path)]
+    command = [*launch_command("8gpu_fsdp2.yaml"), "finetune.py", str(path)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "training under fsdp2" in result.stderr
     record = json.loads((tmp_path / "results" / "seed3" / "results.json").read_text())
     rows = (tmp_path / "results" / "seed3" / "predictions_test.jsonl").read_text().splitlines()
     assert len(rows) == record["examples"]["test"] and len({json.loads(r)["id"] for r in rows}) == len(rows)

@@ -136,30 +136,59 @@ def test_dataloader_workers_train_exactly_as_the_main_process(tmp_path):
 
 
 def test_incomplete_last_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
-    """Newer checkpoints cut off while saving (no marker, an empty marker) or damaged since (weights cut
-    short) are skipped, each with a warning saying what is wrong; the newest sound one is used."""
+    """Newer checkpoints cut off while saving (no marker, an empty marker, Trainer state behind the marker) or
+    damaged since (weights or a sharded file cut short) are skipped, each with a warning saying what is wrong;
+    the newest sound one is used. A sound one written under another engine stops the resume instead."""
     import torch
+    import torch.distributed.checkpoint as dcp
     from safetensors.torch import save_file
 
+    from modeling.common.errors import ConfigError
     from modeling.common.run_files import PhaseFolder
     from modeling.pretrain.runner import last_complete_checkpoint
     from modeling.pretrain.trainer import CheckpointMarker
 
-    folder = tmp_path / "checkpoints"
-    for step in (3, 6, 9, 12, 15):
-        checkpoint = folder / f"checkpoint-{step}"
-        checkpoint.mkdir(parents=True)
-        save_file({"w": torch.arange(64, dtype=torch.float32)}, str(checkpoint / "model.safetensors"))
-        if step != 9:
-            marker = json.dumps(CheckpointMarker(step=step).to_dict())
-            (checkpoint / PhaseFolder.CHECKPOINT_MARKER).write_text("" if step == 15 else marker)
-    weights = folder / "checkpoint-12" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-40])
+    def checkpoint(phase, step: int, engine: str, marker: str | None = "", trainer_step: int | None = None):
+        folder = phase / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        weights = {"w": torch.arange(64, dtype=torch.float32)}
+        if engine == "ddp":
+            save_file(weights, str(folder / "model.safetensors"))
+            torch.save({"state": {}}, folder / "optimizer.pt")
+        else:  # as FSDP2 saves them: torch.distributed.checkpoint folders (one process writes one file)
+            dcp.save(weights, checkpoint_id=str(folder / "pytorch_model_fsdp_0"))
+            dcp.save({"moments": torch.ones(64)}, checkpoint_id=str(folder / "optimizer_0"))
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": trainer_step or step}))
+        if marker is not None:
+            text = json.dumps(CheckpointMarker(step=step, engine=engine).to_dict()) if marker == "" else marker
+            (folder / PhaseFolder.CHECKPOINT_MARKER).write_text(text)
+        return folder
+
+    ddp = tmp_path / "ddp"
+    for step in (3, 6):
+        checkpoint(ddp, step, "ddp")
+    checkpoint(ddp, 9, "ddp", marker=None)
+    cut = checkpoint(ddp, 12, "ddp") / "model.safetensors"
+    cut.write_bytes(cut.read_bytes()[:-40])
+    checkpoint(ddp, 15, "ddp", marker="{}")
+    checkpoint(ddp, 18, "ddp", trainer_step=17)
     with caplog.at_level("WARNING"):
-        assert last_complete_checkpoint(PhaseFolder(tmp_path)) == str(folder / "checkpoint-6")
+        assert last_complete_checkpoint(PhaseFolder(ddp), "ddp") == str(ddp / "checkpoints" / "checkpoint-6")
+    assert "checkpoint-18 is incomplete (trainer_state.json is at step 17, the marker at 18)" in caplog.text
     assert "checkpoint-15 is incomplete (checkpoint_complete.json cannot be read)" in caplog.text
     assert "checkpoint-12 is incomplete (model.safetensors cannot be read" in caplog.text
     assert "checkpoint-9 is incomplete (no completion marker" in caplog.text
+
+    fsdp2 = tmp_path / "fsdp2"
+    checkpoint(fsdp2, 3, "fsdp2")
+    shard = next((checkpoint(fsdp2, 6, "fsdp2") / "optimizer_0").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-8])
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert last_complete_checkpoint(PhaseFolder(fsdp2), "fsdp2") == str(fsdp2 / "checkpoints" / "checkpoint-3")
+    assert f"checkpoint-6 is incomplete (optimizer_0/{shard.name} is missing or cut short)" in caplog.text
+    with pytest.raises(ConfigError, match="checkpoint-3 was saved under fsdp2 and this launch runs ddp"):
+        last_complete_checkpoint(PhaseFolder(fsdp2), "ddp")
 
 
 def test_resume_skips_an_incomplete_checkpoint_and_matches(tmp_path, finished_run):
