@@ -37,20 +37,25 @@ def run_command(
             code = command(argv) or 0
             if not interrupted():
                 return code
-            print(f"error: interrupted{then}", file=sys.stderr)  # the interrupt was swallowed on its way up
+            _say_mid_run(f"error: interrupted{then}")  # the interrupt was swallowed on its way up
             return EXIT_INTERRUPTED
         except UserError as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             return EXIT_USER_ERROR
         except KeyboardInterrupt:
-            print(f"error: interrupted{then}", file=sys.stderr)
+            _say_mid_run(f"error: interrupted{then}")
             return EXIT_INTERRUPTED
         except (OSError, RuntimeError) as error:  # torch and safetensors wrap a full disk in RuntimeError
             if getattr(error, "errno", None) != errno.ENOSPC and "No space left on device" not in str(error):
                 raise
             where = f" writing {error.filename}" if getattr(error, "filename", None) else ""
-            print(f"error: no space left on device{where}{then}", file=sys.stderr)
+            _say_mid_run(f"error: no space left on device{where}{then}")
             return EXIT_USER_ERROR
+
+
+def _say_mid_run(line: str):
+    """A line that may come while a progress bar holds the end of the terminal's line: it starts a line of its own."""
+    print(f"\n{line}", file=sys.stderr)
 
 
 _interrupted = False

@@ -13,6 +13,7 @@ gradients and optimizer state sharded; sharded checkpoints), `zero2` and `zero3`
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ def engine_of(accelerator) -> str:
         if stage not in (2, 3):
             raise ConfigError(
                 f"accelerate config: DeepSpeed ZeRO stage {stage}; this project runs ZeRO-2 and ZeRO-3 "
-                "(accelerate_configs/8gpu_zero2.yaml, 8gpu_zero3.yaml), or DDP below that"
+                "(accelerate_configs/8gpu_zero2.yaml, 8gpu_zero3.yaml); for less sharding than ZeRO-2, DDP"
             )
         return f"zero{stage}"
     if accelerator.distributed_type == DistributedType.FSDP:
@@ -78,8 +79,9 @@ def sharded_launch() -> bool:
 # ---------------------------------------------------------------- checkpoint files
 
 
-def checkpoint_files_problem(path: Path, engine: str) -> str | None:
-    """Why a checkpoint written under `engine` lacks the model or optimizer state it needs, or None."""
+def checkpoint_files_problem(path: Path, engine: str, processes: int = 0) -> str | None:
+    """Why a checkpoint written under `engine` (by `processes`, 0: not known) lacks the model or optimizer state
+    it needs, or None."""
     if engine == "ddp":
         if not (path / "optimizer.pt").exists():
             return "no optimizer.pt"
@@ -87,7 +89,7 @@ def checkpoint_files_problem(path: Path, engine: str) -> str | None:
     if engine == "fsdp2":
         return dcp_problem(path / FSDP_MODEL_FOLDER) or dcp_problem(path / FSDP_OPTIMIZER_FOLDER)
     if engine in ("zero2", "zero3"):
-        return deepspeed_problem(path)
+        return deepspeed_problem(path, processes)
     return f"written under an unknown engine '{engine}'"
 
 
@@ -125,8 +127,9 @@ def dcp_problem(folder: Path) -> str | None:
     return None
 
 
-def deepspeed_problem(path: Path) -> str | None:
-    """Why a DeepSpeed checkpoint (`latest` naming a folder of model and optimizer states) is not whole."""
+def deepspeed_problem(path: Path, processes: int = 0) -> str | None:
+    """Why a DeepSpeed checkpoint (`latest` naming a folder of model and optimizer states, one optimizer
+    partition per process) is not whole."""
     latest = path / "latest"
     if not latest.exists():
         return "no DeepSpeed 'latest' file"
@@ -134,8 +137,9 @@ def deepspeed_problem(path: Path) -> str | None:
     states = path / tag
     if not glob.glob(str(states / "*model_states.pt")):
         return f"no model states in {tag}/"
-    if not glob.glob(str(states / "*optim_states.pt")):
-        return f"no optimizer states in {tag}/"
+    partitions = glob.glob(str(states / "*optim_states.pt"))
+    if not partitions or (processes and len(partitions) != processes):
+        return f"{len(partitions)} optimizer partitions in {tag}/" + (f", not {processes}" if processes else "")
     return None
 
 
@@ -202,6 +206,18 @@ def full_state_dict(trainer, engine: str, checkpoint: str | None = None) -> dict
         aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - first_names
         return {name: tensor for name, tensor in state.items() if name not in aliases}
     return trainer.accelerator.unwrap_model(trainer.model).state_dict() if main else None
+
+
+def save_whole(model, folder: Path, state_dict: dict[str, torch.Tensor] | None) -> None:
+    """save_pretrained with weights gathered by full_state_dict (None: the module's own). The config records
+    the dtype of the weights written, not the module's: ZeRO under bf16 casts the module to bf16 while the
+    weights consolidated from its checkpoint are fp32, and transformers loads a folder in its config's dtype."""
+    model.save_pretrained(str(folder), state_dict=state_dict)
+    floating = {t.dtype for t in (state_dict or {}).values() if t.is_floating_point()}
+    if len(floating) == 1 and (written := floating.pop()) != model.dtype:
+        config = copy.deepcopy(model.config)
+        config.dtype = written
+        config.save_pretrained(str(folder))
 
 
 # ---------------------------------------------------------------- what each process holds

@@ -8,6 +8,7 @@ from pathlib import Path
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, set_seed
 
 from modeling.common.attention import known_attention
+from modeling.common.engines import save_whole
 from modeling.common.errors import ConfigError
 from modeling.common.loading import load_config, load_pretrained
 from modeling.common.run_files import TaskRun
@@ -102,7 +103,7 @@ def save_task_model(model, tokenizer, run: TaskRun, task: TaskConfig, weights: d
     with the adapter merged in."""
     saved = {}
     if task.peft is None:
-        model.save_pretrained(run.model_dir, state_dict=weights)
+        save_whole(model, run.model_dir, weights)
         tokenizer.save_pretrained(run.model_dir)
         return {"model": str(run.model_dir)}
     model.save_pretrained(run.adapter_dir)

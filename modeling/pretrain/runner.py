@@ -8,6 +8,7 @@ complete checkpoint when asked), measure again, save a stock-transformers folder
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import time
@@ -20,7 +21,7 @@ from accelerate.utils import broadcast_object_list
 from transformers import Trainer, set_seed
 
 from modeling.common import run_files
-from modeling.common.engines import checkpoint_files_problem, full_state_dict, weights_problem
+from modeling.common.engines import checkpoint_files_problem, full_state_dict, save_whole, weights_problem
 from modeling.common.errors import ConfigError, DataError
 from modeling.common.loading import load_tokenizer
 from modeling.common.run_files import PhaseFolder, PretrainingRun
@@ -129,6 +130,8 @@ def _run(recipe: Recipe, resume: bool, on_phase_end, state: PartialState, run_fo
             if index > 0:  # a fresh model from the previous phase's folder: the engine prepares each phase's own
                 model = reload_phase_model(run_folder.phase(recipe.phases[index - 1].name).folder, recipe)
             summary = run_phase(recipe, index, model, tokenizer, store, previous_checkpoint, resume)
+            model = None  # the finished phase's model and optimizer go before the next phase builds its own
+            gc.collect()
         previous_checkpoint = run_folder.resolve(summary.final_checkpoint)
         phases.append(summary)
         if state.is_main_process:  # one writer: several processes renaming the same temporary file race
@@ -228,7 +231,8 @@ def run_phase(
     trainer, plan, rows, eval_rows, folder = setup.trainer, setup.plan, setup.rows, setup.eval_rows, setup.folder
     phase, names = recipe.phases[index], recipe.phases[index].source_names()
 
-    checkpoint = last_complete_checkpoint(folder, trainer.engine) if resume else None
+    processes = trainer.accelerator.num_processes
+    checkpoint = last_complete_checkpoint(folder, trainer.engine, processes) if resume else None
     if checkpoint and folder.state_json.exists():
         held_out_start = PhaseState.load(folder.state_json).held_out_loss_start
         trainer.restore_progress(checkpoint)
@@ -243,7 +247,16 @@ def run_phase(
     wall = trainer.wall_time()
     held_out_end = trainer.evaluate(metric_key_prefix="held_out")["held_out_loss"]
 
-    final_checkpoint = last_complete_checkpoint(folder, trainer.engine)
+    # decided once, by the main process: under ZeRO it says where the weights are read from, and every process
+    # must take the same path through the collectives that follow
+    main = trainer.accelerator.is_main_process
+    final_checkpoint = last_complete_checkpoint(folder, trainer.engine, processes) if main else None
+    final_checkpoint = broadcast_object_list([final_checkpoint])[0] if processes > 1 else final_checkpoint
+    if final_checkpoint is None or not final_checkpoint.endswith(f"-{trainer.state.global_step}"):
+        raise DataError(
+            f"{folder.checkpoints_dir}: the checkpoint of the phase's last step ({trainer.state.global_step}) is "
+            f"missing or incomplete (newest complete: {final_checkpoint}); the next phase starts from its state"
+        )
     save_for_transformers(trainer, tokenizer, folder.folder, final_checkpoint)
     reports = _source_reports(store, names, rows, plan.steps * plan.rows_per_step)
     summary = _phase_summary(recipe, plan, trainer, reports, eval_rows, held_out_start, held_out_end, wall)
@@ -349,19 +362,16 @@ def set_up_phase(
     return PhaseSetup(trainer, plan, rows, eval_rows, folder)
 
 
-def last_complete_checkpoint(folder: PhaseFolder, engine: str) -> str | None:
+def last_complete_checkpoint(folder: PhaseFolder, engine: str, processes: int = 1) -> str | None:
     """Newest checkpoint whose completion marker, Trainer state and engine files read back; others (cut off
     while saving, or damaged since) are skipped with a warning naming what is wrong. A complete checkpoint
     written under another engine stops the run: its files cannot be loaded, and skipping it would lose it."""
     for path in folder.checkpoints():
         problem = _checkpoint_problem(path)
         if problem is None:
-            written_under = CheckpointMarker.load(path / PhaseFolder.CHECKPOINT_MARKER).engine
-            if written_under != engine:
-                raise ConfigError(
-                    f"--resume: {path} was saved under {written_under} and this launch runs {engine}; resume with "
-                    "the accelerate config the run was launched with"
-                )
+            mismatch = CheckpointMarker.load(path / PhaseFolder.CHECKPOINT_MARKER).launch_mismatch(engine, processes)
+            if mismatch:
+                raise ConfigError(f"--resume: {path} {mismatch}; resume the run as it was launched")
             return str(path)
         log.warning("checkpoint %s is incomplete (%s); skipping it", path, problem)
     return None
@@ -383,7 +393,7 @@ def _checkpoint_problem(path: Path) -> str | None:
         return "trainer_state.json is missing or cannot be read"
     if step != saved.step:
         return f"trainer_state.json is at step {step}, the marker at {saved.step}"
-    return checkpoint_files_problem(path, saved.engine)
+    return checkpoint_files_problem(path, saved.engine, saved.processes)
 
 
 def _phase_summary(
@@ -459,7 +469,7 @@ def save_for_transformers(trainer: Trainer, tokenizer, folder: Path, final_check
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.config.sparse_prediction = False  # saved config: downstream users get logits for every position
     try:
-        model.save_pretrained(str(folder), state_dict=state_dict)
+        save_whole(model, folder, state_dict)
     finally:
         model.config.sparse_prediction = True
     tokenizer.save_pretrained(str(folder))

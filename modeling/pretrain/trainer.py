@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +94,18 @@ class CheckpointMarker(Record):
     counts: list[float] = field(default_factory=list)  # TokenCounters.flat() summed over processes
     wall_time: float = 0.0  # training seconds of the phase so far, across interruptions
     engine: str = "ddp"  # modeling.common.engines: what the checkpoint's files are (older markers: DDP, the only one)
+    processes: int = 0  # how many processes wrote it (0: not recorded)
+
+    def launch_mismatch(self, engine: str, processes: int) -> str | None:
+        """Why this launch cannot load the checkpoint's engine files, or None. DDP and FSDP2 checkpoints load
+        into any number of processes (FSDP2's are resharded on load); ZeRO's partitions only into as many."""
+        if self.engine != engine:
+            return f"was saved under {self.engine} and this launch runs {engine}"
+        if engine.startswith("zero") and self.processes and self.processes != processes:
+            return (
+                f"was saved by {self.processes} processes and ZeRO loads its partitions into as many, not {processes}"
+            )
+        return None
 
 
 @dataclass
@@ -102,15 +115,13 @@ class PhaseState(Record):
     held_out_loss_start: float
 
 
-def _carried_state_problem(checkpoint: Path, engine: str) -> str | None:
+def _carried_state_problem(checkpoint: Path) -> str | None:
     """Why the previous phase's last checkpoint cannot give this phase its optimizer state, or None."""
     marker = checkpoint / PhaseFolder.CHECKPOINT_MARKER
     if not marker.exists():
         return "is gone"
-    written_under = CheckpointMarker.load(marker).engine
-    if written_under != engine:
-        return f"was saved under {written_under} and this launch runs {engine}; launch with the same accelerate config"
-    problem = checkpoint_files_problem(checkpoint, engine)
+    saved = CheckpointMarker.load(marker)
+    problem = checkpoint_files_problem(checkpoint, saved.engine, saved.processes)
     return f"is not whole ({problem})" if problem else None
 
 
@@ -176,12 +187,20 @@ class PretrainingTrainer(Trainer):
         optimizer as the engine prepared them: FSDP2 cannot evaluate a model it has not sharded with its
         optimizer, ZeRO-2 cannot evaluate outside training, and a sharded optimizer loads sharded state only."""
         if self.carry_optimizer_from:
-            problem = _carried_state_problem(Path(self.carry_optimizer_from), self.engine)
+            problem = _carried_state_problem(Path(self.carry_optimizer_from))
             if problem:
                 raise ConfigError(
                     f"phase {self.phase}: the previous phase's optimizer state ({self.carry_optimizer_from}) "
                     f"{problem}; restore it, or start this phase with a fresh optimizer "
                     f"(--phases.{self.phase}.reset_optimizer true)"
+                )
+            marker = CheckpointMarker.load(Path(self.carry_optimizer_from) / PhaseFolder.CHECKPOINT_MARKER)
+            mismatch = marker.launch_mismatch(self.engine, self.accelerator.num_processes)
+            if mismatch:
+                raise ConfigError(
+                    f"phase {self.phase}: the previous phase's optimizer state ({self.carry_optimizer_from}) "
+                    f"{mismatch}; launch as the previous phase was launched, or start this phase with a fresh "
+                    f"optimizer (--phases.{self.phase}.reset_optimizer true)"
                 )
             load_optimizer_state(self, self.carry_optimizer_from, self.engine)
             log.info("phase %s: optimizer state carried over from %s", self.phase, self.carry_optimizer_from)
@@ -192,14 +211,15 @@ class PretrainingTrainer(Trainer):
         self._last_log = (self.session_start, self._last_log[1])
 
     def record_state_bytes(self):
-        """Parameters, gradients and optimizer state held per process, the largest over processes (not under
-        ZeRO: see state_bytes)."""
+        """Parameters, gradients and optimizer state of the process that holds the most (not under ZeRO: see
+        state_bytes)."""
         if self.engine not in ("ddp", "fsdp2"):
             return
         local = state_bytes(self.model_wrapped, self.optimizer)
         values = torch.tensor(local, dtype=torch.float64, device=self.args.device)
-        if self.accelerator.num_processes > 1:
-            values = self.accelerator.gather(values).view(-1, 3).max(dim=0).values
+        if self.accelerator.num_processes > 1:  # the process that holds the most
+            every = self.accelerator.gather(values).view(-1, 3)
+            values = every[every.sum(dim=1).argmax()]
         self.state_bytes = StateBytes(self.engine, *(int(v) for v in values.tolist()))
 
     # -- logging and checkpoints
@@ -229,7 +249,13 @@ class PretrainingTrainer(Trainer):
         counters = self.global_counters()
         if self.args.should_save:
             folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            marker = CheckpointMarker(self.state.global_step, counters.flat().tolist(), self.wall_time(), self.engine)
+            marker = CheckpointMarker(
+                self.state.global_step,
+                counters.flat().tolist(),
+                self.wall_time(),
+                self.engine,
+                self.accelerator.num_processes,
+            )
             run_files.write_json(folder / PhaseFolder.CHECKPOINT_MARKER, marker.to_dict(), indent=None)
 
     def restore_progress(self, checkpoint: str):
@@ -246,16 +272,18 @@ class PhaseStart(TrainerCallback):
     has both from its checkpoint), and measures what each process holds after the first optimizer step."""
 
     def __init__(self, trainer: PretrainingTrainer):
-        self.trainer = trainer
+        # A weak reference: a cycle trainer -> callback -> trainer would keep a finished phase's model and
+        # optimizer in (GPU) memory until the cycle collector ran, while the next phase builds its own.
+        self.trainer = weakref.ref(trainer)
         self.measured = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.global_step == 0:
-            self.trainer.start_phase()
+            self.trainer().start_phase()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         if not self.measured:
-            self.trainer.record_state_bytes()
+            self.trainer().record_state_bytes()
             self.measured = True
 
 

@@ -190,6 +190,26 @@ def test_incomplete_last_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     with pytest.raises(ConfigError, match="checkpoint-3 was saved under fsdp2 and this launch runs ddp"):
         last_complete_checkpoint(PhaseFolder(fsdp2), "ddp")
 
+    # ZeRO: one optimizer partition per process that wrote it, and loadable only into as many processes
+    zero2 = tmp_path / "zero2" / "checkpoints"
+    for step, partitions in ((3, 2), (6, 1)):
+        folder = zero2 / f"checkpoint-{step}"
+        (folder / f"global_step{step}").mkdir(parents=True)
+        (folder / "latest").write_text(f"global_step{step}")
+        for name in ["mp_rank_00_model_states.pt"] + [
+            f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(partitions)
+        ]:
+            (folder / f"global_step{step}" / name).write_bytes(b"states")
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        marker = CheckpointMarker(step=step, engine="zero2", processes=2)
+        (folder / PhaseFolder.CHECKPOINT_MARKER).write_text(json.dumps(marker.to_dict()))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert last_complete_checkpoint(PhaseFolder(zero2.parent), "zero2", 2) == str(zero2 / "checkpoint-3")
+    assert "checkpoint-6 is incomplete (1 optimizer partitions in global_step6/, not 2)" in caplog.text
+    with pytest.raises(ConfigError, match="saved by 2 processes and ZeRO loads its partitions into as many, not 4"):
+        last_complete_checkpoint(PhaseFolder(zero2.parent), "zero2", 4)
+
 
 def test_resume_skips_an_incomplete_checkpoint_and_matches(tmp_path, finished_run):
     """A run whose newest checkpoint was cut off while saving resumes from the one before."""
