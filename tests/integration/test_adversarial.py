@@ -456,7 +456,7 @@ def test_custom_code_never_runs_whatever_standard_input_says(tmp_path, models):
     )
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGTERM])  # SIGINT takes the same handler: tests/unit/common/test_cli.py
 def test_an_interrupted_run_says_how_to_continue(tmp_path, signum):
     recipe = write_recipe(tmp_path, **{"phases.0.length.steps": 400})
     process = subprocess.Popen([sys.executable, SCRIPT, str(recipe)], env=script_env(tmp_path), cwd=tmp_path,

@@ -3,14 +3,13 @@ two processes under accelerate, and bad input stopping with one line."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from helpers import ROOT, SCRIPT, TWO_PROCESSES, phase_weights, script_env, synthetic_documents, train, write_recipe
+from helpers import SCRIPT, TWO_PROCESSES, phase_weights, script_env, synthetic_documents, train, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -211,26 +210,6 @@ def test_incomplete_last_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
         last_complete_checkpoint(PhaseFolder(zero2.parent), "zero2", 4)
 
 
-def test_resume_skips_an_incomplete_checkpoint_and_matches(tmp_path, finished_run):
-    """A run whose newest checkpoint was cut off while saving resumes from the one before."""
-    recipe = write_recipe(tmp_path)
-    shutil.copytree(finished_run, tmp_path / "out")
-    phase2 = tmp_path / "out" / "phase2"
-    for leftover in ("phase_summary.json", "model.safetensors"):
-        (phase2 / leftover).unlink()
-    checkpoints = sorted((phase2 / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    for newer in checkpoints[-2:]:
-        shutil.rmtree(newer)  # keep the state as it was a few steps before the end
-    last = sorted((phase2 / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
-    broken = last.with_name("checkpoint-999")
-    shutil.copytree(last, broken)
-    (broken / "checkpoint_complete.json").unlink()
-    result = train(tmp_path, recipe, "--resume")
-    assert "checkpoint-999 is incomplete" in result.stderr and f"resuming from {last}" in result.stderr
-    resumed, uninterrupted = phase_weights(phase2), phase_weights(finished_run / "phase2")
-    assert max((resumed[k] - uninterrupted[k]).abs().max().item() for k in uninterrupted) <= 1e-6
-
-
 def test_two_processes_need_a_prepared_store(tmp_path):
     """Several processes never prepare a store: one would work for minutes while the others wait. Training with
     two processes, on one machine or two, is tests/integration/test_distributed.py."""
@@ -358,41 +337,6 @@ def test_a_killed_prepare_continues_to_the_store_an_uninterrupted_one_makes(tmp_
             for split, shard in part["shards"].items()
         }
     assert len(checksums["whole"]) >= 8 and checksums["killed"] == checksums["whole"]
-
-
-def test_global_batches_and_masks_are_the_same_with_one_and_two_processes(tmp_path):
-    """Step k trains the same rows, masked the same, whether one process accumulates two micro-batches or
-    two processes take one each (each process reading only its own rows)."""
-    recipe = write_recipe(tmp_path, **{"phases.0.length.steps": 3})
-    train(tmp_path, "prepare", recipe)
-    script = str(ROOT / "tests" / "batches_seen.py")
-    env = {**script_env(tmp_path), "PYTHONPATH": str(ROOT)}
-    for launch, out in (([sys.executable], "one"), (TWO_PROCESSES, "two")):
-        result = subprocess.run(
-            [*launch, script, str(recipe), str(tmp_path / out), "3"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-
-    def steps(prefix: str, processes: int) -> list[list]:
-        runs = [json.loads((tmp_path / f"{prefix}.{rank}.json").read_text()) for rank in range(processes)]
-        per_step = []
-        for step in range(3):
-            rows = []
-            for run in runs:
-                start = step * run["accumulation"]
-                for batch in run["batches"][start : start + run["accumulation"]]:
-                    rows += [json.dumps(row) for row in batch]
-            per_step.append(sorted(rows))
-        return per_step
-
-    one, two = steps("one", 1), steps("two", 2)
-    assert all(len(step) == 8 for step in one) and one == two
-    assert one[0] != one[1], "steps differ from each other"
 
 
 def test_the_model_learns_context_not_only_token_frequencies(tmp_path):

@@ -47,6 +47,8 @@ def test_packed_logits_equal_documents_alone(tiny_tokenizer, implementation):
     kwargs = packed_attention_kwargs(batch["doc_ids"], implementation, model.config.sliding_window)
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], **kwargs).logits
+        if implementation == "flex_attention":  # flex compiles a kernel per length: the documents alone run on sdpa
+            model.set_attn_implementation("sdpa")
         worst = max(
             (alone - packed[b, o : o + n]).abs().max().item() for b, o, n, alone in _each_document_alone(model, rows)
         )

@@ -1,19 +1,21 @@
 """How every command ends: one line and an exit code, whatever happens on the way."""
 
 import os
+import signal
 import time
 
+import pytest
 
-def test_an_interrupt_that_is_swallowed_still_ends_the_command_as_interrupted(capsys):
-    """Ctrl-C whose KeyboardInterrupt lands where it is caught (a finalizer, a library's except clause) still
-    ends the command with exit code 130 and its one line, and the flag stops a Trainer at its next step."""
-    import signal
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_that_is_swallowed_still_ends_the_command_as_interrupted(capsys, signum):
+    """Ctrl-C or a kill whose KeyboardInterrupt lands where it is caught (a finalizer, a library's except clause)
+    still ends the command with exit code 130 and its one line, and the flag stops a Trainer at its next step."""
     from modeling.common.cli import EXIT_INTERRUPTED, interrupted, run_command
 
     def command(argv):
         try:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
             time.sleep(5)  # the handler raises here
         except KeyboardInterrupt:
             pass  # swallowed on its way up
