@@ -24,8 +24,6 @@ import torch
 from modeling.common.errors import ConfigError
 from modeling.common.records import Record
 
-SHARDED = ("fsdp2", "zero2", "zero3")
-
 # The files transformers' Trainer writes into a checkpoint, by engine (besides trainer_state.json,
 # scheduler.pt and rng_state*.pth, which every engine writes).
 FSDP_MODEL_FOLDER = "pytorch_model_fsdp_0"
@@ -88,7 +86,7 @@ def checkpoint_files_problem(path: Path, engine: str, processes: int = 0) -> str
         return weights_problem(path / "model.safetensors")
     if engine == "fsdp2":
         return dcp_problem(path / FSDP_MODEL_FOLDER) or dcp_problem(path / FSDP_OPTIMIZER_FOLDER)
-    if engine in ("zero2", "zero3"):
+    if engine.startswith("zero"):
         return deepspeed_problem(path, processes)
     return f"written under an unknown engine '{engine}'"
 
@@ -158,7 +156,7 @@ def load_optimizer_state(trainer, checkpoint: str, engine: str) -> None:
         load_fsdp_optimizer(
             trainer.accelerator.state.fsdp_plugin, trainer.accelerator, optimizer, trainer.model, checkpoint
         )
-    elif engine in ("zero2", "zero3"):
+    elif engine.startswith("zero"):
         # DeepSpeed loads module and optimizer together; the module's weights there are the ones this phase
         # starts from (the previous phase's last step), so loading them again changes nothing.
         trainer.model_wrapped.load_checkpoint(
@@ -175,12 +173,13 @@ def load_optimizer_state(trainer, checkpoint: str, engine: str) -> None:
 
 
 def full_state_dict(trainer, engine: str, checkpoint: str | None = None) -> dict[str, torch.Tensor] | None:
-    """The model's full weights for a stock-transformers folder, on the main process (None on the others).
+    """The model's full weights for a stock-transformers folder where an engine sharded them, on the main
+    process; None on the others, and under DDP, whose module holds them whole (save_whole saves its own).
     A collective under FSDP2 and ZeRO: every process must call it. Under ZeRO, `checkpoint` (the one the model
     now holds) gives the fp32 weights, which ZeRO keeps in its optimizer: they are consolidated from there with
     DeepSpeed's own tool; without one, the engine gathers its module's weights (16-bit under bf16)."""
     main = trainer.accelerator.is_main_process
-    if engine in ("zero2", "zero3"):
+    if engine.startswith("zero"):
         if checkpoint is None:
             state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
             return state if main else None
@@ -205,7 +204,7 @@ def full_state_dict(trainer, engine: str, checkpoint: str | None = None) -> dict
         first_names = {name for name, _ in model.named_parameters()}
         aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - first_names
         return {name: tensor for name, tensor in state.items() if name not in aliases}
-    return trainer.accelerator.unwrap_model(trainer.model).state_dict() if main else None
+    return None
 
 
 def save_whole(model, folder: Path, state_dict: dict[str, torch.Tensor] | None) -> None:
@@ -225,21 +224,17 @@ def save_whole(model, folder: Path, state_dict: dict[str, torch.Tensor] | None) 
 
 @dataclass
 class StateBytes(Record):
-    """Bytes of model state one process holds (the largest over processes): its parameter shards, gradients
-    and optimizer state, measured on the tensors themselves after an optimizer step."""
+    """Bytes of model state held by the process that holds the most: its parameter shards, gradients and
+    optimizer state, measured on the tensors themselves after an optimizer step."""
 
     engine: str
     parameters: int
     gradients: int
     optimizer: int
 
-    @property
-    def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer
-
 
 def _local_bytes(tensor) -> int:
-    if tensor is None or not isinstance(tensor, torch.Tensor):
+    if not isinstance(tensor, torch.Tensor):  # no gradient yet, or an optimizer's non-tensor state
         return 0
     local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # a DTensor's shard on this process
     return local.numel() * local.element_size()
@@ -249,11 +244,8 @@ def state_bytes(model, optimizer) -> tuple[int, int, int]:
     """(parameters, gradients, optimizer state) bytes held by this process, under DDP or FSDP2. (ZeRO keeps
     its gradients and fp32 weights in flat partitions of its own, which these tensors do not show.)"""
     params = list(model.parameters())
-    optimizer_bytes = sum(
-        _local_bytes(value) for state in optimizer.state.values() for value in state.values() if value is not None
-    )
     return (
         sum(_local_bytes(p) for p in params),
         sum(_local_bytes(p.grad) for p in params),
-        optimizer_bytes,
+        sum(_local_bytes(value) for state in optimizer.state.values() for value in state.values()),
     )

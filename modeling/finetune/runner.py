@@ -138,12 +138,12 @@ def run_one(
     )
     engine = engine_of(trainer.accelerator)
     if engine != "ddp":
+        if task.peft:
+            raise ConfigError(
+                f"peft: LoRA under {engine}; LoRA trains a few parameters and needs no sharding: launch with DDP "
+                "(accelerate_configs/8gpu_ddp.yaml)"
+            )
         log.info("training under %s: model states sharded over %d processes", engine, trainer.accelerator.num_processes)
-    if task.peft and engine != "ddp":
-        raise ConfigError(
-            f"peft: LoRA under {engine}; LoRA trains a few parameters and needs no sharding: launch with DDP "
-            "(accelerate_configs/8gpu_ddp.yaml)"
-        )
     trainer.train()
     epochs = _validation_by_epoch(trainer, task.metric_for_selection)
     best = max(epochs, key=lambda e: e[task.metric_for_selection])  # what load_best_model_at_end restored
@@ -169,9 +169,8 @@ def run_one(
         train_runtime_s=round(trainer.state.log_history[-1].get("train_runtime", math.nan), 1),
         config=dataclasses.asdict(task),
     )
-    weights = None  # where an engine sharded them, the best epoch's weights gathered whole (every process takes part)
-    if task.save_model and engine != "ddp":
-        weights = full_state_dict(trainer, engine, trainer.state.best_model_checkpoint)
+    # where an engine sharded them, the best epoch's weights gathered whole (every process takes part)
+    weights = full_state_dict(trainer, engine, trainer.state.best_model_checkpoint) if task.save_model else None
     if trainer.is_world_process_zero():
         folder.folder.mkdir(parents=True, exist_ok=True)
         run_files.write_text(folder.predictions_jsonl, "".join(json.dumps(row) + "\n" for row in test_records))

@@ -21,7 +21,7 @@ from accelerate.utils import broadcast_object_list
 from transformers import Trainer, set_seed
 
 from modeling.common import run_files
-from modeling.common.engines import checkpoint_files_problem, full_state_dict, save_whole, weights_problem
+from modeling.common.engines import full_state_dict, save_whole, weights_problem
 from modeling.common.errors import ConfigError, DataError
 from modeling.common.loading import load_tokenizer
 from modeling.common.run_files import PhaseFolder, PretrainingRun
@@ -47,6 +47,7 @@ from modeling.pretrain.trainer import (
     CheckpointMarker,
     PhaseState,
     PretrainingTrainer,
+    checkpoint_problem,
     trainer_callbacks,
     training_arguments,
 )
@@ -367,7 +368,7 @@ def last_complete_checkpoint(folder: PhaseFolder, engine: str, processes: int = 
     while saving, or damaged since) are skipped with a warning naming what is wrong. A complete checkpoint
     written under another engine stops the run: its files cannot be loaded, and skipping it would lose it."""
     for path in folder.checkpoints():
-        problem = _checkpoint_problem(path)
+        problem = checkpoint_problem(path)
         if problem is None:
             mismatch = CheckpointMarker.load(path / PhaseFolder.CHECKPOINT_MARKER).launch_mismatch(engine, processes)
             if mismatch:
@@ -375,25 +376,6 @@ def last_complete_checkpoint(folder: PhaseFolder, engine: str, processes: int = 
             return str(path)
         log.warning("checkpoint %s is incomplete (%s); skipping it", path, problem)
     return None
-
-
-def _checkpoint_problem(path: Path) -> str | None:
-    """Complete: our marker (written last) reads, the Trainer's own state is at the marker's step, and the
-    engine's model and optimizer files are whole."""
-    marker = path / PhaseFolder.CHECKPOINT_MARKER
-    if not marker.exists():
-        return "no completion marker: interrupted while saving?"
-    try:
-        saved = CheckpointMarker.load(marker)
-    except DataError:
-        return f"{marker.name} cannot be read"
-    try:
-        step = run_files.read_json(path / "trainer_state.json")["global_step"]
-    except (OSError, ValueError, KeyError):
-        return "trainer_state.json is missing or cannot be read"
-    if step != saved.step:
-        return f"trainer_state.json is at step {step}, the marker at {saved.step}"
-    return checkpoint_files_problem(path, saved.engine, saved.processes)
 
 
 def _phase_summary(

@@ -33,7 +33,7 @@ from modeling.common.engines import (
     load_optimizer_state,
     state_bytes,
 )
-from modeling.common.errors import ConfigError
+from modeling.common.errors import ConfigError, DataError
 from modeling.common.records import Record
 from modeling.common.run_files import PhaseFolder
 from modeling.common.runtime import resolve_precision, use_cpu
@@ -115,13 +115,30 @@ class PhaseState(Record):
     held_out_loss_start: float
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint is not complete, or None. Complete: our marker (written last) reads, the Trainer's own
+    state is at the marker's step, and the engine's model and optimizer files are whole."""
+    marker = path / PhaseFolder.CHECKPOINT_MARKER
+    if not marker.exists():
+        return "no completion marker: interrupted while saving?"
+    try:
+        saved = CheckpointMarker.load(marker)
+    except DataError:
+        return f"{marker.name} cannot be read"
+    try:
+        step = run_files.read_json(path / "trainer_state.json")["global_step"]
+    except (OSError, ValueError, KeyError):
+        return "trainer_state.json is missing or cannot be read"
+    if step != saved.step:
+        return f"trainer_state.json is at step {step}, the marker at {saved.step}"
+    return checkpoint_files_problem(path, saved.engine, saved.processes)
+
+
 def _carried_state_problem(checkpoint: Path) -> str | None:
     """Why the previous phase's last checkpoint cannot give this phase its optimizer state, or None."""
-    marker = checkpoint / PhaseFolder.CHECKPOINT_MARKER
-    if not marker.exists():
+    if not checkpoint.exists():
         return "is gone"
-    saved = CheckpointMarker.load(marker)
-    problem = checkpoint_files_problem(checkpoint, saved.engine, saved.processes)
+    problem = checkpoint_problem(checkpoint)
     return f"is not whole ({problem})" if problem else None
 
 
@@ -213,7 +230,7 @@ class PretrainingTrainer(Trainer):
     def record_state_bytes(self):
         """Parameters, gradients and optimizer state of the process that holds the most (not under ZeRO: see
         state_bytes)."""
-        if self.engine not in ("ddp", "fsdp2"):
+        if self.engine.startswith("zero"):
             return
         local = state_bytes(self.model_wrapped, self.optimizer)
         values = torch.tensor(local, dtype=torch.float64, device=self.args.device)
