@@ -7,6 +7,7 @@ in through the attention mask, in the form each backend understands:
   flex_attention     dict of BlockMasks
   flash_attention_2  no mask; cu_seq_lens/max_length kwargs over the flattened batch
   document_sdpa      (this module's) document spans: torch sdpa run per document, no mask at all
+  varlen             (this module's) segments of the flattened batch: PyTorch's own varlen flash kernel
 Sliding-window layers get the window (|i - j| <= config.sliding_window) on top of the document mask.
 Padding positions attend to themselves only, so no mask row is empty (an empty row gives NaN).
 
@@ -16,10 +17,20 @@ global layers cost the sum of (document length)^2, local layers (document length
 `register_document_sdpa()` registers it with transformers' AttentionInterface under that name; a stock
 ModernBERT then uses it when built or loaded with attn_implementation="document_sdpa", and nothing of it
 is saved with the model.
+
+`varlen` is the GPU counterpart with nothing to build: torch.nn.attention.varlen.varlen_attn (PyTorch's
+FlashAttention-2, torch >= 2.11 for its window_size) over the batch flattened to [tokens, heads, head_dim],
+one segment per document. Where it cannot run, the same name falls back with one log line
+(`resolve_attention`): document_sdpa on a CPU, flex_attention on a GPU whose torch or card lacks the kernel;
+so a recipe that asks for it runs anywhere.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +39,13 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+log = logging.getLogger(__name__)
+
 DOCUMENT_SDPA = "document_sdpa"
+VARLEN = "varlen"
+FLASH = "flash_attention_2"
+# Backends whose cost follows the documents, not the row: a batch is best laid out as one row with no padding.
+PER_DOCUMENT_BACKENDS = (DOCUMENT_SDPA, FLASH, VARLEN)
 LOCAL_BLOCK = 512  # queries per sdpa call in local layers: a block attends to itself plus the window either side
 
 
@@ -46,20 +63,23 @@ def packed_attention_kwargs(
     doc_ids: torch.Tensor, implementation: str, sliding_window: int, dtype=torch.float32
 ) -> dict:
     """Forward kwargs that confine attention to each document. doc_ids: [B,T], -1 on padding."""
-    if implementation == "flash_attention_2":
+    if implementation == FLASH:
         return _flash_kwargs(doc_ids)
     if implementation == "flex_attention":
         return {"attention_mask": _flex_masks(doc_ids, sliding_window)}
     if implementation == DOCUMENT_SDPA:
         spans = DocumentSpans.from_doc_ids(doc_ids, sliding_window)
         return {"attention_mask": {"full_attention": spans, "sliding_attention": spans}}
+    if implementation == VARLEN:
+        segments = DocumentSegments.from_doc_ids(doc_ids, sliding_window)
+        return {"attention_mask": {"full_attention": segments, "sliding_attention": segments}}
     full, sliding = _dense_masks(doc_ids, sliding_window)
     if implementation == "eager":
         full, sliding = _additive(full, dtype), _additive(sliding, dtype)
     elif implementation != "sdpa":
         raise ValueError(
             f"attention implementation '{implementation}': packed rows support sdpa, eager, flex_attention, "
-            f"flash_attention_2, {DOCUMENT_SDPA}"
+            f"{FLASH}, {DOCUMENT_SDPA}, {VARLEN}"
         )
     return {"attention_mask": {"full_attention": full, "sliding_attention": sliding}}
 
@@ -77,16 +97,21 @@ def _additive(mask: torch.Tensor, dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
 
 
-def _flash_kwargs(doc_ids: torch.Tensor) -> dict:
-    """Segments of the flattened batch: one per document, and one per padded tail of a row."""
+def _segments(doc_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Segments of the flattened batch: one per document, and one per padded tail of a row (its positions attend
+    among themselves; their outputs are never used). Returns the int32 offsets [segments + 1] on doc_ids' device
+    and the longest segment (one copy to the host: the kernels size their grid by it)."""
     flat = doc_ids.reshape(-1)
-    row_start = torch.zeros_like(flat, dtype=torch.bool)
-    row_start[:: doc_ids.shape[1]] = True
-    starts = row_start.clone()
+    starts = torch.zeros_like(flat, dtype=torch.bool)
+    starts[:: doc_ids.shape[1]] = True  # every row starts a segment, even where its first document continues
     starts[1:] |= flat[1:] != flat[:-1]
     boundaries = torch.nonzero(starts).flatten()
     cu_seq_lens = torch.cat([boundaries, torch.tensor([flat.numel()], device=flat.device)]).to(torch.int32)
-    max_length = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
+    return cu_seq_lens, int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
+
+
+def _flash_kwargs(doc_ids: torch.Tensor) -> dict:
+    cu_seq_lens, max_length = _segments(doc_ids)
     return {
         "cu_seq_lens_q": cu_seq_lens,
         "cu_seq_lens_k": cu_seq_lens,
@@ -194,11 +219,163 @@ def _local_attention(q, k, v, window: int, dropout: float, scaling) -> torch.Ten
     return torch.cat(out, dim=2)
 
 
-def known_attention(implementation: str) -> str:
-    """`implementation`, made known to transformers first when it is this module's backend (transformers knows
-    the others): what every place that builds or loads a model passes as attn_implementation."""
+# --------------------------------------------------------------------------- varlen: PyTorch's own flash kernel
+
+
+@dataclass
+class DocumentSegments:
+    """The batch flattened to [B*T] positions and cut into segments (documents, and each row's padded tail):
+    what the varlen backend takes as its mask, in flash-attn's varlen layout."""
+
+    cu_seq_lens: torch.Tensor  # [segments + 1] int32 offsets, on the batch's device
+    max_length: int  # the longest segment
+    window: int  # config.sliding_window: a local layer's query i sees keys j with |i - j| <= window
+
+    @classmethod
+    def from_doc_ids(cls, doc_ids: torch.Tensor, window: int) -> DocumentSegments:
+        return cls(*_segments(doc_ids), window)
+
+
+VarlenKernel = Callable[..., torch.Tensor]  # torch.nn.attention.varlen.varlen_attn's signature
+
+
+def reference_varlen_attn(
+    query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1), **unused
+) -> torch.Tensor:
+    """What varlen_attn computes, written plainly on any device: each segment of [total, heads, head_dim] attends
+    to itself; with window_size (left, right), query i sees keys i - left .. i + right (flash-attn's convention,
+    -1 = unbounded). The CPU stand-in for the CUDA kernel in tests and in the GPU check's --cpu mode."""
+    left, right = window_size
+    out = []
+    for start, end in zip(cu_seq_q[:-1].tolist(), cu_seq_q[1:].tolist(), strict=True):
+        q, k, v = (x[start:end].transpose(0, 1) for x in (query, key, value))  # [heads, n, head_dim]
+        offset = torch.arange(end - start, device=query.device)
+        offset = offset[None, :] - offset[:, None]  # key minus query
+        allowed = torch.ones_like(offset, dtype=torch.bool)
+        if left >= 0:
+            allowed &= offset >= -left
+        if right >= 0:
+            allowed &= offset <= right
+        out.append(F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale).transpose(0, 1))
+    return torch.cat(out)
+
+
+_kernel_override: VarlenKernel | None = None
+
+
+@contextlib.contextmanager
+def varlen_kernel(kernel: VarlenKernel):
+    """Run the varlen backend on `kernel` (e.g. reference_varlen_attn, on a CPU) while the block lasts; models
+    built meanwhile keep the name varlen wherever the kernel can run."""
+    global _kernel_override
+    before, _kernel_override = _kernel_override, kernel
+    try:
+        yield
+    finally:
+        _kernel_override = before
+
+
+def varlen_unavailable(device: torch.device | str | None = None) -> str | None:
+    """Why PyTorch's varlen kernel cannot run on `device` (default: the GPU if there is one), or None."""
+    if _kernel_override is not None:
+        return None
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type != "cuda":
+        return f"varlen_attn runs on CUDA GPUs, not on {device.type}"
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return f"torch {torch.__version__} has no torch.nn.attention.varlen (it needs torch >= 2.10)"
+    if "window_size" not in inspect.signature(varlen_attn).parameters:
+        return f"torch {torch.__version__}'s varlen_attn has no window_size for the local layers (torch >= 2.11)"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return f"the GPU is sm_{major}{minor}; varlen_attn needs sm_80 or newer"
+    return None
+
+
+def resolve_attention(implementation: str, device: torch.device | str | None = None) -> str:
+    """The backend that will run `implementation` on `device`: varlen falls back, with one log line, to
+    document_sdpa on a CPU and to flex_attention on a GPU without the kernel; every other name is itself."""
+    if implementation != VARLEN:
+        return implementation
+    reason = varlen_unavailable(device)
+    if reason is None:
+        return VARLEN
+    on_cpu = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type == "cpu"
+    fallback = DOCUMENT_SDPA if on_cpu else "flex_attention"
+    log.info("attn_implementation varlen: %s; running %s instead", reason, fallback)
+    return fallback
+
+
+def _kernel_dtype(query: torch.Tensor) -> torch.dtype:
+    """The flash kernel takes fp16/bf16 only. fp32 inputs (RoPE upcasts under autocast) go in at the autocast
+    dtype, as transformers' flash path does; without autocast (an fp32 model) at bf16: the attention then rounds
+    as bf16 training would, and the rest of the model stays fp32."""
+    if query.dtype in (torch.float16, torch.bfloat16):
+        return query.dtype
+    if torch.is_autocast_enabled(query.device.type):
+        return torch.get_autocast_dtype(query.device.type)
+    return torch.bfloat16
+
+
+def varlen_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """query/key/value [B, heads, T, head_dim] -> [B, T, heads, head_dim] through varlen_attn over the flattened
+    batch, one segment per document; local layers get window_size (w, w), w = config.sliding_window, so query i
+    sees |i - j| <= w as in ModernBERT's own masks (its flash path passes the same numbers). Any other mask (a
+    plain padded batch) goes to stock sdpa."""
+    if not isinstance(attention_mask, DocumentSegments):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    if dropout:
+        raise ValueError(
+            f"attn_implementation varlen: PyTorch's varlen kernel has no attention dropout (got {dropout}); "
+            "set attention_dropout 0 (ModernBERT's default) or choose another backend"
+        )
+    batch, heads, length, head_dim = query.shape
+    kernel = _kernel_override or _cuda_varlen_attn()
+    dtype = query.dtype if _kernel_override else _kernel_dtype(query)  # a stand-in computes at any precision
+
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).reshape(batch * length, heads, head_dim).to(dtype)
+
+    window = attention_mask.window if getattr(module, "sliding_window", None) is not None else -1
+    out = kernel(
+        flat(query),
+        flat(key),
+        flat(value),
+        attention_mask.cu_seq_lens,
+        attention_mask.cu_seq_lens,
+        attention_mask.max_length,
+        attention_mask.max_length,
+        scale=scaling,
+        window_size=(window, window),
+    )
+    return out.view(batch, length, heads, head_dim).to(query.dtype), None
+
+
+def _cuda_varlen_attn() -> VarlenKernel:
+    from torch.nn.attention.varlen import varlen_attn
+
+    return varlen_attn
+
+
+def register_varlen():
+    """Make `attn_implementation="varlen"` known to transformers (as register_document_sdpa does)."""
+    AttentionInterface.register(VARLEN, varlen_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN, sdpa_mask)
+
+
+def known_attention(implementation: str, device: torch.device | str | None = None) -> str:
+    """The backend that runs `implementation` on `device` (resolve_attention), made known to transformers first
+    when it is one of this module's (transformers knows the others): what every place that builds or loads a
+    model passes as attn_implementation."""
+    implementation = resolve_attention(implementation, device)
     if implementation == DOCUMENT_SDPA:
         register_document_sdpa()
+    elif implementation == VARLEN:
+        register_varlen()
     return implementation
 
 

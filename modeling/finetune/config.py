@@ -119,7 +119,8 @@ class TaskConfig:
     random_init: bool = option("Same architecture as `model`, random weights (a baseline at the same budget)", False)
     attn_implementation: str = option(
         "sdpa | eager | document_sdpa (packed batches on CPU: attention per example, no dense masks) | "
-        "flex_attention; flash_attention_2 on GPUs with flash-attn installed",
+        "varlen (packed batches on GPU, PyTorch's own flash kernel; document_sdpa on CPU) | flex_attention; "
+        "flash_attention_2 on GPUs with flash-attn installed",
         "sdpa",
     )
     output_dir: str | None = option("Where results, predictions and models go (default: results/NAME)", None)
@@ -154,7 +155,7 @@ class TaskConfig:
         choice(
             "attn_implementation",
             self.attn_implementation,
-            ("sdpa", "eager", "document_sdpa", "flash_attention_2", "flex_attention"),
+            ("sdpa", "eager", "document_sdpa", "varlen", "flash_attention_2", "flex_attention"),
         )
         if self.random_init and self.peft is not None:
             raise ConfigError(

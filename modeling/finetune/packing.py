@@ -5,7 +5,7 @@ The Trainer still builds padded random batches, so the protocol is the paper's: 
 in the same order, as `batching: random`. Hooks on the encoder inside the task model repack each batch on
 the way in and unpack it on the way out:
   1. in:  the padded batch's examples go into rows; positions restart in each example and attention stays
-          inside it. Backends that attend per document (document_sdpa, flash_attention_2) get one row with no
+          inside it. Backends that attend per document (document_sdpa, varlen, flash_attention_2) get one row with no
           padding at all. Dense masks (sdpa, eager, flex_attention) cost (row length)^2 per row whatever they
           mask, so their rows are no wider than the batch's longest example: as few as the batch needs, as
           even as possible, never costlier than the padded batch
@@ -26,9 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from modeling.common.attention import DOCUMENT_SDPA, packed_attention_kwargs
-
-PER_DOCUMENT_BACKENDS = (DOCUMENT_SDPA, "flash_attention_2")
+from modeling.common.attention import PER_DOCUMENT_BACKENDS, packed_attention_kwargs
 
 
 def balanced_rows(lengths: list[int], capacity: int) -> list[list[int]]:

@@ -110,8 +110,8 @@ def infer(argv: list[str]) -> int:
     parser.add_argument(
         "--attn_implementation",
         default="sdpa" if torch.cuda.is_available() else DOCUMENT_SDPA,
-        help="document_sdpa (default on CPUs: attention per note) | sdpa (dense masks); "
-        "flash_attention_2 | flex_attention on GPUs",
+        help="document_sdpa (default on CPUs: attention per note) | sdpa (dense masks) | varlen (attention per "
+        "note on GPUs, PyTorch's own flash kernel; document_sdpa on CPUs); flash_attention_2 | flex_attention on GPUs",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16 on GPUs")

@@ -4,8 +4,10 @@ Notes are tokenized once (`[CLS] ... [SEP]`, cut at `max_length` and counted whe
 longest first, and packed into rows: each batch's rows are as long as its longest note and shorter
 notes share a row, their attention confined to themselves by the same document masks training uses
 (modeling.common.attention) and positions restarting in each note. So almost no position is padding, and
-each note's output equals the note run alone. `batching="padded"` is the usual way (notes in file
-order, batches padded to their longest): kept as the reference the packed outputs are checked against.
+each note's output equals the note run alone. Backends that attend per note (document_sdpa, varlen,
+flash_attention_2) take each batch as one row, with no padding at all. `batching="padded"` is the usual way
+(notes in file order, batches padded to their longest): kept as the reference the packed outputs are checked
+against.
 
 An encoder (a pretraining phase folder, AutoModel) gives one embedding per note; a fine-tuned
 sequence classifier gives labels and scores.
@@ -20,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoModelForSequenceClassification
 
-from modeling.common.attention import packed_attention_kwargs
+from modeling.common.attention import PER_DOCUMENT_BACKENDS, known_attention, packed_attention_kwargs
 from modeling.common.errors import ConfigError
 from modeling.common.loading import load_config, load_pretrained, load_tokenizer
 from modeling.data.packing import PackedRow, collate_rows, plain_backend
@@ -124,6 +126,7 @@ class NoteEncoder:
             if any("SequenceClassification" in a for a in architectures)
             else AutoModel
         )
+        attn_implementation = known_attention(attn_implementation, device)  # varlen falls back where it cannot run
         model = load_pretrained(
             auto, path, allow_pickle, flag="--allow_pickle", attn_implementation=attn_implementation, dtype=dtype
         )
@@ -161,6 +164,8 @@ class NoteEncoder:
         outputs: list[torch.Tensor | None] = [None] * len(notes.ids)
         with tqdm(total=len(notes.ids), desc="notes", unit=" notes", disable=not progress) as bar:
             for rows in batches:
+                if batching == "packed":
+                    rows = self.layout(rows)
                 for i, output in zip(
                     (i for row in rows for i in row), self._run(rows, notes, packed=batching == "packed"), strict=True
                 ):
@@ -168,6 +173,13 @@ class NoteEncoder:
                 bar.update(sum(len(row) for row in rows))
         width = self.model.config.num_labels if self.classifier else self.model.config.hidden_size
         return torch.stack(outputs) if outputs else torch.zeros((0, width))
+
+    def layout(self, rows: list[list[int]]) -> list[list[int]]:
+        """A packed batch's rows as the encoder runs them: one row of all its notes on a backend that attends
+        per note (its cost follows the notes, and a row's padded tail would be work for nothing), else as given."""
+        if self.encoder.config._attn_implementation in PER_DOCUMENT_BACKENDS:
+            return [[i for row in rows for i in row]]
+        return rows
 
     def _run(self, rows: list[list[int]], notes: TokenizedNotes, packed: bool) -> Iterator[torch.Tensor]:
         packed_rows = [

@@ -39,8 +39,9 @@ class ModelConfig:
         "ModernBertConfig fields: a fresh model (on top of init's config when both are given)", None
     )
     attn_implementation: str = option(
-        "document_sdpa (per-document attention, fastest on CPUs) | sdpa | eager; "
-        "flash_attention_2 | flex_attention (GPU)",
+        "document_sdpa (per-document attention, fastest on CPUs) | varlen (per-document attention on GPUs, "
+        "PyTorch's own flash kernel, nothing to build; document_sdpa on CPUs) | sdpa | eager; "
+        "flash_attention_2 (flash-attn installed) | flex_attention (GPU)",
         "sdpa",
     )
     compile: bool = option("torch.compile the model", False)
@@ -54,9 +55,9 @@ class ModelConfig:
             raise ConfigError(f"{key}: give `init` (a Hub id or folder) or `config` (a fresh model), or both")
 
 
-# document_sdpa is this project's (modeling.common.attention, not imported here: recipes load before torch);
-# the others are transformers'.
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention", "document_sdpa")
+# document_sdpa and varlen are this project's (modeling.common.attention, not imported here: recipes load before
+# torch); the others are transformers'.
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention", "document_sdpa", "varlen")
 
 
 @dataclass

@@ -13,11 +13,25 @@ from transformers import (
     ModernBertForTokenClassification,
 )
 
-from modeling.common.attention import DOCUMENT_SDPA, register_document_sdpa
+from modeling.common.attention import (
+    DOCUMENT_SDPA,
+    PER_DOCUMENT_BACKENDS,
+    VARLEN,
+    known_attention,
+    reference_varlen_attn,
+    varlen_kernel,
+)
 from modeling.finetune.packing import PackedLayout, balanced_rows, install_packing, right_padded_lengths
 
 TOLERANCE = 1e-5
 NUM_LABELS = 4
+
+
+@pytest.fixture(autouse=True)
+def _varlen_on_the_reference_kernel():
+    """varlen's CUDA kernel cannot run here: its layout work runs with the plain reference kernel instead."""
+    with varlen_kernel(reference_varlen_attn):
+        yield
 
 
 def examples(tokenizer, task: str, n: int = 9, seed: int = 5) -> list[dict]:
@@ -41,8 +55,7 @@ def examples(tokenizer, task: str, n: int = 9, seed: int = 5) -> list[dict]:
 
 
 def task_model(tokenizer, task: str, pooling: str, attention: str):
-    if attention == DOCUMENT_SDPA:
-        register_document_sdpa()
+    attention = known_attention(attention)
     torch.manual_seed(0)
     config = tiny_model_config(
         tokenizer,
@@ -93,6 +106,8 @@ def one_by_one(model, tokenizer, task: str, features: list[dict]):
         ("multi_label", "cls", DOCUMENT_SDPA),
         ("ner", "cls", "sdpa"),
         ("ner", "cls", DOCUMENT_SDPA),
+        ("single_label", "mean", VARLEN),
+        ("ner", "cls", VARLEN),
     ],
 )
 def test_packed_batch_equals_each_example_alone(tiny_tokenizer, task, pooling, attention):
@@ -109,7 +124,8 @@ def test_packed_batch_equals_each_example_alone(tiny_tokenizer, task, pooling, a
     loss, logits, grads = loss_and_gradients(model, padded)
 
     lengths = padded["attention_mask"].sum(1).tolist()
-    if attention == DOCUMENT_SDPA:  # attention per example: one row, not a position of padding
+    assert model.config._attn_implementation == attention
+    if attention in PER_DOCUMENT_BACKENDS:  # attention per example: one row, not a position of padding
         assert seen == [(1, sum(lengths))]
     else:  # dense masks: rows no wider than the longest example, fewer rows than examples
         assert seen[0][0] == len(balanced_rows(lengths, max(lengths))) < len(features) and seen[0][1] <= max(lengths)

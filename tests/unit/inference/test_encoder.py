@@ -17,6 +17,7 @@ from transformers import (
     ModernBertForSequenceClassification,
 )
 
+from modeling.common.attention import reference_varlen_attn, varlen_kernel
 from modeling.inference.cli import main
 from modeling.inference.encoder import NoteEncoder, packed_batches, tokenize_notes
 
@@ -87,12 +88,26 @@ def test_packed_batches_are_full_sorted_and_keep_every_note():
     assert sum(lengths) / positions > 0.95  # padding only at row ends
 
 
-@pytest.mark.parametrize("pooling", ["mean", "cls"])
-def test_packed_and_padded_embeddings_equal_each_note_alone(encoder_dir, pooling):
-    encoder = NoteEncoder.from_pretrained(str(encoder_dir), pooling=pooling)
-    texts = notes()
-    packed, tokenized = encoder.encode(texts, batching="packed", batch_tokens=4 * MAX_LENGTH)
-    padded, _ = encoder.encode(texts, batching="padded", notes_per_batch=8)
+@pytest.mark.parametrize(
+    "pooling,attention", [("mean", "sdpa"), ("cls", "sdpa"), ("mean", "document_sdpa"), ("cls", "varlen")]
+)
+def test_packed_and_padded_embeddings_equal_each_note_alone(encoder_dir, pooling, attention):
+    with varlen_kernel(reference_varlen_attn):  # varlen's layout work, on the plain reference kernel (no CUDA here)
+        encoder = NoteEncoder.from_pretrained(str(encoder_dir), attention, pooling=pooling)
+        assert encoder.encoder.config._attn_implementation == attention
+        widths = []
+        encoder.encoder.embeddings.register_forward_pre_hook(
+            lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape), with_kwargs=True
+        )
+        texts = notes()
+        packed, tokenized = encoder.encode(texts, batching="packed", batch_tokens=4 * MAX_LENGTH)
+        packed_shapes, widths[:] = list(widths), []
+        padded, _ = encoder.encode(texts, batching="padded", notes_per_batch=8)
+    batches = packed_batches(tokenized.lengths(), 4 * MAX_LENGTH)
+    if attention == "sdpa":  # dense masks: rows as long as each batch's longest note
+        assert [shape[0] for shape in packed_shapes] == [len(rows) for rows in batches]
+    else:  # attention per note: each batch one row of its notes, no padding
+        assert packed_shapes == [(1, sum(tokenized.lengths()[i] for row in rows for i in row)) for rows in batches]
     alone = stock_outputs(AutoModel.from_pretrained(encoder_dir), encoder.tokenizer, tokenized.ids, pooling)
     assert packed.shape == (len(texts), encoder.model.config.hidden_size)
     assert (packed - alone).abs().max() <= 1e-5
