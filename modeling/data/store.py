@@ -33,8 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from datatrove.executor import LocalPipelineExecutor
-from loguru import logger
 
 from modeling.common import run_files
 from modeling.common.errors import DataError
@@ -329,6 +327,9 @@ def prepare_store(
 ) -> StoreManifest:
     """Prepare every part not yet prepared (the tokenizer must already be in `folder`/tokenizer), then write
     the manifest. Safe to run again after a kill: completed parts are kept."""
+    # Imported here: reading a store (training, a GPU machine without datatrove) never needs the executor.
+    from modeling.data.executor import QuietLocalExecutor, quiet_datatrove
+
     store = StoreFolder(Path(folder).absolute())  # tasks may run in another working directory
     parts = plan_parts(specs, part_bytes)
     executor = QuietLocalExecutor(
@@ -347,31 +348,19 @@ def prepare_store(
         executor.workers,
     )
     run_files.remove_orphaned_temporaries(store.folder)  # left by a prepare that was killed
-    logger.disable("datatrove")  # see QuietLocalExecutor
-    try:
-        executor.run()
-    except Exception as error:  # a part's error arrives through the executor's process pool
-        # the pool terminated the other tasks, mid-write perhaps: their temporary shards go too
-        run_files.remove_orphaned_temporaries(store.folder)
-        raise _task_error(error) from None
-    finally:
-        logger.enable("datatrove")
+    with quiet_datatrove():
+        try:
+            executor.run()
+        except Exception as error:  # a part's error arrives through the executor's process pool
+            # the pool terminated the other tasks, mid-write perhaps: their temporary shards go too
+            run_files.remove_orphaned_temporaries(store.folder)
+            raise _task_error(error) from None
     try:
         return write_manifest(store, specs, parts, holdout_fraction, tokenizer_settings or {})
     except OSError as error:
         raise DataError(
             f"{store.manifest_json}: cannot write it ({error.strerror or error}); run prepare again"
         ) from None
-
-
-class QuietLocalExecutor(LocalPipelineExecutor):
-    """datatrove's local executor, silent: it reports through loguru (an INFO stream per task, and a traceback
-    for an error that the command reports in one line); the parts log through `logging` instead. Each task
-    may run in a fresh process, so the switch is made there too."""
-
-    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-        logger.disable("datatrove")
-        return super()._run_for_rank(rank, local_rank, node_rank)
 
 
 def _task_error(error: Exception) -> Exception:

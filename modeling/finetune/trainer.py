@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
-from seqeval.metrics.sequence_labeling import get_entities
 from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -112,6 +111,8 @@ def score_split(task: TaskConfig, split: EncodedSplit, logits: np.ndarray) -> tu
 
 def _entities(example, tags: list[str]) -> list[dict]:
     """BIO tags of words -> entities with character offsets into the example's text."""
+    from seqeval.metrics.sequence_labeling import get_entities  # NER only: training itself never needs seqeval
+
     spans = []
     for kind, first, last in get_entities(list(tags)):
         start, end = example.words[first][0], example.words[last][1]

@@ -233,6 +233,15 @@ def run_phase(
     phase, names = recipe.phases[index], recipe.phases[index].source_names()
 
     processes = trainer.accelerator.num_processes
+    log.info(
+        "phase %s: engine %s, %d process%s (%s), %s attention",
+        phase.name,
+        trainer.engine,
+        processes,
+        "" if processes == 1 else "es",
+        trainer.accelerator.distributed_type.value,
+        trainer.accelerator.unwrap_model(trainer.model).config._attn_implementation,
+    )
     checkpoint = last_complete_checkpoint(folder, trainer.engine, processes) if resume else None
     if checkpoint and folder.state_json.exists():
         held_out_start = PhaseState.load(folder.state_json).held_out_loss_start
