@@ -117,8 +117,11 @@ def lognormal_lengths(n: int, seed: int = 0, mean: float = 300) -> np.ndarray:
     return np.clip(rng.lognormal(np.log(mean) - 0.32, 0.8, n), 1, 20_000).astype(np.int64)
 
 
-def synthetic_store(folder: Path, tokenizer, documents: int, shard_documents: int = 500_000) -> Store:
-    """A store of random token ids written straight to Arrow, with its manifest (no reading, no tokenizing)."""
+def synthetic_store(
+    folder: Path, tokenizer, documents: int, shard_documents: int = 500_000, lengths=lognormal_lengths
+) -> Store:
+    """A store of random token ids written straight to Arrow, with its manifest (no reading, no tokenizing).
+    `lengths(n, seed)` gives the documents' token counts, [CLS] and [SEP] not included."""
     store = StoreFolder(folder)
     tokenizer.save_pretrained(store.tokenizer_dir)
     store.source_dir("synthetic").mkdir(parents=True)
@@ -126,9 +129,9 @@ def synthetic_store(folder: Path, tokenizer, documents: int, shard_documents: in
     schema = pa.schema([("input_ids", pa.list_(pa.uint16()))])
     records = []
     for part, first in enumerate(range(0, documents, shard_documents)):
-        lengths = lognormal_lengths(min(shard_documents, documents - first), seed=part)
+        counts_of_part = lengths(min(shard_documents, documents - first), seed=part)
         shards = {}
-        for split, counts in (("train", lengths), ("held_out", lengths[:100])):
+        for split, counts in (("train", counts_of_part), ("held_out", counts_of_part[:100])):
             path = store.shard("synthetic", split, part)
             values = pa.array(rng.integers(10, len(tokenizer), int(counts.sum()), dtype=np.uint16))
             offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))

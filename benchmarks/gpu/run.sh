@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The GPU check in one command (benchmarks/gpu/README.md). On the GPU machine, from the repository root:
+#   bash benchmarks/gpu/run.sh OUT                 # every part, inside 8 minutes
+#   bash benchmarks/gpu/run.sh OUT --parts correctness,inference
+#   bash benchmarks/gpu/run.sh OUT --cpu           # tiny sizes on a CPU
+# Installs the wheels in benchmarks/gpu/wheels/ (fetch_wheels.sh; what the GPU image lacks or has too old) into a
+# private folder ahead of the image's own packages, then runs python -m benchmarks.gpu.check.
+set -uo pipefail
+OUT=${1:?usage: bash benchmarks/gpu/run.sh OUT [--cpu] [--parts NAME,...]}
+shift
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+PYTHON=${PYTHON:-python3}
+WHEELS=${GPU_CHECK_WHEELS:-$HERE/wheels}
+mkdir -p "$OUT"
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
+  SITE=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-site.XXXXXX")
+  "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" \
+    "$WHEELS"/*.whl || { echo "error: installing the wheels in $WHEELS failed" >&2; exit 2; }
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  echo "installed $(ls "$WHEELS"/*.whl | wc -l) carried wheels into $SITE"
+fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+cd "$ROOT" || exit 2
+# The check keeps to its own budget (benchmarks/gpu/check.py, BUDGET_S); this is the backstop.
+timeout --kill-after 5 465 "$PYTHON" -m benchmarks.gpu.check "$OUT" "$@"
