@@ -7,34 +7,35 @@
   gradients  a smaller shape (rows of 2,048): MLM loss and every gradient of a packed batch against sdpa with
              dense document masks in fp32.
 
+Backends in order of what the GPU must prove: varlen (the kernel the project adds), sdpa and document_sdpa,
+flash_attention_2 where installed, flex_attention last (it compiles kernels first). Each check is its own row; one
+that raises is a failed row with its error, and the others still run.
+
 Tolerances. fp32 paths must agree within FP32_TOLERANCE (reductions in another order only). bf16 is judged
 against bf16's own error, measured in the same run: the largest difference between the documents alone under
-bf16 autocast and alone in fp32 (the "bf16 noise"); packed must stay within twice it. varlen and flash-attn take
-fp16/bf16 only, so their fp32 rows run the attention in bf16 and get the bf16 tolerance too.
+bf16 autocast and alone in fp32 (the "bf16 noise"); packed must stay within twice it. A loss is one number, so its
+bf16 tolerance is also at least one bf16 rounding step of it (2^-8 relative). varlen and flash-attn take fp16/bf16
+only, so their fp32 rows run the attention in bf16 and get the bf16 tolerances too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
+from dataclasses import dataclass
 
 import torch
 
 from benchmarks.gpu.setting import (
     PartContext,
     Setting,
+    describe,
+    free_memory,
     model_config,
     random_documents,
     synchronize,
     synthetic_tokenizer,
 )
-from modeling.common.attention import (
-    FLASH,
-    VARLEN,
-    known_attention,
-    packed_attention_kwargs,
-    varlen_unavailable,
-)
+from modeling.common.attention import FLASH, VARLEN, known_attention, packed_attention_kwargs, varlen_unavailable
 from modeling.data.packing import collate_rows
 from modeling.data.rows import pack_token_lists
 from modeling.pretrain.masking import MLMCollator
@@ -42,30 +43,30 @@ from modeling.pretrain.schedules import MaskingSchedule
 
 FP32_TOLERANCE = 2e-4  # logits; gradients: relative to the largest gradient
 BF16_TOLERANCE_FACTOR = 2.0
+BF16_STEP = 2.0**-8  # relative rounding step of bf16 (8 bits of mantissa)
 HALF_PRECISION_KERNELS = (VARLEN, FLASH)
+DTYPES = ("fp32", "bf16")
 
 
 def backends(ctx: PartContext) -> list[str]:
-    """The backends to check here; those that cannot run are recorded as skipped, with why."""
+    """The backends to check here, in order; those that cannot run are recorded as skipped, with why."""
     setting, present = ctx.setting, []
     for name in (VARLEN, "sdpa", "document_sdpa", FLASH, "flex_attention"):
         if name == VARLEN and setting.on_gpu and varlen_unavailable("cuda"):
             ctx.skip(name, varlen_unavailable("cuda"))
-        elif name == FLASH and not _flash_attn_importable():
-            ctx.skip(name, "flash-attn is not installed (it builds against CUDA; the project does not need it)")
         elif name == FLASH and not setting.on_gpu:
             ctx.skip(name, "flash-attn runs on GPUs only")
+        elif name == FLASH and not _flash_attn_importable():
+            ctx.skip(name, "flash-attn is not installed (it builds against CUDA; the project does not need it)")
         else:
             present.append(name)
     return present
 
 
 def _flash_attn_importable() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
 
 
 def autocast(setting: Setting, dtype: str):
@@ -78,16 +79,19 @@ def label(setting: Setting, backend: str) -> str:
     return f"{backend} (reference kernel)" if backend == VARLEN and not setting.on_gpu else backend
 
 
+def half_precision(setting: Setting, backend: str, dtype: str) -> bool:
+    return dtype == "bf16" or (backend in HALF_PRECISION_KERNELS and setting.on_gpu)
+
+
 def packed_batch(setting: Setting, row_length: int, rows: int, seed: int = 0):
     """Documents packed into `rows` rows as training packs them, and their collated tensors on the device."""
-    lengths, total, n = [], 0, 0
+    lengths, total = [], 0
     for length in setting.document_lengths(4 * rows * 8, seed=seed):  # enough documents to fill the rows
         length = min(length, row_length)
         if total + length > rows * row_length * 0.97:
             break
         lengths.append(length)
         total += length
-        n += 1
     documents = random_documents(setting, lengths, seed=seed, wrapped=False)
     ids = setting.special_ids
     packed = pack_token_lists(documents, row_length, ids["[CLS]"], ids["[SEP]"])
@@ -95,85 +99,108 @@ def packed_batch(setting: Setting, row_length: int, rows: int, seed: int = 0):
     return packed, {k: v.to(setting.device) for k, v in batch.items()}
 
 
-def documents_alone(model, packed, setting: Setting, dtype: str) -> list[torch.Tensor]:
-    """Each document of the packed rows through stock transformers (sdpa), alone, no mask."""
-    model.set_attn_implementation("sdpa")
-    out = []
-    with torch.no_grad(), autocast(setting, dtype):
-        for row in packed:
+def _model(setting: Setting, config):
+    from transformers import ModernBertForMaskedLM
+
+    torch.manual_seed(0)
+    with torch.device(setting.device):
+        return ModernBertForMaskedLM._from_config(config, attn_implementation="sdpa")
+
+
+@dataclass
+class LogitsCheck:
+    """ModernBERT-base's shape on packed 8,192-token rows, and each document's logits alone (the reference)."""
+
+    setting: Setting
+    model: object
+    packed: list
+    batch: dict
+    alone: dict  # dtype -> per document [length, vocab] logits, stock sdpa without a mask
+    bf16_tolerance: float
+
+    @classmethod
+    def prepare(cls, ctx: PartContext) -> LogitsCheck:
+        setting = ctx.setting
+        model = _model(setting, model_config(setting)).eval()
+        packed, batch = packed_batch(setting, setting.row_length, setting.correctness_rows)
+        model.set_attn_implementation("sdpa")
+        alone = {dtype: [] for dtype in DTYPES}
+        with torch.no_grad():
+            for dtype in DTYPES:
+                with autocast(setting, dtype):
+                    for row in packed:
+                        offset = 0
+                        for length in row.doc_lengths:
+                            ids = torch.as_tensor(row.input_ids[offset : offset + length], device=setting.device)
+                            alone[dtype].append(model(input_ids=ids[None]).logits[0].float())
+                            offset += length
+        noise = max((b - f).abs().max().item() for b, f in zip(alone["bf16"], alone["fp32"], strict=True))
+        scale = max(a.abs().max().item() for a in alone["fp32"])
+        ctx.note(
+            f"logits: {len(alone['fp32'])} documents in {len(packed)} rows of {setting.row_length}; largest |logit| "
+            f"{scale:.2f}; bf16 noise (alone, bf16 autocast vs fp32) {noise:.2e}"
+        )
+        return cls(setting, model, packed, batch, alone, BF16_TOLERANCE_FACTOR * noise)
+
+    def row(self, backend: str, dtype: str) -> dict:
+        setting, model, batch = self.setting, self.model, self.batch
+        model.set_attn_implementation(known_attention(backend, setting.device))
+        kwargs = packed_attention_kwargs(batch["doc_ids"], backend, model.config.sliding_window, model.dtype)
+        with torch.no_grad(), autocast(setting, dtype):
+            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], **kwargs).logits
+        synchronize(setting)
+        worst, d = 0.0, 0
+        for r, row in enumerate(self.packed):
             offset = 0
             for length in row.doc_lengths:
-                ids = torch.as_tensor(row.input_ids[offset : offset + length], device=setting.device)[None]
-                out.append(model(input_ids=ids).logits[0].float())
-                offset += length
-    return out
+                diff = (logits[r, offset : offset + length].float() - self.alone[dtype][d]).abs().max().item()
+                worst, d, offset = max(worst, diff), d + 1, offset + length
+        tolerance = self.bf16_tolerance if half_precision(setting, backend, dtype) else FP32_TOLERANCE
+        return {"max_abs_diff": worst, "tolerance": tolerance, "ok": bool(worst <= tolerance)}
 
 
-def check_logits(ctx: PartContext, present: list[str]) -> None:
-    setting = ctx.setting
-    torch.manual_seed(0)
-    with torch.device(setting.device):
-        model = _model(setting, model_config(setting)).eval()
-    packed, batch = packed_batch(setting, setting.row_length, setting.correctness_rows)
-    documents = sum(len(row.doc_lengths) for row in packed)
-    alone = {dtype: documents_alone(model, packed, setting, dtype) for dtype in ("fp32", "bf16")}
-    noise = max((b - f).abs().max().item() for b, f in zip(alone["bf16"], alone["fp32"], strict=True))
-    bf16_tolerance = BF16_TOLERANCE_FACTOR * noise
-    scale = max(a.abs().max().item() for a in alone["fp32"])
-    ctx.note(
-        f"logits: {documents} documents in {len(packed)} rows of {setting.row_length}; largest |logit| {scale:.2f}; "
-        f"bf16 noise (alone, bf16 autocast vs fp32) {noise:.2e}"
-    )
-    for backend in present:
-        for dtype in ("fp32", "bf16"):
-            what = f"logits {label(setting, backend)} {dtype}"
-            if not ctx.enough_time(what, 10 if setting.on_gpu else 5):
-                continue
-            model.set_attn_implementation(known_attention(backend, setting.device))
-            kwargs = packed_attention_kwargs(batch["doc_ids"], backend, model.config.sliding_window, model.dtype)
-            with torch.no_grad(), autocast(setting, dtype):
-                logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], **kwargs).logits
-            synchronize(setting)
-            worst, d = 0.0, 0
-            for r, row in enumerate(packed):
-                offset = 0
-                for length in row.doc_lengths:
-                    diff = (logits[r, offset : offset + length].float() - alone[dtype][d]).abs().max().item()
-                    worst, d, offset = max(worst, diff), d + 1, offset + length
-            half = dtype == "bf16" or (backend in HALF_PRECISION_KERNELS and setting.on_gpu)
-            tolerance = bf16_tolerance if half else FP32_TOLERANCE
-            ctx.add(
-                {
-                    "check": "logits",
-                    "backend": label(setting, backend),
-                    "dtype": dtype,
-                    "documents": documents,
-                    "max_abs_diff": worst,
-                    "tolerance": tolerance,
-                    "ok": bool(worst <= tolerance),
-                }
-            )
-            del logits
-    del model
-    _free(setting)
+@dataclass
+class GradientCheck:
+    """Loss and gradients of a packed MLM batch on a smaller shape; the reference is sdpa with dense masks, fp32."""
 
+    setting: Setting
+    model: object
+    batch: dict
+    reference_loss: float
+    reference: dict
+    largest: float
+    bf16_tolerance: float
+    bf16_loss_tolerance: float
 
-def check_gradients(ctx: PartContext, present: list[str]) -> None:
-    """Loss and gradients of a packed MLM batch on a smaller shape, against sdpa with dense masks in fp32."""
-    setting = ctx.setting
-    config = model_config(setting, setting.small_model, max_positions=setting.small_row)
-    packed, _ = packed_batch(setting, setting.small_row, 2, seed=1)
-    for i, row in enumerate(packed):
-        row.row_index = i
-    schedule = MaskingSchedule(0.3, 0.3, len(packed))
-    collator = MLMCollator(synthetic_tokenizer(setting), schedule, 0, "check", setting.small_row)
-    batch = {k: v.to(setting.device) for k, v in collator(packed).items()}
-    torch.manual_seed(0)
-    with torch.device(setting.device):
+    @classmethod
+    def prepare(cls, ctx: PartContext) -> GradientCheck:
+        setting = ctx.setting
+        config = model_config(setting, setting.small_model, max_positions=setting.small_row)
+        packed, _ = packed_batch(setting, setting.small_row, 2, seed=1)
+        for i, row in enumerate(packed):
+            row.row_index = i
+        schedule = MaskingSchedule(0.3, 0.3, len(packed))
+        collator = MLMCollator(synthetic_tokenizer(setting), schedule, 0, "check", setting.small_row)
+        batch = {k: v.to(setting.device) for k, v in collator(packed).items()}
         model = _model(setting, config)
-    model.config.sparse_prediction = model.sparse_prediction = True
+        model.config.sparse_prediction = model.sparse_prediction = True
+        check = cls(setting, model, batch, 0.0, {}, 1.0, 0.0, 0.0)
+        check.reference_loss, check.reference = check.loss_and_gradients("sdpa", "fp32")
+        check.largest = max(g.abs().max().item() for g in check.reference.values())
+        loss, grads = check.loss_and_gradients("sdpa", "bf16")
+        noise = max((grads[n] - check.reference[n]).abs().max().item() for n in grads) / check.largest
+        loss_noise = abs(loss - check.reference_loss)
+        check.bf16_tolerance = BF16_TOLERANCE_FACTOR * noise
+        check.bf16_loss_tolerance = max(BF16_TOLERANCE_FACTOR * loss_noise, BF16_STEP * check.reference_loss)
+        ctx.note(
+            f"gradients: {config.num_hidden_layers} layers x {config.hidden_size}, rows of {setting.small_row}; "
+            f"loss {check.reference_loss:.4f}; bf16 noise (sdpa, bf16 autocast vs fp32): loss {loss_noise:.2e}, "
+            f"gradients {noise:.2e} of the largest; the fp32 sdpa run is the reference"
+        )
+        return check
 
-    def loss_and_grads(backend: str, dtype: str, model=model):
+    def loss_and_gradients(self, backend: str, dtype: str) -> tuple[float, dict]:
+        setting, model, batch = self.setting, self.model, self.batch
         model.zero_grad(set_to_none=True)
         model.set_attn_implementation(known_attention(backend, setting.device))
         kwargs = packed_attention_kwargs(batch["doc_ids"], backend, model.config.sliding_window, model.dtype)
@@ -182,64 +209,46 @@ def check_gradients(ctx: PartContext, present: list[str]) -> None:
                 input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"], **kwargs
             ).loss
         loss.backward()
-        return loss.item(), {
-            n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None
-        }
+        grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.item(), grads
 
-    reference_loss, reference = loss_and_grads("sdpa", "fp32")  # the reference: not a row of its own
-    largest = max(g.abs().max().item() for g in reference.values())
-    bf16_loss, bf16_grads = loss_and_grads("sdpa", "bf16")
-    noise = max((bf16_grads[n] - reference[n]).abs().max().item() for n in reference) / largest
-    loss_noise = abs(bf16_loss - reference_loss)
-    ctx.note(
-        f"gradients: {config.num_hidden_layers} layers x {config.hidden_size}, rows of {setting.small_row}; loss "
-        f"{reference_loss:.4f}; bf16 noise (sdpa, bf16 autocast vs fp32): loss {loss_noise:.2e}, gradients "
-        f"{noise:.2e} of the largest"
-    )
-    for backend in present:
-        for dtype in ("fp32", "bf16"):
-            what = f"gradients {label(setting, backend)} {dtype}"
-            if backend == "flex_attention" and not setting.on_gpu:
-                ctx.skip(what, "flex_attention has no backward on CPUs")
-                continue
-            if not ctx.enough_time(what, 10 if setting.on_gpu else 5):
-                continue
-            loss, grads = loss_and_grads(backend, dtype)
-            relative = max((grads[n] - reference[n]).abs().max().item() for n in reference) / largest
-            half = dtype == "bf16" or (backend in HALF_PRECISION_KERNELS and setting.on_gpu)
-            tolerance = BF16_TOLERANCE_FACTOR * noise if half else FP32_TOLERANCE
-            loss_tolerance = BF16_TOLERANCE_FACTOR * loss_noise if half else FP32_TOLERANCE
-            ctx.add(
-                {
-                    "check": "gradients",
-                    "backend": label(setting, backend),
-                    "dtype": dtype,
-                    "loss_diff": abs(loss - reference_loss),
-                    "max_abs_diff": relative,
-                    "tolerance": tolerance,
-                    "ok": bool(relative <= tolerance and abs(loss - reference_loss) <= max(loss_tolerance, 1e-6)),
-                }
-            )
-    del model
-    _free(setting)
-
-
-def _model(setting: Setting, config):
-    from transformers import ModernBertForMaskedLM
-
-    return ModernBertForMaskedLM._from_config(config, attn_implementation="sdpa")
-
-
-def _free(setting: Setting) -> None:
-    gc.collect()
-    if setting.on_gpu:
-        torch.cuda.empty_cache()
+    def row(self, backend: str, dtype: str) -> dict:
+        loss, grads = self.loss_and_gradients(backend, dtype)
+        relative = max((grads[n] - self.reference[n]).abs().max().item() for n in self.reference) / self.largest
+        half = half_precision(self.setting, backend, dtype)
+        tolerance = self.bf16_tolerance if half else FP32_TOLERANCE
+        loss_tolerance = self.bf16_loss_tolerance if half else FP32_TOLERANCE
+        loss_diff = abs(loss - self.reference_loss)
+        ok = relative <= tolerance and loss_diff <= loss_tolerance
+        return {"loss_diff": loss_diff, "max_abs_diff": relative, "tolerance": tolerance, "ok": bool(ok)}
 
 
 def run(ctx: PartContext) -> None:
+    setting = ctx.setting
     present = backends(ctx)
-    check_logits(ctx, present)
-    check_gradients(ctx, present)
+    checks = {}
+    for name, kind in (("logits", LogitsCheck), ("gradients", GradientCheck)):
+        try:
+            checks[name] = kind.prepare(ctx)
+        except Exception as error:  # the reference itself could not run: every row of this check fails with it
+            ctx.fail(f"{name}: the reference", error)
+    for backend in present:
+        for name, check in checks.items():
+            for dtype in DTYPES:
+                row = {"check": name, "backend": label(setting, backend), "dtype": dtype}
+                if name == "gradients" and backend == "flex_attention" and not setting.on_gpu:
+                    ctx.skip(f"gradients {backend} {dtype}", "flex_attention has no backward on CPUs")
+                    continue
+                if name == "gradients" and backend == "sdpa" and dtype == "fp32":
+                    continue  # the reference itself
+                if not ctx.enough_time(f"{name} {row['backend']} {dtype}", 10 if setting.on_gpu else 3):
+                    continue
+                try:
+                    row.update(check.row(backend, dtype))
+                except Exception as error:  # a failed check is a row that says so, not a lost part
+                    row.update(max_abs_diff=None, tolerance=None, ok=False, error=describe(error))
+                    free_memory(setting)
+                ctx.add(row)
 
 
 def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -249,9 +258,9 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
             r["check"] + (" (relative to the largest gradient)" if r["check"] == "gradients" else " (packed vs alone)"),
             r["backend"],
             r["dtype"],
-            f"{r['max_abs_diff']:.2e}",
-            f"{r['tolerance']:.2e}",
-            "yes" if r["ok"] else "**no**",
+            f"{r['max_abs_diff']:.2e}" if r.get("max_abs_diff") is not None else "-",
+            f"{r['tolerance']:.2e}" if r.get("tolerance") is not None else "-",
+            "yes" if r["ok"] else f"**no**{': ' + r['error'] if r.get('error') else ''}",
         ]
         for r in rows
     ]

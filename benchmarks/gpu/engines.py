@@ -5,9 +5,11 @@ Each launch is the command a user runs, on a small ModernBERT (the layer pattern
 part's synthetic store, for a few steps: store checks, held-out loss, training, the phase's checkpoint and its
 stock-transformers folder. The launches run side by side (they are small; ports differ). Their phase weights are
 compared with the plain run's; a second plain run gives the run-to-run difference of the GPU kernels themselves
-(atomics in backward kernels make bf16 training on a GPU not bit-reproducible), which the engines must stay
-near. What ran is read from each run's own record: the engine of its checkpoint, and the log line naming the
-engine, the process group's type and the attention backend.
+(atomics in backward kernels make bf16 training on a GPU not bit-reproducible), which DDP must stay near. FSDP2's
+difference is reported, not judged: under bf16 accelerate gives it a MixedPrecisionPolicy (bf16 parameters and
+gradient reduction), other numerics than the autocast of the plain run. What ran is read from each run's own
+record: the engine of its checkpoint, and the log line naming the engine, the process group's type and the
+attention backend.
 """
 
 from __future__ import annotations
@@ -80,7 +82,13 @@ def run(ctx: PartContext) -> None:
         try:
             code = process.wait(timeout=max(1, ctx.time_left()))
         except subprocess.TimeoutExpired:
-            process.kill()
+            # SIGTERM first: torchrun and accelerate forward it to their workers, which run in sessions of their own
+            # and would outlive a SIGKILL of the launcher, holding the GPU during the next part
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
             code = None
         log.close()
         results[name] = (code, Path(log.name))
@@ -113,6 +121,9 @@ def run(ctx: PartContext) -> None:
         noise = next((r["max_weight_diff_vs_plain"] for r in ctx.rows if r["launch"] == "plain, again"), None)
         tolerance = max(TOLERANCE_FACTOR * noise, FLOOR) if noise is not None else None
         for row in ctx.rows:
+            if row["launch"].startswith("FSDP2") and setting.on_gpu:
+                row["tolerance"], row["ok"] = None, None  # other numerics (see the module docstring): reported only
+                continue
             row["tolerance"] = tolerance
             row["ok"] = tolerance is not None and row["max_weight_diff_vs_plain"] <= tolerance
         ctx.save()
@@ -146,7 +157,7 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
             f"{r['held_out_loss_end']:.4f}",
             f"{r['max_weight_diff_vs_plain']:.1e}" if r["max_weight_diff_vs_plain"] is not None else "-",
             f"{r['tolerance']:.1e}" if r.get("tolerance") is not None else "-",
-            ("yes" if r["ok"] else "**no**") if "ok" in r else "-",
+            {True: "yes", False: "**no**", None: "n/a (bf16 parameters)"}[r["ok"]] if "ok" in r else "-",
         ]
         for r in rows
     ]

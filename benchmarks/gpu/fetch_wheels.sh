@@ -15,7 +15,8 @@ WHEELS=(
   httpx2==2.17.0            # huggingface_hub 2.x's HTTP client, not on the image ...
   httpcore2==2.17.0         # ... its transport ...
   truststore==0.10.5        # ... and the system certificates it reads (all pure Python)
-)
+  peft==0.21.2              # transformers' Trainer imports peft where installed; the image's, of unknown version,
+)                           # may not import beside huggingface_hub 2.4
 rm -rf "$DEST"
 mkdir -p "$DEST"
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

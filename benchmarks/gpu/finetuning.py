@@ -97,7 +97,8 @@ def run(ctx: PartContext) -> None:
     data = examples(ctx)
     for side in SIDES:
         if ctx.enough_time(side, 12 if ctx.setting.on_gpu else 5):
-            ctx.add(train(ctx, side, data))
+            with ctx.guard(side):
+                ctx.add(train(ctx, side, data))
 
 
 def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:

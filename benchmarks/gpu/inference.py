@@ -58,11 +58,15 @@ def run(ctx: PartContext) -> None:
             notes.encoder.set_attn_implementation(attention)
             per_batch = max(1, batch_tokens // max(lengths))
             warm = TokenizedNotes(ids[:4], [False] * 4)
-            notes.encode_tokenized(warm, batching, batch_tokens, per_batch)  # kernels chosen, memory reserved
-            synchronize(setting)
-            started = time.perf_counter()
-            outputs[batching] = notes.encode_tokenized(tokenized, batching, batch_tokens, per_batch)
-            synchronize(setting)
+            try:
+                notes.encode_tokenized(warm, batching, batch_tokens, per_batch)  # kernels chosen, memory reserved
+                synchronize(setting)
+                started = time.perf_counter()
+                outputs[batching] = notes.encode_tokenized(tokenized, batching, batch_tokens, per_batch)
+                synchronize(setting)
+            except Exception as error:  # this set and batching only
+                ctx.fail(f"{name}, {batching}", error)
+                continue
             seconds = time.perf_counter() - started
             rate = sum(lengths) / seconds
             paper = PAPER_4090_KTOKENS[name]

@@ -92,10 +92,13 @@ def search(ctx: PartContext, name: str, shape: dict) -> dict:
                 "tokens_per_second": real / (time.perf_counter() - started),
             }
             return True
-        except torch.cuda.OutOfMemoryError:
+        except RuntimeError as error:  # torch.cuda.OutOfMemoryError, or a CUDA error that says the same
+            if "out of memory" not in str(error):
+                raise
             tried[size] = None
             return False
         finally:
+            loss = batch = None  # noqa: F841 (what the step held goes before the cache is emptied)
             optimizer.zero_grad(set_to_none=True)
             gc.collect()
             if setting.on_gpu:
@@ -138,7 +141,8 @@ def run(ctx: PartContext) -> None:
         models.append(("ModernBERT-large", MODERNBERT_LARGE))
     for name, shape in models:
         if ctx.enough_time(name, 15 if setting.on_gpu else 2):
-            ctx.add(search(ctx, name if setting.on_gpu else f"{name} (tiny stand-in)", shape))
+            with ctx.guard(name):
+                ctx.add(search(ctx, name if setting.on_gpu else f"{name} (tiny stand-in)", shape))
             gc.collect()  # the model and optimizer of the search go before the next one's
             if setting.on_gpu:
                 torch.cuda.empty_cache()

@@ -93,7 +93,7 @@ def store_for(ctx: PartContext):
 
 def recipe_dict(setting: Setting, store, backend: str, output_dir: Path, compile: bool = False) -> dict:
     """A one-phase recipe over the synthetic store, as YAML would give it."""
-    steps = setting.warmup_steps + setting.timed_steps
+    steps = warmup_steps(setting, compile) + setting.timed_steps
     return {
         "name": "gpu-check",
         "output_dir": str(output_dir),
@@ -132,12 +132,19 @@ def recipe_for(setting: Setting, store, backend: str, output_dir: Path, compile:
     return recipe_from_dict(recipe_dict(setting, store, backend, output_dir, compile))
 
 
+def warmup_steps(setting: Setting, compile: bool) -> int:
+    """Untimed steps first: under torch.compile one more, since the second step recompiles for the new row layout
+    (other document lengths, another number of masked tokens) before shapes are taken as dynamic."""
+    return setting.warmup_steps + (1 if compile else 0)
+
+
 def measure_project(ctx: PartContext, store, tokenizer, backend: str, compile: bool = False) -> dict:
-    """One side through set_up_phase and PretrainingTrainer.train(), as train_mlm.py runs a phase."""
+    """One side through set_up_phase and PretrainingTrainer.train(), as train_mlm.py runs a phase. Under
+    torch.compile the held-out evaluation before the phase is left out: it would compile a graph of its own."""
     from modeling.common.runtime import join_processes
     from modeling.pretrain.model import build_model
     from modeling.pretrain.runner import set_up_phase
-    from modeling.pretrain.trainer import SaveAtPhaseEnd
+    from modeling.pretrain.trainer import PhaseStart, SaveAtPhaseEnd
 
     setting = ctx.setting
     join_processes()
@@ -149,6 +156,8 @@ def measure_project(ctx: PartContext, store, tokenizer, backend: str, compile: b
     model = build_model(recipe, tokenizer)
     trainer = set_up_phase(recipe, 0, model, tokenizer, store, None).trainer
     trainer.remove_callback(SaveAtPhaseEnd)
+    if compile:
+        trainer.remove_callback(PhaseStart)
     clock = StepClock(setting, trainer.counters.total_tokens)
     trainer.add_callback(clock)
     waits = time_data_waits(trainer)
@@ -157,7 +166,7 @@ def measure_project(ctx: PartContext, store, tokenizer, backend: str, compile: b
     rows = trainer.train_dataset
     lengths = [n for i in range(len(rows)) for n in rows[i].doc_lengths]
     context = sum(n * n for n in lengths) / sum(lengths)  # keys per token in a global layer, within documents
-    figures = _figures(ctx, side, clock, waits, started, context)
+    figures = _figures(ctx, side, clock, waits, started, context, warmup_steps(setting, compile))
     figures["attention"] = trainer.accelerator.unwrap_model(trainer.model).config._attn_implementation
     del trainer, model
     _free(setting)
@@ -225,6 +234,7 @@ def measure_stock(ctx: PartContext, tokenizer) -> dict:
         waits,
         started,
         float(setting.row_length),
+        setting.warmup_steps,
     )
     figures["attention"] = "sdpa, no document masks"
     del trainer, model
@@ -232,9 +242,10 @@ def measure_stock(ctx: PartContext, tokenizer) -> dict:
     return figures
 
 
-def _figures(ctx: PartContext, side: str, clock: StepClock, waits: list[float], started: float, context: float):
+def _figures(
+    ctx: PartContext, side: str, clock: StepClock, waits: list[float], started: float, context: float, warm: int
+):
     setting = ctx.setting
-    warm = setting.warmup_steps
     timed = clock.ends[warm - 1 :]
     seconds = timed[-1] - timed[0]
     tokens = clock.tokens[-1] - clock.tokens[warm - 1]
@@ -306,10 +317,12 @@ def run(ctx: PartContext) -> None:
     setting = ctx.setting
     store, tokenizer = store_for(ctx)
     if ctx.enough_time("stock", 15):
-        ctx.add(measure_stock(ctx, tokenizer))
+        with ctx.guard("stock"):
+            ctx.add(measure_stock(ctx, tokenizer))
     for backend in project_backends(ctx):
         if ctx.enough_time(f"project, {backend}", NEEDS[setting.mode].get(backend, 15)):
-            ctx.add(measure_project(ctx, store, tokenizer, backend))
+            with ctx.guard(f"project, {backend}"):
+                ctx.add(measure_project(ctx, store, tokenizer, backend))
 
 
 def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:

@@ -10,7 +10,8 @@ from benchmarks.common import markdown_table
 def markdown(report: dict) -> str:
     from benchmarks.gpu.check import PARTS
 
-    machine = report["machine"]
+    machine = {key: "?" for key in ("torch", "cuda", "transformers", "accelerate", "python", "varlen", "when")}
+    machine.update(report["machine"])
     lines = [
         f"# GPU check ({report['mode']} mode)",
         "",
@@ -18,8 +19,8 @@ def markdown(report: dict) -> str:
         + (f" ({machine['capability']}, {machine['memory_gb']} GB)" if machine.get("capability") else "")
         + f"; torch {machine['torch']} (CUDA {machine['cuda']}), transformers {machine['transformers']}, "
         f"accelerate {machine['accelerate']}, Python {machine['python']}; flash-attn "
-        f"{machine['flash_attn'] or 'not installed'}; varlen_attn: {machine['varlen']}; {machine['when']}. "
-        f"bf16 peak for MFU: {machine['bf16_peak_tflops'] or 'unknown'} TFLOP/s (datasheet, dense). "
+        f"{machine.get('flash_attn') or 'not installed'}; varlen_attn: {machine['varlen']}; {machine['when']}. "
+        f"bf16 peak for MFU: {machine.get('bf16_peak_tflops') or 'unknown'} TFLOP/s (datasheet, dense). "
         f"Wall time {report.get('wall_s', 0):.0f} s of a {report['budget_s']:.0f} s budget.",
     ]
     for name, part in report["parts"].items():
@@ -32,6 +33,8 @@ def markdown(report: dict) -> str:
             lines += ["", markdown_table(headers, rows)]
         for skipped in part.get("skipped", []):
             lines += ["", f"- skipped: {skipped['what']}: {skipped['why']}"]
+        for failed in part.get("failed", []):
+            lines += ["", f"- **failed**: {failed['what']}: {failed['error']}"]
     if report.get("goals"):
         lines += ["", "## Goals", "", markdown_table(["goal", "measured", "met"], report["goals"])]
     return "\n".join(lines) + "\n"

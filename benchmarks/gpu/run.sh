@@ -22,5 +22,12 @@ if compgen -G "$WHEELS/*.whl" > /dev/null; then
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT" || exit 2
+# Seconds, not minutes, to learn that the packages do not import together (transformers' Trainer imports
+# accelerate, huggingface_hub and peft as every Trainer part does).
+"$PYTHON" -c "
+import torch, transformers, accelerate, huggingface_hub, transformers.trainer
+print(f'torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}, '
+      f'accelerate {accelerate.__version__}, huggingface_hub {huggingface_hub.__version__}')
+" || { echo "error: the packages the check needs do not import together (above)" >&2; exit 2; }
 # The check keeps to its own budget (benchmarks/gpu/check.py, BUDGET_S); this is the backstop.
 timeout --kill-after 5 465 "$PYTHON" -m benchmarks.gpu.check "$OUT" "$@"

@@ -15,6 +15,7 @@ evaluate, datatrove, pubmed-parser, seqeval, deepspeed or flash-attn (absent fro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -94,8 +95,8 @@ GPU = Setting(
     special_ids=MODERNBERT_SPECIAL_IDS,
     row_length=8192,
     rows_per_step=4,  # the base recipe's batch.per_device
-    warmup_steps=3,
-    timed_steps=8,
+    warmup_steps=2,
+    timed_steps=6,
     correctness_rows=2,
     small_model=dict(
         MODERNBERT_BASE, hidden_size=256, intermediate_size=384, num_hidden_layers=6, num_attention_heads=4
@@ -302,6 +303,7 @@ class PartContext:
     deadline: float  # time.time() by which the part must be done
     rows: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -323,6 +325,20 @@ class PartContext:
         self.notes.append(text)
         self.save()
 
+    def fail(self, what: str, error: BaseException) -> None:
+        self.failed.append({"what": what, "error": describe(error)})
+        self.save()
+        free_memory(self.setting)
+
+    @contextlib.contextmanager
+    def guard(self, what: str):
+        """One side of a part: an error is recorded (named, with its message) and the part goes on with the next
+        side, so one backend that breaks on a new machine costs its own figures only."""
+        try:
+            yield
+        except Exception as error:  # whatever a kernel, a compiler or a launcher raises
+            self.fail(what, error)
+
     def enough_time(self, what: str, needs: float) -> bool:
         """Whether `needs` seconds are left; if not, `what` is recorded as skipped for that reason."""
         if self.time_left() >= needs:
@@ -332,16 +348,26 @@ class PartContext:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"rows": self.rows, "skipped": self.skipped, "notes": self.notes}
+        data = {"rows": self.rows, "skipped": self.skipped, "failed": self.failed, "notes": self.notes}
         temporary = self.path.with_suffix(".tmp")
         temporary.write_text(json.dumps(data, indent=1, default=str))
         os.replace(temporary, self.path)
 
 
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"[:300]
+
+
+def free_memory(setting: Setting) -> None:
+    import gc
+
+    gc.collect()
+    if setting.on_gpu:
+        torch.cuda.empty_cache()
+
+
 def kernel_context(setting: Setting):
     """On a CPU, varlen runs its layout work on the plain reference kernel in place of the CUDA one."""
-    import contextlib
-
     from modeling.common.attention import reference_varlen_attn, varlen_kernel
 
     return contextlib.nullcontext() if setting.on_gpu else varlen_kernel(reference_varlen_attn)

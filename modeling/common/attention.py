@@ -288,6 +288,8 @@ def varlen_unavailable(device: torch.device | str | None = None) -> str | None:
         return f"torch {torch.__version__} has no torch.nn.attention.varlen (it needs torch >= 2.10)"
     if "window_size" not in inspect.signature(varlen_attn).parameters:
         return f"torch {torch.__version__}'s varlen_attn has no window_size for the local layers (torch >= 2.11)"
+    if not torch.backends.cuda.is_flash_attention_available():
+        return f"torch {torch.__version__} was built without its FlashAttention kernels"
     major, minor = torch.cuda.get_device_capability(device)
     if major < 8:
         return f"the GPU is sm_{major}{minor}; varlen_attn needs sm_80 or newer"

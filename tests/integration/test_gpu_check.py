@@ -9,12 +9,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from helpers import ROOT
 
 from benchmarks.gpu.largest_batch import largest_that_fits
-from benchmarks.gpu.setting import bf16_peak
+from benchmarks.gpu.report import markdown
+from benchmarks.gpu.setting import PartContext, bf16_peak, setting
 
 ABSENT_ON_THE_GPU_IMAGE = ("datasets", "evaluate", "datatrove", "pubmed_parser", "seqeval", "deepspeed", "flash_attn")
 
@@ -70,7 +72,7 @@ def test_every_part_runs_and_reports_its_fields(cpu_check):
     assert list(report["parts"]) == list(FIELDS)
     for name, part in report["parts"].items():
         assert part["status"] == "done", (name, part["status"])
-        assert part["rows"], f"{name}: no figures"
+        assert part["rows"] and not part["failed"], (name, part["failed"])
         for row in part["rows"]:
             assert FIELDS[name] <= set(row), (name, FIELDS[name] - set(row))
     for title in ("Correctness", "Pretraining throughput", "Largest per-device batch", "Goals"):
@@ -157,3 +159,28 @@ def test_mfu_uses_the_cards_own_peak():
     assert bf16_peak("NVIDIA H100 PCIe") == 756e12  # not the SXM figure its name also contains
     assert bf16_peak("NVIDIA A100-SXM4-80GB") == 312e12
     assert bf16_peak("Some Future GPU") is None
+
+
+def test_a_side_that_raises_is_recorded_and_the_part_goes_on(tmp_path):
+    """On a new machine one backend may break (a kernel, a compiler): its error is named in the part's figures and
+    the report, and the next side still runs."""
+    ctx = PartContext("pretraining", tmp_path, setting(cpu=True), time.time() + 60)
+    with ctx.guard("project, flex_attention"):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore detail")
+    with ctx.guard("project, sdpa"):
+        ctx.add({"side": "project, sdpa"})
+    saved = json.loads(ctx.path.read_text())
+    assert saved["failed"] == [
+        {
+            "what": "project, flex_attention",
+            "error": "RuntimeError: CUDA error: an illegal memory access was encountered",
+        }
+    ]
+    assert saved["rows"] == [{"side": "project, sdpa"}]
+    report = {
+        "mode": "gpu",
+        "machine": {"device": "unknown (RuntimeError: no CUDA)"},  # what the driver keeps when it cannot read it
+        "budget_s": 455,
+        "parts": {"pretraining": {"status": "done", "rows": [], **{k: saved[k] for k in ("failed", "skipped")}}},
+    }
+    assert "- **failed**: project, flex_attention: RuntimeError: CUDA error" in markdown(report)

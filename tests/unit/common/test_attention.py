@@ -260,11 +260,15 @@ def test_varlen_falls_back_to_flex_on_a_gpu_without_the_kernel(monkeypatch):
     no window_size (2.10) or that have none at all."""
     import torch.nn.attention.varlen as varlen_module
 
+    monkeypatch.setattr(torch.backends.cuda, "is_flash_attention_available", lambda: True)  # as a CUDA build says
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert "sm_75" in attention.varlen_unavailable("cuda")
     assert attention.resolve_attention("varlen", "cuda") == "flex_attention"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert attention.varlen_unavailable("cuda") is None
+    monkeypatch.setattr(torch.backends.cuda, "is_flash_attention_available", lambda: False)
+    assert "without its FlashAttention" in attention.varlen_unavailable("cuda")
+    monkeypatch.setattr(torch.backends.cuda, "is_flash_attention_available", lambda: True)
 
     def without_window(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None):
         raise AssertionError("never called")
