@@ -27,9 +27,11 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -53,23 +55,23 @@ PARTS = {
 }
 
 
-def run_part(name: str, out: Path, cpu: bool, deadline: float) -> None:
+def run_part(name: str, out: Path, cpu: bool, deadline: float, work: Path) -> None:
     """In the part's own process: run it, its figures written to OUT/parts/NAME.json as it goes."""
     from benchmarks.gpu.setting import PartContext, kernel_context, setting
 
     module = importlib.import_module(PARTS[name][0])
-    ctx = PartContext(name, out, setting(cpu), deadline - MARGIN_S)
+    ctx = PartContext(name, out, setting(cpu), deadline - MARGIN_S, work)
     ctx.save()
     with kernel_context(ctx.setting):  # on a CPU, varlen runs on its reference kernel (no CUDA kernel there)
         module.run(ctx)
 
 
-def launch(name: str, out: Path, cpu: bool, cap: float) -> dict:
+def launch(name: str, out: Path, cpu: bool, cap: float, work: Path) -> dict:
     """The part in a child process, stopped (with everything it started) at its cap."""
     log_path = out / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "benchmarks.gpu.check", str(out), "--part", name, "--deadline"]
-    command += [str(time.time() + cap)] + (["--cpu"] if cpu else [])
+    command = [sys.executable, "-m", "benchmarks.gpu.check", str(out), "--part", name, "--work", str(work)]
+    command += ["--deadline", str(time.time() + cap)] + (["--cpu"] if cpu else [])
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     started = time.monotonic()
@@ -107,16 +109,16 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--cap", action="append", default=[], metavar="PART=SECONDS", help="another time cap for a part (repeatable)"
     )
+    parser.add_argument(
+        "--work", help="folder for the stores, runs and checkpoints the parts make (default: a temporary one, removed)"
+    )
     parser.add_argument("--part", help=argparse.SUPPRESS)  # in a part's own process
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.part:
-        run_part(args.part, out, args.cpu, args.deadline)
+        run_part(args.part, out, args.cpu, args.deadline, Path(args.work))
         return 0
-
-    from benchmarks.gpu.report import goals
-    from benchmarks.gpu.setting import Machine, setting
 
     wanted = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in wanted if p not in PARTS]
@@ -130,6 +132,18 @@ def main(argv=None) -> int:
         caps[name] = float(seconds)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gpu-check-work-"))
+    try:
+        return _check(args, out, wanted, caps, work, started)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _check(args, out: Path, wanted: list[str], caps: dict, work: Path, started: float) -> int:
+    from benchmarks.gpu.report import goals
+    from benchmarks.gpu.setting import Machine, setting
+
     chosen = setting(args.cpu)
     if chosen.on_gpu:
         import torch
@@ -152,7 +166,7 @@ def main(argv=None) -> int:
             report["parts"][name] = {"status": f"skipped: {left:.0f} s of the check's budget left", "rows": []}
         else:
             print(f"- {name} (cap {min(cap, left):.0f} s) ...", flush=True)
-            report["parts"][name] = launch(name, out, args.cpu, min(cap, left))
+            report["parts"][name] = launch(name, out, args.cpu, min(cap, left), work)
             print(f"  {report['parts'][name]['status']} in {report['parts'][name]['seconds']} s", flush=True)
         _write(out, report, started)
     try:

@@ -59,7 +59,7 @@ def run(ctx: PartContext) -> None:
 
     setting = ctx.setting
     store, _ = store_for(ctx)
-    work = ctx.out / "work" / "engines"
+    work = ctx.work / "engines"
     work.mkdir(parents=True, exist_ok=True)
     raw = recipe_dict(setting, store, "varlen", work / "unused")
     raw["model"]["config"] = {**setting.engine_model, "max_position_embeddings": setting.engine_row}
@@ -75,7 +75,8 @@ def run(ctx: PartContext) -> None:
         env["OMP_NUM_THREADS"] = "1"  # three launches on a few cores; also the same thread count for each
     started, running = time.monotonic(), {}
     for name, command in launches(ctx, recipe, work).items():
-        log = open(work / f"{name.split(',')[0].lower()}{'-again' if 'again' in name else ''}.log", "w")
+        slug = name.split(",")[0].lower() + ("-again" if "again" in name else "")
+        log = open(ctx.out / "logs" / f"engines-{slug}.log", "w")  # beside the part's own log, under OUT
         running[name] = (subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
     results = {}
     for name, (process, log) in running.items():

@@ -52,7 +52,7 @@ def train(ctx: PartContext, side: str, data: list[dict]) -> dict:
     if side == "packed":
         install_packing(model)
     args = TrainingArguments(
-        output_dir=str(ctx.out / "work" / "finetuning" / side),
+        output_dir=str(ctx.work / "finetuning" / side),
         num_train_epochs=1,
         per_device_train_batch_size=16,
         learning_rate=2e-5,

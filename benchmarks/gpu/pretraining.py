@@ -84,7 +84,7 @@ def store_for(ctx: PartContext):
     from modeling.data.store import Store, StoreFolder
 
     setting = ctx.setting
-    folder = ctx.out / "work" / f"store-{setting.mode}"
+    folder = ctx.work / f"store-{setting.mode}"
     tokenizer = synthetic_tokenizer(setting)
     if not StoreFolder(folder).is_complete():
         write_store(folder, setting, tokenizer, STORE_DOCUMENTS[setting.mode])
@@ -150,7 +150,7 @@ def measure_project(ctx: PartContext, store, tokenizer, backend: str, compile: b
     join_processes()
     side = f"project, {backend}" + (" (reference kernel)" if backend == VARLEN and not setting.on_gpu else "")
     side += ", torch.compile" if compile else ""
-    folder = ctx.out / "work" / "pretraining" / side.replace(", ", "-").replace(" ", "_")
+    folder = ctx.work / "pretraining" / side.replace(", ", "-").replace(" ", "_")
     recipe = recipe_for(setting, store, backend, folder, compile)
     _reset_memory(setting)
     model = build_model(recipe, tokenizer)
@@ -192,7 +192,7 @@ def measure_stock(ctx: PartContext, tokenizer) -> dict:
     torch.manual_seed(0)
     model = ModernBertForMaskedLM._from_config(model_config(setting), attn_implementation="sdpa")
     args = TrainingArguments(
-        output_dir=str(ctx.out / "work" / "pretraining" / "stock"),
+        output_dir=str(ctx.work / "pretraining" / "stock"),
         max_steps=steps,
         per_device_train_batch_size=setting.rows_per_step,
         learning_rate=3e-4,

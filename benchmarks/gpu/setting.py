@@ -301,6 +301,7 @@ class PartContext:
     out: Path
     setting: Setting
     deadline: float  # time.time() by which the part must be done
+    work: Path = Path("work")  # stores, runs and checkpoints the parts make: not under OUT, which is only figures
     rows: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
