@@ -26,6 +26,9 @@ import train_mlm
 from modeling.inference import cli as inference_cli
 from modeling.publish import hub
 
+# End-to-end runs of training or of several processes: the fast tier (-m "not slow") leaves them out.
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class Case:

@@ -11,6 +11,9 @@ from transformers import ModernBertConfig, ModernBertModel
 from benchmarks import data_pipeline, inference, pretraining, scaling
 from benchmarks.common import bench_model, clinical_lengths
 
+# End-to-end runs of training or of several processes: the fast tier (-m "not slow") leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def test_pretraining_sides_see_the_same_documents_and_report_padding(tiny_tokenizer):
     texts = synthetic_documents(400, seed=4, min_words=3, max_words=60)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from helpers import ROOT, SCRIPT, TWO_PROCESSES, phase_weights, script_env, train, write_recipe
 
 CHECKS = textwrap.dedent(
@@ -37,6 +38,9 @@ CHECKS = textwrap.dedent(
     state.destroy_process_group()  # both ranks leave the group together (gloo aborts a process left alone in it)
     """
 )
+
+# End-to-end runs of training or of several processes: the fast tier (-m "not slow") leaves them out.
+pytestmark = pytest.mark.slow
 
 
 def test_timeout_reaches_the_group_and_an_unshared_folder_stops_every_process(tmp_path):

@@ -15,6 +15,9 @@ import psutil
 import pytest
 from helpers import SCRIPT, launch_command, phase_weights, script_env, train, write_recipe
 
+# End-to-end runs of training or of several processes: the fast tier (-m "not slow") leaves them out.
+pytestmark = pytest.mark.slow
+
 CHANGES = {"phases.1.length": {"steps": 7}, "distributed.timeout_minutes": 5}
 
 

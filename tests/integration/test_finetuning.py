@@ -20,6 +20,9 @@ from modeling.finetune.model import build_task_model
 from modeling.finetune.runner import run
 from modeling.finetune.trainer import score_split
 
+# End-to-end runs of training or of several processes: the fast tier (-m "not slow") leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def untrained_validation(task, seed):
     """The validation score of the model a run starts from (same seed -> same head initialisation)."""

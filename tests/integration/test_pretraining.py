@@ -11,6 +11,9 @@ import time
 import pytest
 from helpers import SCRIPT, TWO_PROCESSES, phase_weights, script_env, synthetic_documents, train, write_recipe
 
+# End-to-end runs of training or of several processes: the fast tier (-m "not slow") leaves them out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):

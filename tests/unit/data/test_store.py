@@ -114,6 +114,7 @@ def test_a_damaged_shard_is_named(tmp_path, tiny_tokenizer):
         Store(store.folder.folder).verify()
 
 
+@pytest.mark.slow  # prepares corpora of up to 50,000 documents under tracemalloc
 def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path, tiny_tokenizer):
     import tracemalloc
 
