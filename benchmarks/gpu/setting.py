@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import clinical_lengths
+from benchmarks.common import SHAPES, clinical_lengths
 
 BASE_ROW = 8192
 
@@ -66,14 +66,8 @@ class Setting:
         return clinical_lengths(n, seed, mean=self.scaled(1500), low=max(4, self.scaled(32)), high=self.row_length)
 
 
-MODERNBERT_BASE = dict(
-    hidden_size=768,
-    intermediate_size=1152,
-    num_hidden_layers=22,
-    num_attention_heads=12,
-    global_attn_every_n_layers=3,
-    local_attention=128,
-)
+LAYER_PATTERN = dict(global_attn_every_n_layers=3, local_attention=128)  # ModernBERT's: global every 3rd layer
+MODERNBERT_BASE = dict(SHAPES["base"], **LAYER_PATTERN)
 MODERNBERT_LARGE = dict(
     MODERNBERT_BASE, hidden_size=1024, intermediate_size=2624, num_hidden_layers=28, num_attention_heads=16
 )
