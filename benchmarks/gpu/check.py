@@ -68,6 +68,8 @@ def run_part(name: str, out: Path, cpu: bool, deadline: float, work: Path) -> No
 
 def launch(name: str, out: Path, cpu: bool, cap: float, work: Path) -> dict:
     """The part in a child process, stopped (with everything it started) at its cap."""
+    from benchmarks.gpu.setting import last_line
+
     log_path = out / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "benchmarks.gpu.check", str(out), "--part", name, "--work", str(work)]
@@ -81,7 +83,7 @@ def launch(name: str, out: Path, cpu: bool, cap: float, work: Path) -> dict:
         )
         try:
             code = process.wait(timeout=cap)
-            status = "done" if code == 0 else f"failed (exit code {code}): {_last_line(log_path)}"
+            status = "done" if code == 0 else f"failed (exit code {code}): {last_line(log_path)}"
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)  # the part and whatever it launched
             process.wait()
@@ -93,11 +95,6 @@ def launch(name: str, out: Path, cpu: bool, cap: float, work: Path) -> dict:
     except (OSError, ValueError):  # never written (killed at once), or unreadable: the status says what happened
         pass
     return {"status": status, "cap_s": round(cap), "seconds": round(time.monotonic() - started, 1), **figures}
-
-
-def _last_line(path: Path) -> str:
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1][-300:] if lines else "no output"
 
 
 def main(argv=None) -> int:

@@ -28,6 +28,7 @@ import torch
 from benchmarks.gpu.setting import (
     PartContext,
     Setting,
+    attention_backends,
     describe,
     free_memory,
     model_config,
@@ -35,7 +36,7 @@ from benchmarks.gpu.setting import (
     synchronize,
     synthetic_tokenizer,
 )
-from modeling.common.attention import FLASH, VARLEN, known_attention, packed_attention_kwargs, varlen_unavailable
+from modeling.common.attention import FLASH, VARLEN, known_attention, packed_attention_kwargs
 from modeling.data.packing import collate_rows
 from modeling.data.rows import pack_token_lists
 from modeling.pretrain.masking import MLMCollator
@@ -46,27 +47,6 @@ BF16_TOLERANCE_FACTOR = 2.0
 BF16_STEP = 2.0**-8  # relative rounding step of bf16 (8 bits of mantissa)
 HALF_PRECISION_KERNELS = (VARLEN, FLASH)
 DTYPES = ("fp32", "bf16")
-
-
-def backends(ctx: PartContext) -> list[str]:
-    """The backends to check here, in order; those that cannot run are recorded as skipped, with why."""
-    setting, present = ctx.setting, []
-    for name in (VARLEN, "sdpa", "document_sdpa", FLASH, "flex_attention"):
-        if name == VARLEN and setting.on_gpu and varlen_unavailable("cuda"):
-            ctx.skip(name, varlen_unavailable("cuda"))
-        elif name == FLASH and not setting.on_gpu:
-            ctx.skip(name, "flash-attn runs on GPUs only")
-        elif name == FLASH and not _flash_attn_importable():
-            ctx.skip(name, "flash-attn is not installed (it builds against CUDA; the project does not need it)")
-        else:
-            present.append(name)
-    return present
-
-
-def _flash_attn_importable() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("flash_attn") is not None
 
 
 def autocast(setting: Setting, dtype: str):
@@ -225,7 +205,7 @@ class GradientCheck:
 
 def run(ctx: PartContext) -> None:
     setting = ctx.setting
-    present = backends(ctx)
+    present = attention_backends(ctx, training=False)  # flex's CPU backward gaps are skipped per row below
     checks = {}
     for name, kind in (("logits", LogitsCheck), ("gradients", GradientCheck)):
         try:

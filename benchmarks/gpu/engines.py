@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.gpu.pretraining import recipe_dict, store_for
-from benchmarks.gpu.setting import PartContext
+from benchmarks.gpu.setting import PartContext, last_line
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TOLERANCE_FACTOR = 4.0  # an engine may differ from the plain run by this many times the plain runs' own difference
@@ -97,7 +97,7 @@ def run(ctx: PartContext) -> None:
     for name, (code, log_path) in results.items():
         folder = Path(running[name][0].args[-1]) / "phase1"
         if code != 0:
-            ctx.skip(name, "stopped at the part's cap" if code is None else f"exit code {code}: {_last(log_path)}")
+            ctx.skip(name, "stopped at the part's cap" if code is None else f"exit code {code}: {last_line(log_path)}")
             continue
         weights[name] = load_file(str(folder / "model.safetensors"))
         marker = json.loads(next((folder / "checkpoints").glob("checkpoint-*/checkpoint_complete.json")).read_text())
@@ -132,11 +132,6 @@ def run(ctx: PartContext) -> None:
         f"{len(running)} launches side by side in {time.monotonic() - started:.0f} s; {setting.engine_steps} steps "
         f"of rows of {setting.engine_row}"
     )
-
-
-def _last(path: Path) -> str:
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1][-300:] if lines else "no output"
 
 
 def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:

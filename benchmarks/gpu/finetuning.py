@@ -13,12 +13,11 @@ as they do in finetune.py. Examples per second = training examples / the Trainer
 
 from __future__ import annotations
 
-import gc
 import random
 
 import torch
 
-from benchmarks.gpu.setting import PartContext, model_config, random_documents, synthetic_tokenizer
+from benchmarks.gpu.setting import PartContext, free_memory, model_config, random_documents, synthetic_tokenizer
 from modeling.common.attention import VARLEN, known_attention
 from modeling.finetune.packing import install_packing
 
@@ -87,9 +86,7 @@ def train(ctx: PartContext, side: str, data: list[dict]) -> dict:
         "padding": 1 - real / positions["padded"],
     }
     del trainer, model
-    gc.collect()
-    if setting.on_gpu:
-        torch.cuda.empty_cache()
+    free_memory(setting)
     return result
 
 

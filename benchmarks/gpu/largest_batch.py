@@ -9,7 +9,6 @@ memory, 10% kept back). ModernBERT-base first, -large if the part's time allows.
 
 from __future__ import annotations
 
-import gc
 import time
 
 import torch
@@ -19,6 +18,7 @@ from benchmarks.gpu.setting import (
     MODERNBERT_LARGE,
     PartContext,
     Setting,
+    free_memory,
     model_config,
     synchronize,
     synthetic_tokenizer,
@@ -100,9 +100,7 @@ def search(ctx: PartContext, name: str, shape: dict) -> dict:
         finally:
             loss = batch = None  # noqa: F841 (what the step held goes before the cache is emptied)
             optimizer.zero_grad(set_to_none=True)
-            gc.collect()
-            if setting.on_gpu:
-                torch.cuda.empty_cache()
+            free_memory(setting)
 
     try:
         largest, capped = largest_that_fits(fits, setting.largest_batch_cap)
@@ -143,9 +141,7 @@ def run(ctx: PartContext) -> None:
         if ctx.enough_time(name, 15 if setting.on_gpu else 2):
             with ctx.guard(name):
                 ctx.add(search(ctx, name if setting.on_gpu else f"{name} (tiny stand-in)", shape))
-            gc.collect()  # the model and optimizer of the search go before the next one's
-            if setting.on_gpu:
-                torch.cuda.empty_cache()
+            free_memory(setting)  # the model and optimizer of the search go before the next one's
 
 
 def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:

@@ -17,7 +17,6 @@ attends to its document in global layers), "dense" the whole row (what dense mas
 
 from __future__ import annotations
 
-import gc
 import statistics
 import time
 from pathlib import Path
@@ -29,7 +28,9 @@ from benchmarks.data_pipeline import flops_per_token
 from benchmarks.gpu.setting import (
     PartContext,
     Setting,
+    attention_backends,
     bf16_peak,
+    free_memory,
     model_config,
     peak_memory_gb,
     random_documents,
@@ -37,7 +38,7 @@ from benchmarks.gpu.setting import (
     synthetic_tokenizer,
     write_store,
 )
-from modeling.common.attention import FLASH, VARLEN, varlen_unavailable
+from modeling.common.attention import VARLEN
 
 MASKING = 0.3
 STORE_DOCUMENTS = {"gpu": 2000, "cpu": 400}
@@ -169,7 +170,7 @@ def measure_project(ctx: PartContext, store, tokenizer, backend: str, compile: b
     figures = _figures(ctx, side, clock, waits, started, context, warmup_steps(setting, compile))
     figures["attention"] = trainer.accelerator.unwrap_model(trainer.model).config._attn_implementation
     del trainer, model
-    _free(setting)
+    free_memory(setting)
     return figures
 
 
@@ -214,14 +215,8 @@ def measure_stock(ctx: PartContext, tokenizer) -> dict:
         train_dataset=examples,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=MASKING),
     )
-    done = {"steps": 0}
-    clock = StepClock(setting, lambda: done["steps"] * setting.rows_per_step * setting.row_length)
-
-    class Count(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            done["steps"] += 1
-
-    trainer.add_callback(Count())  # before the clock reads it
+    # every position is a real token (rows cut from the stream); global_step counts before on_step_end
+    clock = StepClock(setting, lambda t=trainer: t.state.global_step * setting.rows_per_step * setting.row_length)
     trainer.add_callback(clock)
     waits = time_data_waits(trainer)
     _reset_memory(setting)
@@ -238,7 +233,7 @@ def measure_stock(ctx: PartContext, tokenizer) -> dict:
     )
     figures["attention"] = "sdpa, no document masks"
     del trainer, model
-    _free(setting)
+    free_memory(setting)
     return figures
 
 
@@ -283,32 +278,6 @@ def _reset_memory(setting: Setting) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def _free(setting: Setting) -> None:
-    gc.collect()
-    if setting.on_gpu:
-        torch.cuda.empty_cache()
-
-
-def project_backends(ctx: PartContext) -> list[str]:
-    setting, out = ctx.setting, []
-    for backend in (VARLEN, "sdpa", "document_sdpa", FLASH, "flex_attention"):
-        if backend == VARLEN and setting.on_gpu and varlen_unavailable("cuda"):
-            ctx.skip(f"project, {backend}", varlen_unavailable("cuda"))
-        elif backend == FLASH and not (setting.on_gpu and _importable("flash_attn")):
-            ctx.skip(f"project, {backend}", "flash-attn is not installed" if setting.on_gpu else "GPU only")
-        elif backend == "flex_attention" and not setting.on_gpu:
-            ctx.skip(f"project, {backend}", "flex_attention has no backward on CPUs")
-        else:
-            out.append(backend)
-    return out
-
-
-def _importable(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
 # Seconds a side needs at least (model, Trainer, warm-up and timed steps; flex compiles its kernels first).
 NEEDS = {"gpu": {"flex_attention": 45, "document_sdpa": 30}, "cpu": {}}
 
@@ -319,7 +288,7 @@ def run(ctx: PartContext) -> None:
     if ctx.enough_time("stock", 15):
         with ctx.guard("stock"):
             ctx.add(measure_stock(ctx, tokenizer))
-    for backend in project_backends(ctx):
+    for backend in attention_backends(ctx, training=True, prefix="project, "):
         if ctx.enough_time(f"project, {backend}", NEEDS[setting.mode].get(backend, 15)):
             with ctx.guard(f"project, {backend}"):
                 ctx.add(measure_project(ctx, store, tokenizer, backend))

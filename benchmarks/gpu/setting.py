@@ -79,6 +79,8 @@ TINY = dict(
     global_attn_every_n_layers=3,
     local_attention=16,
 )
+# The layer pattern at hidden 256, 6 layers: the gradient check's and the engine smoke test's model.
+SMALL = dict(MODERNBERT_BASE, hidden_size=256, intermediate_size=384, num_hidden_layers=6, num_attention_heads=4)
 MODERNBERT_SPECIAL_IDS = {"[UNK]": 50280, "[CLS]": 50281, "[SEP]": 50282, "[PAD]": 50283, "[MASK]": 50284}
 
 GPU = Setting(
@@ -92,17 +94,13 @@ GPU = Setting(
     warmup_steps=2,
     timed_steps=6,
     correctness_rows=2,
-    small_model=dict(
-        MODERNBERT_BASE, hidden_size=256, intermediate_size=384, num_hidden_layers=6, num_attention_heads=4
-    ),
+    small_model=SMALL,
     small_row=2048,
     finetune_examples=768,
     finetune_max_length=512,
     inference_scale=0.125,
     largest_batch_cap=64,
-    engine_model=dict(
-        MODERNBERT_BASE, hidden_size=256, intermediate_size=384, num_hidden_layers=6, num_attention_heads=4
-    ),
+    engine_model=SMALL,
     engine_row=2048,
     engine_steps=6,
 )
@@ -186,19 +184,46 @@ def random_documents(setting: Setting, lengths: list[int], seed: int = 0, wrappe
     return [[ids["[CLS]"], *body, ids["[SEP]"]] for body in bodies] if wrapped else bodies
 
 
-def write_store(folder: Path, setting: Setting, tokenizer, documents: int, row_length: int | None = None):
-    """A token store of random ids with clinical-like document lengths (written straight to Arrow, with its
+def write_store(folder: Path, setting: Setting, tokenizer, documents: int):
+    """A token store of random ids with the setting's document lengths (written straight to Arrow, with its
     manifest): what `train_mlm.py prepare` leaves, without reading or tokenizing anything."""
     from benchmarks.store import synthetic_store
 
-    row = row_length or setting.row_length
-
-    def lengths(n: int, seed: int) -> np.ndarray:
-        # the store keeps documents without [CLS]/[SEP]; the row index adds them
-        scaled = clinical_lengths(n, seed, mean=1500 * row / BASE_ROW, low=max(4, 32 * row // BASE_ROW), high=row)
-        return np.asarray(scaled, dtype=np.int64) - 2
+    def lengths(n: int, seed: int) -> np.ndarray:  # the store keeps documents without [CLS]/[SEP]
+        return np.asarray(setting.document_lengths(n, seed), dtype=np.int64) - 2
 
     return synthetic_store(folder, tokenizer, documents, lengths=lengths)
+
+
+def attention_backends(ctx: PartContext, training: bool, prefix: str = "") -> list[str]:
+    """The attention backends this machine runs, in the order the check takes them: varlen (what the project
+    adds) first, flex_attention last (it compiles kernels before its first step). Each that cannot run is recorded
+    as skipped, with why. `training`: backward is needed, which flex_attention lacks on CPUs."""
+    import importlib.util
+
+    from modeling.common.attention import FLASH, VARLEN, varlen_unavailable
+
+    out = []
+    for name in (VARLEN, "sdpa", "document_sdpa", FLASH, "flex_attention"):
+        if name == VARLEN and ctx.setting.on_gpu and varlen_unavailable("cuda"):
+            ctx.skip(prefix + name, varlen_unavailable("cuda"))
+        elif name == FLASH and not ctx.setting.on_gpu:
+            ctx.skip(prefix + name, "flash-attn runs on GPUs only")
+        elif name == FLASH and importlib.util.find_spec("flash_attn") is None:
+            ctx.skip(
+                prefix + name, "flash-attn is not installed (it builds against CUDA; the project does not need it)"
+            )
+        elif name == "flex_attention" and training and not ctx.setting.on_gpu:
+            ctx.skip(prefix + name, "flex_attention has no backward on CPUs")
+        else:
+            out.append(name)
+    return out
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log, cut to 300 characters: what a failure's one-line report quotes."""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][-300:] if lines else "no output"
 
 
 # --------------------------------------------------------------------------- the card
