@@ -279,7 +279,7 @@ def varlen_unavailable(device: torch.device | str | None = None) -> str | None:
     """Why PyTorch's varlen kernel cannot run on `device` (default: the GPU if there is one), or None."""
     if _kernel_override is not None:
         return None
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _target(device)
     if device.type != "cuda":
         return f"varlen_attn runs on CUDA GPUs, not on {device.type}"
     try:
@@ -296,6 +296,11 @@ def varlen_unavailable(device: torch.device | str | None = None) -> str | None:
     return None
 
 
+def _target(device: torch.device | str | None) -> torch.device:
+    """The device a model will run on: as given, else the GPU where there is one (where Trainer puts it)."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def resolve_attention(implementation: str, device: torch.device | str | None = None) -> str:
     """The backend that will run `implementation` on `device`: varlen falls back, with one log line, to
     document_sdpa on a CPU and to flex_attention on a GPU without the kernel; every other name is itself."""
@@ -304,8 +309,7 @@ def resolve_attention(implementation: str, device: torch.device | str | None = N
     reason = varlen_unavailable(device)
     if reason is None:
         return VARLEN
-    on_cpu = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type == "cpu"
-    fallback = DOCUMENT_SDPA if on_cpu else "flex_attention"
+    fallback = DOCUMENT_SDPA if _target(device).type == "cpu" else "flex_attention"
     log.info("attn_implementation varlen: %s; running %s instead", reason, fallback)
     return fallback
 
