@@ -84,8 +84,15 @@ def load_pretrained(
     if "attn_implementation" in kwargs:
         kwargs["attn_implementation"] = known_attention(kwargs["attn_implementation"])
     try:
+        # use_kernels=False: transformers (>= 5.24) otherwise swaps layers for kernels fetched from the Hub (code,
+        # on CUDA: ModernBERT's rotary embedding) and refuses to load at all where the `kernels` package is missing
+        # (seen on the GPU image); a model read back must run the same code as the one built from its config.
         return auto_class.from_pretrained(
-            path, use_safetensors=None if allow_pickle else True, trust_remote_code=False, **kwargs
+            path,
+            use_safetensors=None if allow_pickle else True,
+            trust_remote_code=False,
+            use_kernels=False,
+            **kwargs,
         )
     except OSError as error:
         if not allow_pickle and "safetensors" in str(error):
