@@ -1,5 +1,7 @@
 """A small Hub on 127.0.0.1: the endpoints huggingface_hub calls to create a repo, a branch, check a card
-and commit files (preupload answers "regular", so file contents arrive base64-encoded in the commit).
+and commit files (preupload answers "regular", so file contents arrive base64-encoded in the commit), and the
+ones a download calls (a revision's file list, and HEAD/GET of a file), so that a downstream user's plain
+`AutoModel.from_pretrained("org/name")` reads what was pushed through the real Hub code path.
 Repos live in memory as {branch: {path: bytes}}; `fail[route]` lists the statuses the next calls of a route
 (create, branch, preupload, commit) answer instead of working."""
 
@@ -38,6 +40,14 @@ class FakeHub:
     def files(self, repo_id: str, branch: str = "main") -> dict[str, bytes]:
         return self.repos[repo_id]["branches"][branch]
 
+    def revision_sha(self, repo_id: str, branch: str) -> str:
+        """A commit id for what a branch holds now (40 hex digits, as the Hub's): it changes with every commit."""
+        files = self.files(repo_id, branch)
+        digest = hashlib.sha1(repo_id.encode() + branch.encode())
+        for name in sorted(files):
+            digest.update(name.encode() + hashlib.sha1(files[name]).digest())
+        return digest.hexdigest()
+
     def write_out(self, repo_id: str, branch: str, folder: Path) -> Path:
         """What arrived on a branch, as a folder on disk (to load it as downstream users would)."""
         for path, content in self.files(repo_id, branch).items():
@@ -63,6 +73,50 @@ class FakeHub:
                     self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
+
+            def do_HEAD(self):
+                self._download(send_body=False)
+
+            def do_GET(self):
+                self._download(send_body=True)
+
+            def _download(self, send_body: bool):
+                hub.requests.append((self.command, self.path, self.headers.get("Authorization")))
+                path = self.path.split("?")[0]
+                info = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+                resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+                if not (info or resolve):
+                    return self._reply(404, {"error": f"no route {path}"})
+                repo_id, revision = (info or resolve).group(1, 2)
+                repo = hub.repos.get(repo_id)
+                if repo is None:
+                    return self._reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+                revision = revision or "main"
+                by_sha = {hub.revision_sha(repo_id, name): name for name in repo["branches"]}
+                revision = by_sha.get(revision, revision)  # a download asks by commit id once it knows it
+                if revision not in repo["branches"]:
+                    return self._reply(
+                        404, {"error": f"Invalid rev id: {revision}"}, {"X-Error-Code": "RevisionNotFound"}
+                    )
+                files, sha = repo["branches"][revision], hub.revision_sha(repo_id, revision)
+                if info:
+                    siblings = [{"rfilename": name} for name in sorted(files)]
+                    return self._reply(
+                        200, {"id": repo_id, "sha": sha, "private": repo["private"], "siblings": siblings}
+                    )
+                name = resolve.group(3)
+                if name not in files:
+                    headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha}
+                    return self._reply(404, {"error": f"{name} does not exist on {revision}"}, headers)
+                content = files[name]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(content)))
+                self.send_header("ETag", f'"{hashlib.sha256(content).hexdigest()}"')
+                self.send_header("X-Repo-Commit", sha)
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(content)
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
