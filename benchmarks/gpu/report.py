@@ -10,19 +10,7 @@ from benchmarks.common import markdown_table
 def markdown(report: dict) -> str:
     from benchmarks.gpu.check import PARTS
 
-    machine = {key: "?" for key in ("torch", "cuda", "transformers", "accelerate", "python", "varlen", "when")}
-    machine.update(report["machine"])
-    lines = [
-        f"# GPU check ({report['mode']} mode)",
-        "",
-        f"{machine['device']}"
-        + (f" ({machine['capability']}, {machine['memory_gb']} GB)" if machine.get("capability") else "")
-        + f"; torch {machine['torch']} (CUDA {machine['cuda']}), transformers {machine['transformers']}, "
-        f"accelerate {machine['accelerate']}, Python {machine['python']}; flash-attn "
-        f"{machine.get('flash_attn') or 'not installed'}; varlen_attn: {machine['varlen']}; {machine['when']}. "
-        f"bf16 peak for MFU: {machine.get('bf16_peak_tflops') or 'unknown'} TFLOP/s (datasheet, dense). "
-        f"Wall time {report.get('wall_s', 0):.0f} s of a {report['budget_s']:.0f} s budget.",
-    ]
+    lines = [f"# GPU check ({report['mode']} mode)", "", machine_line(report)]
     for name, part in report["parts"].items():
         module, title = PARTS[name][0], PARTS[name][3]
         lines += ["", f"## {title}", "", f"`{name}`: {part['status']}" + _timing(part)]
@@ -37,6 +25,64 @@ def markdown(report: dict) -> str:
             lines += ["", f"- **failed**: {failed['what']}: {failed['error']}"]
     if report.get("goals"):
         lines += ["", "## Goals", "", markdown_table(["goal", "measured", "met"], report["goals"])]
+    return "\n".join(lines) + "\n"
+
+
+def machine_line(report: dict) -> str:
+    """What ran it: the card, the versions, when, and the wall time against the budget."""
+    machine = {key: "?" for key in ("torch", "cuda", "transformers", "accelerate", "python", "varlen", "when")}
+    machine.update(report["machine"])
+    return (
+        f"{machine['device']}"
+        + (f" ({machine['capability']}, {machine['memory_gb']} GB)" if machine.get("capability") else "")
+        + f"; torch {machine['torch']} (CUDA {machine['cuda']}), transformers {machine['transformers']}, "
+        f"accelerate {machine['accelerate']}, Python {machine['python']}; flash-attn "
+        f"{machine.get('flash_attn') or 'not installed'}; varlen_attn: {machine['varlen']}; {machine['when']}. "
+        f"bf16 peak for MFU: {machine.get('bf16_peak_tflops') or 'unknown'} TFLOP/s (datasheet, dense). "
+        f"Wall time {report.get('wall_s', 0):.0f} s of a {report['budget_s']:.0f} s budget."
+    )
+
+
+def users_markdown(report: dict) -> str:
+    """The users' commands (users.py): one row per command, the held-out losses, the fine-tuning scores, checks."""
+    lines = [f"# The users' commands ({report['mode']} mode)", "", machine_line(report), ""]
+    rows = []
+    for record in report.get("steps", {}).values():
+        memory = "-" if record["peak_memory_gb"] is None else f"{record['peak_memory_gb']:.2f}"
+        throughput = "-" if record["throughput"] is None else f"{record['throughput']:,} {record['unit']}"
+        wall = "-" if record["wall_s"] is None else f"{record['wall_s']:.1f}"
+        rows.append([record["name"], f"`{record['command']}`", record["status"], wall, throughput, memory])
+    memory = "device memory in use, GB (nvidia-smi)" if report["mode"] == "gpu" else "resident memory, GB"
+    lines += [markdown_table(["step", "command", "status", "wall s", "throughput", f"peak {memory}"], rows)]
+    held = [
+        [name, phase, f"{start:.4f}", f"{end:.4f}"]
+        for name, record in report.get("steps", {}).items()
+        for phase, (start, end) in record["details"].get("held_out", {}).items()
+    ]
+    if held:
+        lines += ["", "## Held-out loss", "", markdown_table(["run", "phase", "before", "after"], held)]
+    scores = [
+        [
+            name,
+            record["details"].get("batching") or "-",
+            record["details"]["metric"],
+            f"{record['details']['test']:.4f}",
+        ]
+        for name, record in report.get("steps", {}).items()
+        if "metric" in record["details"]
+    ]
+    if scores:
+        lines += [
+            "",
+            "## Fine-tuning (seed 42, test split)",
+            "",
+            markdown_table(["run", "batches", "metric", "test"], scores),
+        ]
+    checks = [
+        [c["check"], c["measured"], c["tolerance"], "yes" if c["ok"] else "**no**"] for c in report.get("checks", [])
+    ]
+    if checks:
+        lines += ["", "## Checks", "", markdown_table(["check", "measured", "tolerance", "met"], checks)]
     return "\n".join(lines) + "\n"
 
 
