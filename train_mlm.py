@@ -16,9 +16,9 @@ import sys
 from modeling.common.cli import run_command
 from modeling.common.config import parse_overrides
 from modeling.common.errors import ConfigError
-from modeling.common.run_files import PretrainingRun
 from modeling.common.runtime import is_main_process
 from modeling.pretrain.recipe import describe_recipe_fields, load_recipe
+from modeling.pretrain.run_folder import PretrainingRun
 
 FLAGS = """
 flags:

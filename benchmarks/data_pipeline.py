@@ -62,6 +62,7 @@ def child(corpus: str, tokenizer_dir: str, row_length: int) -> dict:
 
     from transformers import AutoTokenizer
 
+    from modeling.data.packing import Packing
     from modeling.data.rows import PhaseIndex, PhaseRows
     from modeling.data.sources import SourceSpec
     from modeling.data.store import Part, Store, StoreFolder, write_manifest
@@ -79,8 +80,8 @@ def child(corpus: str, tokenizer_dir: str, row_length: int) -> dict:
     write_manifest(folder, [spec], [part], 0.0, {})
     store = Store(folder.folder)
     cpu_start, start = time.process_time(), time.perf_counter()  # reading only: index, rows, collate, mask
-    index = PhaseIndex(store, ["corpus"], None, seed=0, phase="benchmark", max_seq_length=row_length, open_rows=64)
-    rows = PhaseRows(folder.folder, index, index.rows_in_epochs(1), tokenizer.cls_token_id, tokenizer.sep_token_id)
+    index = PhaseIndex(store, ["corpus"], None, seed=0, phase="benchmark", packing=Packing.of(tokenizer, row_length))
+    rows = PhaseRows(folder.folder, index, index.rows_in_epochs(1))
     collator = MLMCollator(tokenizer, MaskingSchedule(0.3, 0.3, 1), 0, "benchmark", row_length)
     tokens = documents = batches = 0
     for first in range(0, len(rows), 8):

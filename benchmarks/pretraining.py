@@ -38,7 +38,7 @@ from benchmarks.common import (
     write_json,
 )
 from modeling.common.attention import DOCUMENT_SDPA, packed_model_inputs
-from modeling.data.packing import PackedRow, plain_backend
+from modeling.data.packing import PackedRow, Packing, plain_backend
 from modeling.data.rows import pack_token_lists
 from modeling.pretrain.masking import MLMCollator
 from modeling.pretrain.model import set_sparse_prediction
@@ -52,7 +52,7 @@ def project_batches(tokenizer, texts, row_length: int, rows_per_batch: int, batc
     """The trainer's rows: documents cut and packed best-fit from their lengths (modeling.data.index), in
     the order given, read as the store's rows are read."""
     ids = [e.ids for e in plain_backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)]
-    rows = pack_token_lists(ids, row_length, tokenizer.cls_token_id, tokenizer.sep_token_id)[: rows_per_batch * batches]
+    rows = pack_token_lists(ids, Packing.of(tokenizer, row_length))[: rows_per_batch * batches]
     return mlm_batches(tokenizer, rows, row_length, rows_per_batch, seed)
 
 

@@ -36,6 +36,7 @@ import pyarrow as pa
 from benchmarks.common import ROOT, arguments, demo_tokenizer, machine, markdown_table, pubmed_abstracts, write_json
 from benchmarks.data_pipeline import ASSUMED_MFU, H100_BF16_DENSE_PEAK, flops_per_token
 from modeling.data.index import PhaseDocuments, epoch_index
+from modeling.data.packing import Packing
 from modeling.data.sources import SourceSpec, resolve_files
 from modeling.data.store import Part, PartRecord, ShardRecord, Store, StoreFolder, prepare_store, write_manifest
 
@@ -158,10 +159,8 @@ def time_resume(store: Store, tokenizer, step: int, rows_per_step: int, cache: P
 
     started = time.perf_counter()
     fresh = Store(store.folder.folder)
-    index = PhaseIndex(fresh, ["synthetic"], None, 7, "bench", 1024, 64, cache_dir=cache)
-    rows = PhaseRows(
-        fresh.folder.folder, index, (step + 1) * rows_per_step, tokenizer.cls_token_id, tokenizer.sep_token_id
-    )
+    index = PhaseIndex(fresh, ["synthetic"], None, 7, "bench", Packing.of(tokenizer, 1024), cache_dir=cache)
+    rows = PhaseRows(fresh.folder.folder, index, (step + 1) * rows_per_step)
     loader = skip_first_batches(DataLoader(rows, batch_size=rows_per_step, collate_fn=list), step)
     batch = next(iter(loader))
     assert batch[0].row_index == step * rows_per_step
@@ -170,7 +169,7 @@ def time_resume(store: Store, tokenizer, step: int, rows_per_step: int, cache: P
 
 def rank_shares(store: Store, ranks: int, per_device: int, steps: int) -> tuple[float, float]:
     """(smallest, largest) share of all tokens read by one of `ranks` ranks in the first `steps` steps."""
-    index = epoch_index(PhaseDocuments(store, ["synthetic"]), 7, "bench", 0, 1024, 64)
+    index = epoch_index(PhaseDocuments(store, ["synthetic"]), 7, "bench", 0, Packing(1024, 0, 0))
     tokens_per_row = np.add.reduceat(index.length.astype(np.int64) + 2, index.row_start[:-1])
     rows = steps * per_device * ranks
     per_rank = np.zeros(ranks)
@@ -232,7 +231,7 @@ def main(argv=None):
         lengths = lognormal_lengths(args.index_documents)
         documents = PhaseDocuments.of_lengths({"synthetic": lengths})
         started = time.perf_counter()
-        index = epoch_index(documents, 7, "bench", 0, 8192, 64)
+        index = epoch_index(documents, 7, "bench", 0, Packing(8192, 0, 0))
         index_seconds = time.perf_counter() - started
         figures["index"] = {"documents": args.index_documents, "seconds": index_seconds, "rows": len(index)}
         print(

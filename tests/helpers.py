@@ -38,7 +38,7 @@ def synthetic_documents(n: int, seed: int = 0, min_words: int = 5, max_words: in
 
 
 def tiny_model_config(tokenizer, **overrides):
-    from transformers import ModernBertConfig
+    from modeling.pretrain.model import modernbert_config
 
     fields = dict(
         vocab_size=448,
@@ -49,14 +49,8 @@ def tiny_model_config(tokenizer, **overrides):
         max_position_embeddings=512,
         local_attention=16,
         global_attn_every_n_layers=3,
-        pad_token_id=tokenizer.pad_token_id,
-        cls_token_id=tokenizer.cls_token_id,
-        sep_token_id=tokenizer.sep_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
     )
-    fields.update(overrides)
-    return ModernBertConfig(**fields)
+    return modernbert_config(tokenizer, **{**fields, **overrides})
 
 
 # ---------------------------------------------------------------- pretraining

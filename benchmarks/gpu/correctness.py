@@ -37,7 +37,7 @@ from benchmarks.gpu.setting import (
     synthetic_tokenizer,
 )
 from modeling.common.attention import FLASH, VARLEN, known_attention, packed_attention_kwargs
-from modeling.data.packing import collate_rows
+from modeling.data.packing import Packing, collate_rows
 from modeling.data.rows import pack_token_lists
 from modeling.pretrain.masking import MLMCollator
 from modeling.pretrain.schedules import MaskingSchedule
@@ -74,7 +74,7 @@ def packed_batch(setting: Setting, row_length: int, rows: int, seed: int = 0):
         total += length
     documents = random_documents(setting, lengths, seed=seed, wrapped=False)
     ids = setting.special_ids
-    packed = pack_token_lists(documents, row_length, ids["[CLS]"], ids["[SEP]"])
+    packed = pack_token_lists(documents, Packing(row_length, ids["[CLS]"], ids["[SEP]"]))
     batch = collate_rows(packed, ids["[PAD]"], row_length)
     return packed, {k: v.to(setting.device) for k, v in batch.items()}
 

@@ -374,7 +374,8 @@ def write_notes(work: Path, chosen: Size, model_dir: Path, corpus: Path) -> tupl
     from transformers import AutoTokenizer
 
     from benchmarks.common import clinical_lengths, clinical_notes
-    from modeling.data.sources import SkipLog, SourceSpec, iter_documents
+    from modeling.common.skips import SkipLog
+    from modeling.data.sources import SourceSpec, iter_documents
 
     scale = chosen.row_length / 8192
     lengths = clinical_lengths(chosen.notes - chosen.long_notes, seed=7, mean=1500 * scale, low=8, high=10**9)

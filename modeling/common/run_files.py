@@ -5,34 +5,9 @@ process, so concurrent writers never share one) and renamed over the target, whi
 A folder that must appear whole (a trained tokenizer in the cache) is built under a temporary name and
 renamed the same way.
 
-Token store (`train_mlm.py prepare`), `store.path`: see modeling/data/store.py.
-
-Pretraining run (`train_mlm.py`), `output_dir/`:
-
-    recipe.json                     the recipe as run, overrides applied
-    training_summary.json           per phase and in total: tokens, steps, held-out loss, wall time, skips
-    training_curves.png             loss, learning rate and masking rate over tokens seen
-    tensorboard/PHASE/              TensorBoard events (when logging.report_to names tensorboard)
-    PHASE/                          the phase's model: a stock transformers folder (safetensors)
-    PHASE/phase_state.json          held-out loss measured before the phase's first step (a resume reads it)
-    PHASE/index/                    the phase's row indexes (epoch-N-KEY.npz, weighted-KEY.npz; KEY: the settings they
-                                    were built with): rebuilt if missing
-    PHASE/phase_summary.json        written when the phase is done; its presence marks the phase complete
-    PHASE/checkpoints/checkpoint-N/ resumable Trainer checkpoint; complete once checkpoint_complete.json is in it
-                                    and the Trainer's state and the engine's files read back (DDP: model.safetensors,
-                                    optimizer.pt; FSDP2: pytorch_model_fsdp_0/, optimizer_0/; ZeRO: latest,
-                                    global_stepN/; modeling/common/engines.py)
-
-Fine-tuning results (`finetune.py`), `results/TASK/`:
-
-    aggregate.json, aggregate.md    mean, std, min, max over seeds of every metric
-    curves.png                      training loss and validation score per epoch of every run
-    seedN/ (lrX-seedN/ with a grid) one run: results.json, predictions_test.jsonl, model/ or adapter/
-
-Inference (`python -m modeling.inference`), `--output_dir`:
-
-    embeddings.safetensors, notes.jsonl   an encoder: one embedding per note, and where each note came from
-    predictions.jsonl                     a classifier: labels and per-label scores per note
+Each lifecycle names its own files, with `File` and `Folder` from here: the token store in
+modeling/data/store.py, a pretraining run in modeling/pretrain/run_folder.py, fine-tuning results in
+modeling/finetune/run_folder.py, inference outputs in modeling/inference/outputs.py.
 """
 
 from __future__ import annotations
@@ -104,7 +79,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
 # ---------------------------------------------------------------- the folders
 
 
-class _File:
+class File:
     """A file of a run folder, by name: `run.summary_json` is `run.folder / "training_summary.json"`
     (on the class, the descriptor itself, whose `.name` is the file name)."""
 
@@ -115,108 +90,11 @@ class _File:
         return self if instance is None else instance.folder / self.name
 
 
-class _Folder:
+class Folder:
+    """A folder a lifecycle writes; its subclasses name the files in it with `File`."""
+
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
-
-
-class PretrainingRun(_Folder):
-    """The files of one `train_mlm.py` run (see the module docstring)."""
-
-    recipe_json = _File("recipe.json")
-    summary_json = _File("training_summary.json")
-    plot_png = _File("training_curves.png")
-
-    def tensorboard_dir(self, phase: str) -> Path:
-        return self.folder / "tensorboard" / phase
-
-    def phase(self, name: str) -> PhaseFolder:
-        return PhaseFolder(self.folder / name)
-
-    def has_progress(self) -> bool:
-        """A run started training here: a summary, or a phase that measured its held-out loss or saved a
-        checkpoint. (A folder with only recipe.json is a run that stopped before training, on a mistake
-        found late: a corrected rerun may start over.)"""
-        if not self.folder.is_dir():
-            return False
-        if self.summary_json.exists():
-            return True
-        return any(
-            (d / PhaseFolder.state_json.name).exists() or (d / PhaseFolder.checkpoints_dir.name).exists()
-            for d in self.folder.iterdir()
-            if d.is_dir()
-        )
-
-    def relative(self, path: Path | str | None) -> str | None:
-        """A path inside the run as recorded: relative to the run folder, so a moved run still finds it."""
-        if path is None:
-            return None
-        return os.path.relpath(Path(path).absolute(), self.folder.absolute())
-
-    def resolve(self, recorded: str | None) -> str | None:
-        """A recorded path back to a path here. Runs recorded before paths were relative hold absolute ones:
-        used where they exist, else looked up by their last parts inside this run (a moved run)."""
-        if recorded is None:
-            return None
-        path = Path(recorded)
-        if not path.is_absolute():
-            return str(self.folder / path)
-        if path.exists():
-            return str(path)
-        for depth in range(1, len(path.parts)):
-            candidate = self.folder.joinpath(*path.parts[-depth:])
-            if candidate.exists():
-                return str(candidate)
-        return str(path)
-
-
-class PhaseFolder(_Folder):
-    """One phase: the model it ends with, its state files and its checkpoints."""
-
-    CHECKPOINT_MARKER = "checkpoint_complete.json"  # written last: a checkpoint without it is incomplete
-    state_json = _File("phase_state.json")
-    index_dir = _File("index")
-    summary_json = _File("phase_summary.json")
-    checkpoints_dir = _File("checkpoints")
-
-    def checkpoints(self) -> list[Path]:
-        """checkpoint-N folders (the Trainer names them so), newest first."""
-        if not self.checkpoints_dir.is_dir():
-            return []
-        found = [p for p in self.checkpoints_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-        return sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
-
-    def is_done(self) -> bool:
-        return self.summary_json.exists()
-
-
-class TaskResults(_Folder):
-    """The results folder of one task and model (see the module docstring)."""
-
-    aggregate_json = _File("aggregate.json")
-    aggregate_md = _File("aggregate.md")
-    plot_png = _File("curves.png")
-
-    def run(self, seed: int, lr: float | None = None) -> TaskRun:
-        """One run's folder: seedN, or lrX-seedN when a learning-rate grid is searched."""
-        return TaskRun(self.folder / (f"lr{lr:g}-seed{seed}" if lr is not None else f"seed{seed}"))
-
-    def results_files(self) -> list[Path]:
-        return sorted(self.folder.rglob("results.json"))
-
-
-class TaskRun(_Folder):
-    results_json = _File("results.json")
-    predictions_jsonl = _File("predictions_test.jsonl")
-    model_dir = _File("model")
-    adapter_dir = _File("adapter")
-    checkpoints_dir = _File("checkpoints")
-
-
-class InferenceOutputs(_Folder):
-    embeddings_safetensors = _File("embeddings.safetensors")
-    notes_jsonl = _File("notes.jsonl")
-    predictions_jsonl = _File("predictions.jsonl")
 
 
 # ---------------------------------------------------------------- one writer per run

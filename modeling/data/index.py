@@ -4,7 +4,7 @@ lengths alone, before any token is read.
 For one epoch of a phase: a seeded permutation of the phase's training documents (all its sources, in
 natural proportion; or, with sampling weights, a source drawn per document by weight, each source taking
 its documents in its own seeded order and starting a new order when it runs out), documents longer than
-a row cut into pieces as training always cut them (`[CLS]` + at most `max_seq_length - 2` tokens +
+a row cut into pieces as training always cut them (`[CLS]` + at most `Packing.body` tokens +
 `[SEP]`), then best-fit packing (`best_fit_rows`). The result, `RowIndex`, holds for each row its pieces as
 (source, document, first token, tokens): everything a data loader needs to build any row on its own.
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from modeling.data.packing import Packing
 from modeling.data.store import Store
 
 MIN_PIECE = 3  # a row with less free space than the smallest piece ([CLS] x [SEP]) is closed
@@ -120,8 +121,13 @@ def pieces(sources: np.ndarray, documents: np.ndarray, lengths: np.ndarray, body
     return np.repeat(sources, count), np.repeat(documents, count), start, length.astype(np.int32)
 
 
-def pack_pieces(source, document, start, length, max_seq_length: int, open_rows: int) -> RowIndex:
-    rows, count = best_fit_rows((length + 2).astype(np.int64), max_seq_length, open_rows, MIN_PIECE)
+def pack_documents(source, document, lengths, packing: Packing) -> RowIndex:
+    """Documents (in order) cut into pieces of at most `packing.body` tokens and packed best-fit into rows."""
+    return pack_pieces(*pieces(source, document, lengths, packing.body), packing)
+
+
+def pack_pieces(source, document, start, length, packing: Packing) -> RowIndex:
+    rows, count = best_fit_rows((length + 2).astype(np.int64), packing.row_length, packing.open_rows, MIN_PIECE)
     order = np.argsort(rows, kind="stable")  # rows in closing order, pieces in arrival order within a row
     row_start = np.zeros(count + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=count), out=row_start[1:])
@@ -176,11 +182,9 @@ def weighted_order(
     return source, document
 
 
-def epoch_index(
-    documents: PhaseDocuments, seed: int, phase: str, epoch: int, max_seq_length: int, open_rows: int
-) -> RowIndex:
+def epoch_index(documents: PhaseDocuments, seed: int, phase: str, epoch: int, packing: Packing) -> RowIndex:
     source, document = epoch_order(documents, seed, phase, epoch)
-    return _index(documents, source, document, max_seq_length, open_rows)
+    return _index(documents, source, document, packing)
 
 
 def weighted_index(
@@ -189,23 +193,22 @@ def weighted_index(
     seed: int,
     phase: str,
     rows: int,
-    max_seq_length: int,
-    open_rows: int,
+    packing: Packing,
 ) -> RowIndex:
     """At least `rows` rows of a weighted phase (documents drawn until they fill them)."""
     mean_length = sum(float(lengths.sum()) for lengths in documents.lengths) / max(1, documents.counts().sum())
-    count = max(64, int(rows * max_seq_length / (mean_length + 2) * 1.1))
+    count = max(64, int(rows * packing.row_length / (mean_length + 2) * 1.1))
     while True:
         source, document = weighted_order(documents, weights, seed, phase, count)
-        index = _index(documents, source, document, max_seq_length, open_rows)
+        index = _index(documents, source, document, packing)
         if len(index) >= rows:
             return index
         count *= 2
 
 
-def _index(documents: PhaseDocuments, source, document, max_seq_length: int, open_rows: int) -> RowIndex:
+def _index(documents: PhaseDocuments, source, document, packing: Packing) -> RowIndex:
     lengths = np.zeros(len(source), dtype=np.int64)
     for s, source_lengths in enumerate(documents.lengths):
         where = source == s
         lengths[where] = source_lengths[document[where]]
-    return pack_pieces(*pieces(source, document, lengths, max_seq_length - 2), max_seq_length, open_rows)
+    return pack_documents(source, document, lengths, packing)

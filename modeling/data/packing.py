@@ -15,6 +15,27 @@ import numpy as np
 import torch
 
 
+@dataclass(frozen=True)
+class Packing:
+    """How documents become rows: rows of `row_length` positions, each piece of a document `[CLS] tokens [SEP]`
+    (so a piece holds at most `body` of its tokens), packed best-fit with `open_rows` rows open at a time. One
+    record from the recipe to the index, the rows and the collator."""
+
+    row_length: int
+    cls_id: int
+    sep_id: int
+    open_rows: int = 64
+
+    @property
+    def body(self) -> int:
+        """Tokens of a document one piece holds: the row less its [CLS] and [SEP]."""
+        return self.row_length - 2
+
+    @classmethod
+    def of(cls, tokenizer, row_length: int, open_rows: int = 64) -> Packing:
+        return cls(row_length, tokenizer.cls_token_id, tokenizer.sep_token_id, open_rows)
+
+
 @dataclass
 class PackedRow:
     """One row of packed documents: what the row builder emits, what collation and masking read."""

@@ -13,15 +13,16 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from modeling.common import run_files
-from modeling.common.loading import load_tokenizer
-from modeling.data.index import PhaseDocuments, RowIndex, epoch_index, pack_pieces, pieces, seeded, weighted_index
-from modeling.data.packing import PackedRow
+from modeling.common.errors import ConfigError, DataError
+from modeling.data.index import PhaseDocuments, RowIndex, epoch_index, pack_documents, seeded, weighted_index
+from modeling.data.packing import PackedRow, Packing
 from modeling.data.store import Store
 
 log = logging.getLogger(__name__)
@@ -38,21 +39,20 @@ class PhaseIndex:
         weights: list[float] | None,
         seed: int,
         phase: str,
-        max_seq_length: int,
-        open_rows: int,
+        packing: Packing,
         cache_dir: Path | None = None,
     ):
         self.documents = PhaseDocuments(store, sources)
         self.weights, self.seed, self.phase = weights, seed, phase
-        self.max_seq_length, self.open_rows, self.cache_dir = max_seq_length, open_rows, cache_dir
+        self.packing, self.cache_dir = packing, cache_dir
         # A cached index is used only by the same settings over the same documents.
         settings = [
             sources,
             weights,
             seed,
             phase,
-            max_seq_length,
-            open_rows,
+            packing.row_length,
+            packing.open_rows,
             store.manifest.tokenizer_sha256,
             [len(lengths) for lengths in self.documents.lengths],
         ]
@@ -73,7 +73,8 @@ class PhaseIndex:
         """Build indexes until the phase holds at least `rows` rows."""
         if self.weights is not None:
             if not self.indexes:
-                self._add(self._cached("weighted", lambda: self._weighted(rows)))
+                # named by its rows: a longer phase over the same settings needs a longer index
+                self._add(self._cached(f"weighted-{rows}", lambda: self._weighted(rows)))
             if self.firsts[-1] < rows:
                 raise ValueError(f"phase {self.phase}: the weighted index holds {self.firsts[-1]} of {rows} rows")
             return
@@ -113,7 +114,7 @@ class PhaseIndex:
 
     def _epoch(self, epoch: int) -> RowIndex:
         started = time.monotonic()
-        index = epoch_index(self.documents, self.seed, self.phase, epoch, self.max_seq_length, self.open_rows)
+        index = epoch_index(self.documents, self.seed, self.phase, epoch, self.packing)
         log.info(
             "phase %s: epoch %d index, %d rows, built in %.1f s",
             self.phase,
@@ -124,9 +125,7 @@ class PhaseIndex:
         return index
 
     def _weighted(self, rows: int) -> RowIndex:
-        return weighted_index(
-            self.documents, self.weights, self.seed, self.phase, rows, self.max_seq_length, self.open_rows
-        )
+        return weighted_index(self.documents, self.weights, self.seed, self.phase, rows, self.packing)
 
     def _cached(self, name: str, build) -> RowIndex:
         if self.cache_dir is None:
@@ -145,12 +144,54 @@ class PhaseIndex:
         return index
 
 
+@dataclass
+class PhaseData:
+    """What a phase trains and is measured on, before any plan: its sources, its row index (the epochs' rows
+    built as needed), its held-out rows, and the packing they share."""
+
+    sources: list[str]
+    index: PhaseIndex
+    held_out: list[PackedRow]
+    packing: Packing
+
+    def epoch_rows(self, epochs: float | None) -> int | None:
+        """Rows of the phase's first `epochs` epochs (None: the phase is not measured in epochs)."""
+        return self.index.rows_in_epochs(float(epochs)) if epochs else None
+
+    def training_rows(self, store_dir: Path | str, rows: int) -> PhaseRows:
+        return PhaseRows(store_dir, self.index, rows)
+
+
+def build_phase_data(
+    store: Store,
+    phase: str,
+    sources: list[str] | dict[str, float],
+    seed: int,
+    packing: Packing,
+    held_out_documents: int,
+    cache_dir: Path | None = None,
+) -> PhaseData:
+    """A phase's data from the store: every source checked to hold training documents, the row index (cached in
+    `cache_dir`), and the held-out slice. `sources`: names (natural proportion) or {name: weight}."""
+    names = list(sources)
+    for name in names:
+        recorded = store.manifest.sources[name]
+        if not recorded.documents["train"]:
+            skipped = f" (skipped: {recorded.skipped})" if recorded.skipped else ""
+            raise DataError(f"phase '{phase}': source '{name}' yielded no training documents{skipped}")
+    weights = None if isinstance(sources, list) else [float(sources[n]) for n in names]
+    index = PhaseIndex(store, names, weights, seed, phase, packing, cache_dir=cache_dir)
+    held_out = held_out_rows(store, names, seed, phase, held_out_documents, packing)
+    if not held_out:
+        raise ConfigError(f"holdout: phase '{phase}' has no held-out documents; raise holdout.fraction")
+    return PhaseData(names, index, held_out, packing)
+
+
 class PhaseRows(Dataset):
     """Rows 0 .. `rows` - 1 of a phase. Row i: the pieces its index lists, each `[CLS] tokens [SEP]`."""
 
-    def __init__(self, store_dir: Path | str, index: PhaseIndex, rows: int, cls_id: int, sep_id: int):
+    def __init__(self, store_dir: Path | str, index: PhaseIndex, rows: int):
         self.store_dir, self.index, self.rows = str(store_dir), index, rows
-        self.cls_id, self.sep_id = cls_id, sep_id
         self.sources = index.documents.sources
         index.ensure_rows(rows)
         self._splits = None
@@ -165,15 +206,15 @@ class PhaseRows(Dataset):
             store = Store(self.store_dir)
             self._splits = [store.split(name) for name in self.sources]
         index, local = self.index.locate(row)
-        return build_row(index, local, self._splits, self.cls_id, self.sep_id, row)
+        return build_row(index, local, self._splits, self.index.packing, row)
 
     def __getstate__(self):
         return {**self.__dict__, "_splits": None}
 
 
-def build_row(index: RowIndex, local: int, splits, cls_id: int, sep_id: int, row_index: int) -> PackedRow:
+def build_row(index: RowIndex, local: int, splits, packing: Packing, row_index: int) -> PackedRow:
     first, last = index.row_start[local], index.row_start[local + 1]
-    cls, sep = np.array([cls_id], np.int64), np.array([sep_id], np.int64)
+    cls, sep = np.array([packing.cls_id], np.int64), np.array([packing.sep_id], np.int64)
     parts = []
     for piece in range(first, last):
         tokens = splits[index.source[piece]].tokens(
@@ -190,7 +231,7 @@ def build_row(index: RowIndex, local: int, splits, cls_id: int, sep_id: int, row
 
 
 def held_out_rows(
-    store: Store, sources: list[str], seed: int, phase: str, max_documents: int, max_seq_length: int, open_rows: int
+    store: Store, sources: list[str], seed: int, phase: str, max_documents: int, packing: Packing
 ) -> list[PackedRow]:
     """The phase's held-out slice: `max_documents` documents drawn uniformly from the held-out documents of
     all its sources (fixed by the seed and the phase), packed as training packs."""
@@ -204,12 +245,9 @@ def held_out_rows(
     source = np.searchsorted(bounds, chosen, side="right")
     document = chosen - (bounds - counts)[source]
     lengths = np.array([documents.lengths[s][d] for s, d in zip(source, document, strict=True)], dtype=np.int64)
-    index = pack_pieces(
-        *pieces(source.astype(np.int16), document, lengths, max_seq_length - 2), max_seq_length, open_rows
-    )
+    index = pack_documents(source.astype(np.int16), document, lengths, packing)
     splits = [store.split(name, "held_out") for name in sources]
-    tokenizer_ids = _special_ids(store)
-    return [build_row(index, r, splits, *tokenizer_ids, r) for r in range(len(index))]
+    return [build_row(index, r, splits, packing, r) for r in range(len(index))]
 
 
 def unigram_entropy(rows: list[PackedRow], special_ids) -> float:
@@ -222,11 +260,6 @@ def unigram_entropy(rows: list[PackedRow], special_ids) -> float:
     counts = np.bincount(ids)
     p = counts[counts > 0] / len(ids)
     return float(-(p * np.log(p)).sum())
-
-
-def _special_ids(store: Store) -> tuple[int, int]:
-    tokenizer = load_tokenizer(store.folder.tokenizer_dir)
-    return tokenizer.cls_token_id, tokenizer.sep_token_id
 
 
 class TokenLists:
@@ -246,14 +279,9 @@ class TokenLists:
         return ids[start:] if length is None else ids[start : start + length]
 
 
-def pack_token_lists(
-    documents: list, max_seq_length: int, cls_id: int, sep_id: int, open_rows: int = 64
-) -> list[PackedRow]:
+def pack_token_lists(documents: list, packing: Packing) -> list[PackedRow]:
     """Tokenized documents (in this order) packed as training packs them; rows numbered from 0."""
     split = TokenLists(documents)
     lengths = split.lengths()
-    source = np.zeros(len(lengths), dtype=np.int16)
-    index = pack_pieces(
-        *pieces(source, np.arange(len(lengths)), lengths, max_seq_length - 2), max_seq_length, open_rows
-    )
-    return [build_row(index, r, [split], cls_id, sep_id, r) for r in range(len(index))]
+    index = pack_documents(np.zeros(len(lengths), dtype=np.int16), np.arange(len(lengths)), lengths, packing)
+    return [build_row(index, r, [split], packing, r) for r in range(len(index))]

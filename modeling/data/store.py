@@ -38,7 +38,8 @@ from modeling.common import run_files
 from modeling.common.errors import DataError
 from modeling.common.loading import load_tokenizer
 from modeling.common.records import Record
-from modeling.data.sources import SkipLog, SourceSpec, iter_file_records, iter_records, resolve_files
+from modeling.common.skips import SkipLog
+from modeling.data.sources import SourceSpec, iter_file_records, iter_records, resolve_files
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import random
 from collections import Counter
 
 from modeling.common.errors import DataError
-from modeling.data.sources import SkipLog
+from modeling.common.skips import SkipLog
 from modeling.finetune.config import TaskConfig
 from modeling.finetune.examples import SPLITS, Example, repair_bio
 from modeling.finetune.loaders import LOADERS

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from modeling.common.errors import DataError
-from modeling.data.sources import SkipLog
+from modeling.common.skips import SkipLog
 
 TASK_TYPES = ("single_label", "multi_label", "ner")
 SPLITS = ("train", "validation", "test")

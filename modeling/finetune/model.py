@@ -11,8 +11,8 @@ from modeling.common.attention import known_attention
 from modeling.common.engines import save_whole
 from modeling.common.errors import ConfigError
 from modeling.common.loading import load_config, load_pretrained
-from modeling.common.run_files import TaskRun
 from modeling.finetune.config import TaskConfig
+from modeling.finetune.run_folder import TaskRun
 
 MODERNBERT_LORA_TARGETS = ["Wqkv", "Wo", "Wi"]
 

@@ -16,7 +16,7 @@ from modeling.common import run_files
 from modeling.common.errors import DataError
 from modeling.common.plotting import pyplot, save_figure
 from modeling.common.records import Record
-from modeling.common.run_files import TaskResults
+from modeling.finetune.run_folder import TaskResults
 
 
 @dataclass

@@ -20,7 +20,7 @@ from transformers import DataCollatorForTokenClassification, DataCollatorWithPad
 from modeling.common import run_files
 from modeling.common.engines import engine_of, full_state_dict
 from modeling.common.errors import ConfigError
-from modeling.common.run_files import TaskResults, TaskRun, not_a_file
+from modeling.common.run_files import not_a_file
 from modeling.common.runtime import check_shared_folder, join_processes
 from modeling.finetune.config import TaskConfig
 from modeling.finetune.dataset import label_counts, load_task_examples
@@ -29,6 +29,7 @@ from modeling.finetune.metrics import DESCRIPTIONS
 from modeling.finetune.model import build_task_model, check_model_exists, max_length_for, save_task_model
 from modeling.finetune.packing import install_packing
 from modeling.finetune.results import RunRecord, TaskAggregate, aggregate_runs, write_aggregate
+from modeling.finetune.run_folder import TaskResults, TaskRun
 from modeling.finetune.trainer import TaskTrainer, score_split, training_arguments
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from modeling.common.engines import sharded_launch
 from modeling.common.errors import ConfigError
-from modeling.common.run_files import TaskRun
 from modeling.common.runtime import DEFAULT_TIMEOUT_MINUTES, resolve_precision, use_cpu
 from modeling.finetune.config import TaskConfig
 from modeling.finetune.encoding import EncodedSplit, document_logits, word_logits
 from modeling.finetune.metrics import task_scores
+from modeling.finetune.run_folder import TaskRun
 
 
 class TaskTrainer(Trainer):

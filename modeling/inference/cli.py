@@ -21,9 +21,10 @@ from modeling.common import run_files
 from modeling.common.attention import DOCUMENT_SDPA
 from modeling.common.cli import run_command
 from modeling.common.errors import ConfigError, DataError
-from modeling.common.run_files import InferenceOutputs
-from modeling.data.sources import SkipLog, SourceSpec, iter_records
+from modeling.common.skips import SkipLog
+from modeling.data.sources import SourceSpec, iter_records
 from modeling.inference.encoder import BATCHINGS, POOLINGS, NoteEncoder, TokenizedNotes
+from modeling.inference.outputs import InferenceOutputs
 
 
 def read_notes(

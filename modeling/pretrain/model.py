@@ -55,6 +55,22 @@ def _changes_the_config(key: str, value) -> bool:
     return built[0] != built[1]
 
 
+def modernbert_config(tokenizer, **fields) -> ModernBertConfig:
+    """A ModernBertConfig for this tokenizer: its special token ids (whatever `fields` say: a model must predict
+    with the ids its tokenizer writes) and, unless given, a vocabulary rounded up to a multiple of 64 (tensor-core
+    friendly, as ModernBERT's 50,368). The recipe's builder, the benchmarks and the tests all build models so."""
+    fields.setdefault("vocab_size", _round_up(len(tokenizer), 64))
+    fields.update(
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+    fields.pop("model_type", None)  # from an init model's config.json
+    return ModernBertConfig(**fields)
+
+
 def build_model(recipe: Recipe, tokenizer) -> ModernBertForMaskedLM:
     """`model.init` alone: its weights. `model.config` (with or without init): a fresh model."""
     spec = recipe.model
@@ -64,18 +80,8 @@ def build_model(recipe: Recipe, tokenizer) -> ModernBertForMaskedLM:
         )
     else:
         base = load_config(spec.init).to_dict() if spec.init else {}
-        fields = {**base, **spec.config}
-        fields.setdefault("vocab_size", _round_up(len(tokenizer), 64))
-        fields.update(
-            pad_token_id=tokenizer.pad_token_id,
-            cls_token_id=tokenizer.cls_token_id,
-            sep_token_id=tokenizer.sep_token_id,
-            bos_token_id=tokenizer.cls_token_id,
-            eos_token_id=tokenizer.sep_token_id,
-        )
-        fields.pop("model_type", None)
         try:
-            config = ModernBertConfig(**fields)
+            config = modernbert_config(tokenizer, **{**base, **spec.config})
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model.config: {e}") from None
         model = ModernBertForMaskedLM._from_config(

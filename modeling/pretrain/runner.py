@@ -24,17 +24,17 @@ from modeling.common import run_files
 from modeling.common.engines import full_state_dict, save_whole, weights_problem
 from modeling.common.errors import ConfigError, DataError
 from modeling.common.loading import load_tokenizer
-from modeling.common.run_files import PhaseFolder, PretrainingRun
 from modeling.common.runtime import check_shared_folder, join_processes, processes_without
-from modeling.data.packing import PackedRow
-from modeling.data.rows import PhaseIndex, PhaseRows, held_out_rows, unigram_entropy
+from modeling.data.packing import PackedRow, Packing
+from modeling.data.rows import PhaseIndex, build_phase_data, unigram_entropy
 from modeling.data.store import Store, StoreFolder
 from modeling.pretrain.masking import MLMCollator
 from modeling.pretrain.model import build_model, check_model_config, reload_phase_model
 from modeling.pretrain.plot import plot_training
 from modeling.pretrain.prepare import open_store, prepare
 from modeling.pretrain.recipe import Recipe, recipe_from_dict
-from modeling.pretrain.schedules import MaskingSchedule, PhasePlan, plan_phase
+from modeling.pretrain.run_folder import PhaseFolder, PretrainingRun
+from modeling.pretrain.schedules import PhasePlan, held_out_masking, plan_phase
 from modeling.pretrain.summary import (
     HeldOutRecord,
     LearningRateRecord,
@@ -297,25 +297,11 @@ def set_up_phase(
     phase = recipe.phases[index]
     folder = PretrainingRun(recipe.output_dir).phase(phase.name)
     folder.folder.mkdir(parents=True, exist_ok=True)
-    names = phase.source_names()
-    for name in names:
-        recorded = store.manifest.sources[name]
-        if not recorded.documents["train"]:
-            skipped = f" (skipped: {recorded.skipped})" if recorded.skipped else ""
-            raise DataError(f"phase '{phase.name}': source '{name}' yielded no training documents{skipped}")
-    weights = None if isinstance(phase.sources, list) else [float(phase.sources[n]) for n in names]
-    rows = PhaseIndex(
-        store,
-        names,
-        weights,
-        recipe.seed,
-        phase.name,
-        recipe.max_seq_length,
-        recipe.data.pack_open_rows,
-        cache_dir=folder.index_dir,
+    packing = Packing.of(tokenizer, recipe.max_seq_length, recipe.data.pack_open_rows)
+    data = build_phase_data(
+        store, phase.name, phase.sources, recipe.seed, packing, recipe.holdout.max_documents, folder.index_dir
     )
-    epochs = phase.length.get("epochs")
-    plan = plan_phase(recipe, index, rows.rows_in_epochs(float(epochs)) if epochs else None)
+    plan = plan_phase(recipe, index, data.epoch_rows(phase.length.get("epochs")))
     num_processes = PartialState().num_processes
     accumulation = recipe.batch.accumulation_steps(recipe.max_seq_length, num_processes)
     log.info(
@@ -336,21 +322,9 @@ def set_up_phase(
         plan.masking.start,
         plan.masking.end,
     )
-    eval_rows = held_out_rows(
-        store,
-        names,
-        recipe.seed,
-        phase.name,
-        recipe.holdout.max_documents,
-        recipe.max_seq_length,
-        recipe.data.pack_open_rows,
-    )
-    if not eval_rows:
-        raise ConfigError(f"holdout: phase '{phase.name}' has no held-out documents; raise holdout.fraction")
-    eval_masking = MaskingSchedule(plan.masking.end, plan.masking.end, len(eval_rows))
-    train_rows = PhaseRows(
-        store.folder.folder, rows, plan.steps * plan.rows_per_step, tokenizer.cls_token_id, tokenizer.sep_token_id
-    )
+    names, eval_rows = data.sources, data.held_out
+    eval_masking = held_out_masking(plan, len(eval_rows))
+    train_rows = data.training_rows(store.folder.folder, plan.steps * plan.rows_per_step)
     trainer = PretrainingTrainer(
         model=model,
         args=training_arguments(recipe, plan, folder, accumulation),
@@ -369,7 +343,7 @@ def set_up_phase(
         phase_state_json=folder.state_json,
         carry_optimizer_from=None if phase.reset_optimizer else previous_checkpoint,
     )
-    return PhaseSetup(trainer, plan, rows, eval_rows, folder)
+    return PhaseSetup(trainer, plan, data.index, eval_rows, folder)
 
 
 def last_complete_checkpoint(folder: PhaseFolder, engine: str, processes: int = 1) -> str | None:

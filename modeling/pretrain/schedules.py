@@ -55,6 +55,12 @@ class PhasePlan:
         }
 
 
+def held_out_masking(plan: PhasePlan, rows: int) -> MaskingSchedule:
+    """The held-out slice is masked at the rate the phase ends with, the same before and after the phase, so the
+    two losses measure the model and not the rate."""
+    return MaskingSchedule(plan.masking.end, plan.masking.end, rows)
+
+
 def plan_phase(recipe: Recipe, index: int, epoch_rows: int | None = None) -> PhasePlan:
     """Steps and schedule of phase `index`. Epoch-length phases need `epoch_rows`: the rows their epochs
     hold (modeling.data.rows.PhaseIndex.rows_in_epochs)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from modeling.common.engines import StateBytes
 from modeling.common.records import Record
-from modeling.common.run_files import PretrainingRun
+from modeling.pretrain.run_folder import PretrainingRun
 
 
 @dataclass

@@ -16,7 +16,8 @@ from transformers import PreTrainedTokenizerFast
 from modeling.common import run_files
 from modeling.common.errors import ConfigError
 from modeling.common.loading import load_tokenizer
-from modeling.data.sources import SkipLog, iter_documents
+from modeling.common.skips import SkipLog
+from modeling.data.sources import iter_documents
 from modeling.data.store import is_held_out
 from modeling.pretrain.recipe import Recipe
 

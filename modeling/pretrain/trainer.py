@@ -35,9 +35,9 @@ from modeling.common.engines import (
 )
 from modeling.common.errors import ConfigError, DataError
 from modeling.common.records import Record
-from modeling.common.run_files import PhaseFolder
 from modeling.common.runtime import resolve_precision, use_cpu
 from modeling.pretrain.recipe import Recipe
+from modeling.pretrain.run_folder import PhaseFolder
 from modeling.pretrain.schedules import PhasePlan
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,6 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from modeling.common import run_files
 from modeling.common.errors import ConfigError
-from modeling.common.run_files import PretrainingRun, TaskResults, TaskRun
 from modeling.finetune.config import task_from_dict
 from modeling.finetune.results import (
     MetricStats,
@@ -34,7 +33,9 @@ from modeling.finetune.results import (
     mean_std,
     metric_table,
 )
+from modeling.finetune.run_folder import TaskResults, TaskRun
 from modeling.pretrain.recipe import Recipe, recipe_from_dict
+from modeling.pretrain.run_folder import PretrainingRun
 from modeling.pretrain.summary import PhaseSummary, TrainingSummary
 
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "model_card"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from modeling.common.cli import run_command
 from modeling.common.errors import ConfigError
-from modeling.common.run_files import PretrainingRun
+from modeling.pretrain.run_folder import PretrainingRun
 from modeling.pretrain.summary import TrainingSummary
 from modeling.publish.card import Card, build_card
 

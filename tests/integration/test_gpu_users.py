@@ -99,7 +99,8 @@ def test_the_push_reaches_every_branch_and_the_tables_are_written(users_run):
 
 def test_write_corpus_keeps_the_first_citations_as_a_baseline_file(tmp_path):
     from benchmarks.gpu.users import demo_corpus
-    from modeling.data.sources import SkipLog, SourceSpec, iter_documents
+    from modeling.common.skips import SkipLog
+    from modeling.data.sources import SourceSpec, iter_documents
 
     cut = write_corpus(demo_corpus(), tmp_path / "cut.xml.gz", 25)
     with gzip.open(cut, "rt") as text:

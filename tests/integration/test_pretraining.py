@@ -146,7 +146,7 @@ def test_incomplete_last_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     from safetensors.torch import save_file
 
     from modeling.common.errors import ConfigError
-    from modeling.common.run_files import PhaseFolder
+    from modeling.pretrain.run_folder import PhaseFolder
     from modeling.pretrain.runner import last_complete_checkpoint
     from modeling.pretrain.trainer import CheckpointMarker
 

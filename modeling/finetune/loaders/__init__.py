@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from modeling.common.config import choice
 from modeling.common.errors import ConfigError
-from modeling.data.sources import SkipLog
+from modeling.common.skips import SkipLog
 from modeling.finetune.examples import Example, TaskLabels
 from modeling.finetune.loaders import brat, chemprot, conll, deid, generic, phenotype, pubmed_demo
 from modeling.finetune.loaders.spec import DataSpec

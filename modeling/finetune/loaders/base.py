@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from modeling.common.errors import DataError
-from modeling.data.sources import SkipLog
+from modeling.common.skips import SkipLog
 from modeling.finetune.examples import TaskLabels
 from modeling.finetune.loaders.spec import DataSpec
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 
 from modeling.common.errors import DataError
-from modeling.data.sources import SkipLog
+from modeling.common.skips import SkipLog
 from modeling.finetune.examples import Example, TaskLabels
 from modeling.finetune.loaders.base import bad_record, reading, split_files
 from modeling.finetune.loaders.spec import DataSpec

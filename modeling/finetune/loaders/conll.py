@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modeling.data.sources import SkipLog
+from modeling.common.skips import SkipLog
 from modeling.finetune.examples import Example, TaskLabels, join_words
 from modeling.finetune.loaders.base import bad_record, reading, split_files, split_name
 from modeling.finetune.loaders.spec import DataSpec

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from modeling.common.errors import DataError
-from modeling.data.sources import SkipLog
+from modeling.common.skips import SkipLog
 from modeling.finetune.examples import Example, TaskLabels, bio_tags, word_spans
 from modeling.finetune.loaders.base import bad_record, data_path, entity_types, read_text
 from modeling.finetune.loaders.spec import DataSpec

@@ -11,7 +11,8 @@ from __future__ import annotations
 import glob
 
 from modeling.common.errors import DataError
-from modeling.data.sources import SkipLog, SourceSpec, csv_rows, jsonl_objects
+from modeling.common.skips import SkipLog
+from modeling.data.sources import SourceSpec, csv_rows, jsonl_objects
 from modeling.finetune.examples import Example, TaskLabels, join_words
 from modeling.finetune.loaders.base import as_label_list, bad_record, split_files
 from modeling.finetune.loaders.spec import DataSpec

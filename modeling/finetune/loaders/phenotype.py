@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from modeling.common.errors import DataError
-from modeling.data.sources import SkipLog, SourceSpec, csv_rows
+from modeling.common.skips import SkipLog
+from modeling.data.sources import SourceSpec, csv_rows
 from modeling.finetune.examples import Example, TaskLabels
 from modeling.finetune.loaders.base import bad_record, data_path
 from modeling.finetune.loaders.spec import DataSpec

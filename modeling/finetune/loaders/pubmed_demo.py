@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 
-from modeling.data.sources import SkipLog, SourceSpec, resolve_files
+from modeling.common.skips import SkipLog
+from modeling.data.sources import SourceSpec, resolve_files
 from modeling.finetune.examples import Example, TaskLabels, bio_tags, word_spans
 from modeling.finetune.loaders.spec import DataSpec
 

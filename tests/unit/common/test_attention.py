@@ -7,7 +7,7 @@ from transformers import ModernBertForMaskedLM
 
 from modeling.common import attention
 from modeling.common.attention import packed_attention_kwargs
-from modeling.data.packing import collate_rows
+from modeling.data.packing import Packing, collate_rows
 from modeling.data.rows import pack_token_lists
 
 
@@ -20,7 +20,7 @@ def _packed_batch(tokenizer, max_len=96):
     # Documents longer than the sliding window (16 tokens -> window 8) so the window matters too.
     texts = synthetic_documents(12, seed=3, min_words=3, max_words=40)
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    rows = pack_token_lists(ids, max_len, tokenizer.cls_token_id, tokenizer.sep_token_id, open_rows=4)
+    rows = pack_token_lists(ids, Packing.of(tokenizer, max_len, open_rows=4))
     assert any(len(r.doc_lengths) > 1 for r in rows), "the fixture must put several documents in a row"
     assert any(len(r.input_ids) < max_len for r in rows), "and leave padding somewhere"
     return rows, collate_rows(rows, tokenizer.pad_token_id, max_len)

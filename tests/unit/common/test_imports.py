@@ -88,8 +88,8 @@ print(json.dumps({"env": changed, "filters": len(warnings.filters) - len(filters
 def test_building_training_arguments_leaves_the_environment_alone(tmp_path, monkeypatch):
     from helpers import write_recipe
 
-    from modeling.common.run_files import PretrainingRun
     from modeling.pretrain.recipe import load_recipe
+    from modeling.pretrain.run_folder import PretrainingRun
     from modeling.pretrain.schedules import plan_phase
     from modeling.pretrain.trainer import TensorBoardInFolder, trainer_callbacks, training_arguments
 

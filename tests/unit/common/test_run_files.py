@@ -11,7 +11,8 @@ import pytest
 
 from modeling.common import run_files
 from modeling.common.records import Record
-from modeling.common.run_files import PhaseFolder, PretrainingRun, TaskResults
+from modeling.finetune.run_folder import TaskResults
+from modeling.pretrain.run_folder import PhaseFolder, PretrainingRun
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "run_before_layout"
 

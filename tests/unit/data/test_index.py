@@ -6,8 +6,16 @@ import random
 import numpy as np
 from helpers import synthetic_documents
 
-from modeling.data.index import PhaseDocuments, best_fit_rows, epoch_order, pack_pieces, pieces, weighted_order
-from modeling.data.packing import PackedRow, collate_rows, packing_efficiency
+from modeling.data.index import (
+    PhaseDocuments,
+    best_fit_rows,
+    epoch_order,
+    pack_documents,
+    pack_pieces,
+    pieces,
+    weighted_order,
+)
+from modeling.data.packing import PackedRow, Packing, collate_rows, packing_efficiency
 from modeling.data.rows import pack_token_lists
 
 
@@ -15,7 +23,7 @@ def test_documents_are_wrapped_and_long_ones_cut_into_wrapped_pieces(tiny_tokeni
     long_doc = " ".join(["pneumonia"] * 300)
     ids = [tiny_tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("fever", long_doc)]
     cls, sep = tiny_tokenizer.cls_token_id, tiny_tokenizer.sep_token_id
-    rows = pack_token_lists(ids, 64, cls, sep)
+    rows = pack_token_lists(ids, Packing(64, cls, sep))
     seen = []
     for row in rows:
         for offset, length in zip(_offsets(row.doc_lengths), row.doc_lengths, strict=True):
@@ -38,7 +46,9 @@ def test_pieces_cover_each_document_once():
 def test_best_fit_keeps_every_piece_and_respects_the_length():
     rng = random.Random(0)
     lengths = np.array([rng.randint(3, 200) for _ in range(500)])
-    index = pack_pieces(np.zeros(500, np.int16), np.arange(500), np.zeros(500, np.int64), lengths - 2, 256, 8)
+    index = pack_pieces(
+        np.zeros(500, np.int16), np.arange(500), np.zeros(500, np.int64), lengths - 2, Packing(256, 0, 0, 8)
+    )
     per_row = np.add.reduceat(index.length + 2, index.row_start[:-1])
     assert (per_row <= 256).all() and sorted(index.document.tolist()) == list(range(500))
 
@@ -54,14 +64,14 @@ def test_efficiency_on_a_clinical_note_length_mix():
     rng = random.Random(1)
     lengths = np.array([min(8192, max(20, int(rng.lognormvariate(6.9, 0.8)))) for _ in range(3000)])
     assert 1200 < lengths.mean() < 1800
-    index = pack_pieces(*pieces(np.zeros(3000, np.int16), np.arange(3000), lengths, 8190), 8192, 64)
+    index = pack_documents(np.zeros(3000, np.int16), np.arange(3000), lengths, Packing(8192, 0, 0))
     assert index.tokens() / (len(index) * 8192) >= 0.97
 
 
 def test_efficiency_on_abstract_like_lengths():
     rng = random.Random(2)
     lengths = np.array([max(10, int(rng.gauss(320, 110))) for _ in range(5000)])  # with [CLS] and [SEP]
-    index = pack_pieces(*pieces(np.zeros(5000, np.int16), np.arange(5000), lengths - 2, 1022), 1024, 64)
+    index = pack_documents(np.zeros(5000, np.int16), np.arange(5000), lengths - 2, Packing(1024, 0, 0))
     rows = [PackedRow(np.zeros(int(n)), []) for n in np.add.reduceat(index.length + 2, index.row_start[:-1])]
     assert packing_efficiency(rows, 1024) >= 0.97
 
@@ -106,7 +116,7 @@ def test_weighted_sources_are_drawn_by_weight_and_start_again():
 
 def test_synthetic_documents_make_rows(tiny_tokenizer):
     ids = [tiny_tokenizer(t, add_special_tokens=False)["input_ids"] for t in synthetic_documents(60, seed=1)]
-    rows = pack_token_lists(ids, 128, tiny_tokenizer.cls_token_id, tiny_tokenizer.sep_token_id)
+    rows = pack_token_lists(ids, Packing.of(tiny_tokenizer, 128))
     assert [r.row_index for r in rows] == list(range(len(rows)))
     assert sum(r.doc_starts.count(True) for r in rows) == 60 and packing_efficiency(rows, 128) > 0.9
 

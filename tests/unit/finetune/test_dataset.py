@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from modeling.common.errors import DataError
-from modeling.data.sources import SkipLog
+from modeling.common.skips import SkipLog
 from modeling.finetune.config import task_from_dict
 from modeling.finetune.dataset import assign_splits, load_task_examples
 from modeling.finetune.examples import Example, bio_tags, word_spans

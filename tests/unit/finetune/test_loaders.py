@@ -8,7 +8,7 @@ import re
 import pytest
 
 from modeling.common.errors import ConfigError, DataError
-from modeling.data.sources import SkipLog
+from modeling.common.skips import SkipLog
 from modeling.finetune.config import task_from_dict
 from modeling.finetune.dataset import load_task_examples
 from modeling.finetune.loaders import LOADERS

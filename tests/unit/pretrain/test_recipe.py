@@ -20,7 +20,92 @@ def test_shipped_recipes_load(name):
 
     recipe = load_recipe(name)
     check_model_config(recipe)  # every model.config key is one the config class reads
-    assert recipe.phases and recipe.name
+    assert recipe.name == name
+    assert recipe.phases
+
+
+def _phase(recipe, index):
+    phase = recipe.phases[index]
+    schedule = phase.schedule
+    return (phase.name, phase.sources, phase.masking, phase.length, schedule.warmup, schedule.decay,
+            schedule.decay_fraction, schedule.min_lr_ratio)  # fmt: skip
+
+
+# What each shipped recipe promises (its comments, docs/pretraining.md's table and the papers' published configs).
+BIOCLINICAL_PHASE_1 = ("phase1", ["pubmed", "pmc", "clinical", "mimic4"], 0.30, {"epochs": 3}, 0.0, "none", None, 0.0)
+PROMISES = {
+    "bioclinical-modernbert-base": dict(
+        init="answerdotai/ModernBERT-base",
+        batch=(576, 4),
+        optimizer=(3e-4, [0.9, 0.98], 1e-6, 1e-5),
+        phases=[
+            BIOCLINICAL_PHASE_1,
+            ("phase2", ["clinical", "mimic4"], 0.15, {"epochs": 3}, 0.0, "1-sqrt", None, 0.001),
+        ],
+    ),
+    "bioclinical-modernbert-large": dict(
+        init="answerdotai/ModernBERT-large",
+        batch=(616, None),
+        optimizer=(5e-5, [0.9, 0.98], 1e-6, 1e-6),
+        phases=[
+            BIOCLINICAL_PHASE_1,
+            ("phase2", ["clinical", "mimic4"], 0.15, {"epochs": 3}, 0.0, "1-sqrt", 0.3333333333, 0.001),
+        ],
+    ),
+    "clinical-modernbert": dict(
+        init="answerdotai/ModernBERT-base",
+        batch=(128, None),
+        optimizer=(5e-4, [0.9, 0.999], None, 0.01),
+        phases=[
+            (
+                "pretrain",
+                ["pubmed", "mimic4", "codes"],
+                {"start": 0.30, "end": 0.15},
+                {"epochs": 1},
+                0.1,
+                "cosine",
+                None,
+                0.0,
+            )
+        ],  # fmt: skip
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROMISES))
+def test_shipped_gpu_recipes_keep_their_promises(name):
+    recipe, promise = load_recipe(name), PROMISES[name]
+    assert recipe.model.init == promise["init"]
+    assert recipe.max_seq_length == 8192
+    assert recipe.precision == "bf16"
+    assert recipe.batch.global_sequences == promise["batch"][0]
+    if promise["batch"][1] is not None:
+        assert recipe.batch.per_device == promise["batch"][1]
+    lr, betas, eps, weight_decay = promise["optimizer"]
+    assert recipe.optimizer.lr == lr
+    assert recipe.optimizer.betas == betas
+    if eps is not None:
+        assert recipe.optimizer.eps == eps
+    assert recipe.optimizer.weight_decay == weight_decay
+    assert [_phase(recipe, i) for i in range(len(recipe.phases))] == promise["phases"]
+    for phase in recipe.phases:  # every source a phase names is declared, with the domain the card reports
+        assert set(phase.sources) <= set(recipe.sources)
+    clinical = {name for name, source in recipe.sources.items() if source.domain == "clinical"}
+    assert clinical == {name for name in ("clinical", "mimic4") if name in recipe.sources}
+
+
+def test_the_demo_recipe_is_what_its_docs_describe():
+    recipe = load_recipe("demo")
+    assert recipe.max_seq_length == 1024
+    assert (recipe.batch.global_sequences, recipe.batch.per_device) == (2, 2)
+    assert recipe.optimizer.lr == 2e-3
+    assert recipe.tokenizer.train_vocab_size == 8192
+    assert [_phase(recipe, i)[:4] for i in range(2)] == [
+        ("phase1", ["pubmed"], 0.30, {"tokens": 5.0e6}),
+        ("phase2", ["pubmed_clinical"], 0.15, {"epochs": 3}),
+    ]
+    assert recipe.phases[1].schedule.decay == "1-sqrt"
+    assert recipe.sources["pubmed_clinical"].publication_types  # the clinical subset is a filter of the same files
 
 
 @pytest.mark.parametrize(
