@@ -358,9 +358,11 @@ def test_bad_input_ends_in_one_line(case, tmp_path, models, monkeypatch, capsys)
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == case.exit_code, err[-2000:]
-    assert len(errors) == 1 and case.expected in errors[0], err[-2000:]
+    assert len(errors) == 1, err[-2000:]
+    assert case.expected in errors[0], err[-2000:]
     assert "Traceback" not in err
-    assert not list(tmp_path.rglob("RAN")) and not list(models["model"].parent.rglob("RAN"))
+    assert not list(tmp_path.rglob("RAN"))
+    assert not list(models["model"].parent.rglob("RAN"))
 
 
 # ---------------------------------------------------------------- runs, checkpoints and signals
@@ -440,7 +442,8 @@ def test_faults_of_runs_and_checkpoints(fault, finished, tmp_path, monkeypatch, 
     if expected is None:
         assert not errors
     else:
-        assert len(errors) == 1 and expected in errors[0], err[-2000:]
+        assert len(errors) == 1, err[-2000:]
+        assert expected in errors[0], err[-2000:]
     if fault == "empty_checkpoint_marker":
         assert "is incomplete (checkpoint_complete.json cannot be read)" in caplog.text
     if fault == "resume_with_another_learning_rate":
@@ -453,10 +456,11 @@ def test_custom_code_never_runs_whatever_standard_input_says(tmp_path, models):
                                        "tokenizer": {"path": str(models["model"])}})  # fmt: skip
     result = subprocess.run([sys.executable, SCRIPT, str(recipe)], input="y\ny\n", capture_output=True, text=True,
                             env=script_env(tmp_path), cwd=tmp_path, timeout=300)  # fmt: skip
-    assert result.returncode == 2 and "asks for custom code (AutoModel in auto_map)" in result.stderr
-    assert (
-        "Traceback" not in result.stderr and not list(tmp_path.rglob("RAN")) and not list(models["remote"].glob("RAN"))
-    )
+    assert result.returncode == 2
+    assert "asks for custom code (AutoModel in auto_map)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.rglob("RAN"))
+    assert not list(models["remote"].glob("RAN"))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM])  # SIGINT takes the same handler: tests/unit/common/test_cli.py
@@ -471,9 +475,12 @@ def test_an_interrupted_run_says_how_to_continue(tmp_path, signum):
     process.send_signal(signum)
     err = process.communicate(timeout=120)[1]
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert process.returncode == 130 and "Traceback" not in err
-    assert len(lines) == 1 and "interrupted; continue with: accelerate launch train_mlm.py" in lines[0]
-    assert lines[0].endswith("--resume") and not (tmp_path / "out" / ".lock").exists()
+    assert process.returncode == 130
+    assert "Traceback" not in err
+    assert len(lines) == 1
+    assert "interrupted; continue with: accelerate launch train_mlm.py" in lines[0]
+    assert lines[0].endswith("--resume")
+    assert not (tmp_path / "out" / ".lock").exists()
 
 
 def test_nothing_local_is_uploaded(tmp_path, finished):
@@ -483,7 +490,8 @@ def test_nothing_local_is_uploaded(tmp_path, finished):
     card = build_card(finished / "out" / "phase2", "org/tiny", license="apache-2.0")
     for name in ("recipe.json", "training_summary.json"):
         text = card.files[name].decode()
-        assert str(finished) not in text and "/tmp/" not in text, name
+        assert str(finished) not in text, name
+        assert "/tmp/" not in text, name
     assert json.loads(card.files["recipe.json"])["sources"]["notes"]["path"] == "notes.txt"
 
 
@@ -494,9 +502,11 @@ def test_a_moved_run_resumes(tmp_path, finished):
     phase2 = moved / "out" / "phase2"
     (phase2 / "phase_summary.json").unlink()
     summary = json.loads((moved / "out" / "phase1" / "phase_summary.json").read_text())
-    assert not os.path.isabs(summary["final_checkpoint"]) and not os.path.isabs(summary["model_dir"])
+    assert not os.path.isabs(summary["final_checkpoint"])
+    assert not os.path.isabs(summary["model_dir"])
     result = train(moved, write_recipe(moved, **{"phases.1.length": {"steps": 4}}), "--resume")
-    assert "resuming from" in result.stderr and (phase2 / "phase_summary.json").exists()
+    assert "resuming from" in result.stderr
+    assert (phase2 / "phase_summary.json").exists()
 
 
 def test_null_and_empty_texts_are_skipped_and_counted_when_asked(tmp_path, models, monkeypatch, capsys):
@@ -518,9 +528,11 @@ def test_a_late_config_error_does_not_block_the_corrected_rerun(tmp_path, monkey
     recipe = write_recipe(tmp_path, **short, max_seq_length=512)
     assert train_mlm.main([str(recipe)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "max_seq_length=512: above the model's max_position_embeddings" in errors[0]
+    assert len(errors) == 1
+    assert "max_seq_length=512: above the model's max_position_embeddings" in errors[0]
     assert (tmp_path / "stores" / "tiny").is_dir()  # found late: the store was prepared first
-    assert not (tmp_path / "out" / "recipe.json").exists() and not (tmp_path / "out" / ".lock").exists()
+    assert not (tmp_path / "out" / "recipe.json").exists()
+    assert not (tmp_path / "out" / ".lock").exists()
     recipe = write_recipe(tmp_path, **short)
     assert train_mlm.main([str(recipe)]) == 0, capsys.readouterr().err[-2000:]
     assert (tmp_path / "out" / "phase2" / "phase_summary.json").exists()

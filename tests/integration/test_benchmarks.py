@@ -35,7 +35,8 @@ def test_pretraining_sides_see_the_same_documents_and_report_padding(tiny_tokeni
     }
     assert figures["project"]["padding"] < 0.05 < figures["run_mlm"]["padding"]  # packed rows vs padded-to-longest
     assert figures["group_texts"]["padding"] == figures["ideal"]["padding"] == 0
-    assert figures["project"]["documents_apart"] == "yes" and figures["group_texts"]["documents_apart"] == "no"
+    assert figures["project"]["documents_apart"] == "yes"
+    assert figures["group_texts"]["documents_apart"] == "no"
     assert figures["project"]["project_speedup"] == 1.0
     assert all(f["tokens_per_second"] > 0 for f in figures.values())
 
@@ -50,13 +51,16 @@ def test_inference_benchmark_checks_outputs_and_counts_padding(tiny_tokenizer):
     assert set(sides) == {"padded", "packed", "packed, sdpa masks"}
     assert max(side["max_abs_diff"] for side in sides.values()) <= 1e-5
     assert sides["packed"]["padding"] < sides["padded"]["padding"]
-    assert figures["notes"] == 40 and sides["packed"]["speedup"] > 0
+    assert figures["notes"] == 40
+    assert sides["packed"]["speedup"] > 0
 
 
 def test_clinical_mix_is_long_tailed_around_1500_tokens():
     lengths = clinical_lengths(20000)
     mean = sum(lengths) / len(lengths)
-    assert 1350 < mean < 1650 and max(lengths) == 8192 and sorted(lengths)[len(lengths) // 2] < mean
+    assert 1350 < mean < 1650
+    assert max(lengths) == 8192
+    assert sorted(lengths)[len(lengths) // 2] < mean
 
 
 def test_flops_formula_counts_the_real_architecture():
@@ -76,8 +80,11 @@ def test_data_pipeline_child_prepares_and_reads_a_corpus(tmp_path, tiny_tokenize
     tiny_tokenizer.save_pretrained(tmp_path / "tok")
     data_pipeline.write_corpus(tmp_path / "c.jsonl", synthetic_documents(50, seed=3), 200)
     run = data_pipeline.run_child(tmp_path / "c.jsonl", 128, str(tmp_path / "tok"))
-    assert run["documents"] == 200 and run["tokens"] > 200 and run["peak_rss_mb"] > 0
-    assert run["prepare_cpu_seconds"] > 0 and run["read_cpu_seconds"] > 0
+    assert run["documents"] == 200
+    assert run["tokens"] > 200
+    assert run["peak_rss_mb"] > 0
+    assert run["prepare_cpu_seconds"] > 0
+    assert run["read_cpu_seconds"] > 0
 
 
 def test_scaling_sweeps_time_every_point(tiny_tokenizer):
@@ -113,12 +120,15 @@ def test_finetuning_benchmark_runs_each_batching_and_counts_padding(tmp_path, mo
     assert by_side["packed"]["score"] == pytest.approx(by_side["random"]["score"], abs=1e-3)  # the same batches
     assert all(0 < r["training_s"] and r["examples_per_second"] > 0 for r in runs)
     summary = finetuning.summarise(runs)
-    assert [s["side"] for s in summary] == list(finetuning.SIDES) and summary[0]["speedup"] == 1.0
+    assert [s["side"] for s in summary] == list(finetuning.SIDES)
+    assert summary[0]["speedup"] == 1.0
     again = finetuning.compare([task], seeds=[3], output_root=tmp_path / "bench", sides=["packed"])
     assert again[0]["padding"] is None  # reused, not retrained: no padding figure is made up
 
     checked = finetuning.equality(task, batch_size=8)
-    assert checked["loss_diff"] < 1e-5 and checked["max_grad_diff"] < 1e-5 and checked["max_logit_diff"] < 1e-5
+    assert checked["loss_diff"] < 1e-05
+    assert checked["max_grad_diff"] < 1e-05
+    assert checked["max_logit_diff"] < 1e-05
     assert checked["max_grad"] > 1e-3  # the gradients compared are not all zero
 
 

@@ -54,7 +54,8 @@ def kill_mid_phase_2(tmp_path, config: str):
         member.kill()
     process.wait()
     psutil.wait_procs(members, timeout=30)
-    assert marker.exists() and not (tmp_path / "out" / "phase2" / "phase_summary.json").exists(), "killed mid-phase 2"
+    assert marker.exists(), "killed mid-phase 2"
+    assert not (tmp_path / "out" / "phase2" / "phase_summary.json").exists(), "killed mid-phase 2"
 
 
 def assert_same_weights(run, reference, what: str, tolerance: float = 1e-6):
@@ -80,7 +81,8 @@ def test_fsdp2_run_killed_mid_phase_2_and_resumed_ends_as_an_uninterrupted_one(t
     killed = prepared(tmp_path / "killed")
     kill_mid_phase_2(killed, "8gpu_fsdp2.yaml")
     log = train_under(killed, "8gpu_fsdp2.yaml", killed / "recipe.yaml", "--resume")
-    assert "phase phase1: already complete" in log and "resuming from" in log
+    assert "phase phase1: already complete" in log
+    assert "resuming from" in log
     assert_same_weights(killed, fsdp2_run, "FSDP2, killed and resumed vs uninterrupted")
 
     # Checkpoints stay sharded: one file per process, no gathered weights.
@@ -89,12 +91,14 @@ def test_fsdp2_run_killed_mid_phase_2_and_resumed_ends_as_an_uninterrupted_one(t
         "__0_0.distcp",
         "__1_0.distcp",
     ]
-    assert (checkpoint / "optimizer_0" / ".metadata").exists() and not (checkpoint / "model.safetensors").exists()
+    assert (checkpoint / "optimizer_0" / ".metadata").exists()
+    assert not (checkpoint / "model.safetensors").exists()
     # Phase folders are whole: stock transformers loads them with no process group.
     for phase in ("phase1", "phase2"):
         folder = fsdp2_run / "out" / phase
         config = json.loads((folder / "config.json").read_text())
-        assert config["architectures"] == ["ModernBertForMaskedLM"] and not config["sparse_prediction"]
+        assert config["architectures"] == ["ModernBertForMaskedLM"]
+        assert not config["sparse_prediction"]
         model = AutoModelForMaskedLM.from_pretrained(folder)
         assert not any(type(p).__name__ == "DTensor" for p in model.parameters())
         model.save_pretrained(tmp_path / "saved_again")  # the same tensors as stock transformers saves, no more
@@ -107,8 +111,10 @@ def test_fsdp2_run_killed_mid_phase_2_and_resumed_ends_as_an_uninterrupted_one(t
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
     # Each process holds about half of the parameters (shards are padded to equal sizes), their gradients, and
     # AdamW's two moments per parameter.
-    assert states["engine"] == "fsdp2" and parameters / 2 <= states["parameters"] < 0.6 * parameters
-    assert states["gradients"] == states["parameters"] and states["optimizer"] >= 2 * states["parameters"]
+    assert states["engine"] == "fsdp2"
+    assert parameters / 2 <= states["parameters"] < 0.6 * parameters
+    assert states["gradients"] == states["parameters"]
+    assert states["optimizer"] >= 2 * states["parameters"]
     assert summary["held_out"]["loss_end"] < summary["held_out"]["loss_start"]
 
 

@@ -68,11 +68,13 @@ def cpu_check(tmp_path_factory):
 @pytest.mark.slow
 def test_every_part_runs_and_reports_its_fields(cpu_check):
     report, markdown = cpu_check
-    assert report["mode"] == "cpu" and report["machine"]["varlen"].startswith("varlen_attn runs on CUDA")
+    assert report["mode"] == "cpu"
+    assert report["machine"]["varlen"].startswith("varlen_attn runs on CUDA")
     assert list(report["parts"]) == list(FIELDS)
     for name, part in report["parts"].items():
         assert part["status"] == "done", (name, part["status"])
-        assert part["rows"] and not part["failed"], (name, part["failed"])
+        assert part["rows"], (name, part["failed"])
+        assert not part["failed"], (name, part["failed"])
         for row in part["rows"]:
             assert FIELDS[name] <= set(row), (name, FIELDS[name] - set(row))
     for title in ("Correctness", "Pretraining throughput", "Largest per-device batch", "Goals"):
@@ -101,13 +103,13 @@ def test_cpu_check_proves_what_it_can_here(cpu_check):
 
     sides = {row["side"]: row for row in parts["pretraining"]}
     assert sides["project, varlen (reference kernel)"]["attention"] == "varlen"  # the Trainer path ran varlen itself
-    assert any(side.startswith("stock") for side in sides) and "project, document_sdpa" in sides
+    assert any(side.startswith("stock") for side in sides)
+    assert "project, document_sdpa" in sides
     assert all(row["tokens_per_second"] > 0 and 0 <= row["data_wait"] < 1 for row in sides.values())
 
     launches = {row["launch"]: row for row in parts["engines"]}
-    assert (
-        launches["plain"]["distributed_type"] == "NO" and launches["DDP, 1 process"]["distributed_type"] == "MULTI_CPU"
-    )
+    assert launches["plain"]["distributed_type"] == "NO"
+    assert launches["DDP, 1 process"]["distributed_type"] == "MULTI_CPU"
     assert all(row["ok"] and row["max_weight_diff_vs_plain"] == 0 for row in launches.values())  # fp32 on a CPU
 
     batching = {row["side"]: row for row in parts["finetuning"]}
@@ -116,10 +118,12 @@ def test_cpu_check_proves_what_it_can_here(cpu_check):
 
     for row in parts["inference"]:
         if row["batching"] == "packed":
-            assert row["max_abs_diff_vs_padded"] <= 1e-5 and row["attention"] == "varlen"
+            assert row["max_abs_diff_vs_padded"] <= 1e-05
+            assert row["attention"] == "varlen"
     assert {row["set"] for row in parts["inference"]} == {"fixed 512", "variable ~256", "fixed 8192", "variable ~4096"}
 
-    assert parts["largest_batch"][0]["largest_batch"] == 4 and parts["largest_batch"][0]["bound"] == "the search's cap"
+    assert parts["largest_batch"][0]["largest_batch"] == 4
+    assert parts["largest_batch"][0]["bound"] == "the search's cap"
     assert [row["side"] for row in parts["compiled"]] == ["project, sdpa, torch.compile"]
 
 
@@ -129,13 +133,15 @@ def test_a_part_past_its_cap_is_stopped_and_named_and_the_budget_is_kept(tmp_pat
     result = run_check(tmp_path, str(out), "--cpu", "--parts", "correctness", "--cap", "correctness=2")
     assert result.returncode == 0, result.stderr[-2000:]
     part = json.loads((out / "gpu_check.json").read_text())["parts"]["correctness"]
-    assert part["status"] == "stopped at its cap of 2 s" and part["seconds"] < 10
+    assert part["status"] == "stopped at its cap of 2 s"
+    assert part["seconds"] < 10
 
     out = tmp_path / "no-budget"
     result = run_check(tmp_path, str(out), "--cpu", "--parts", "inference", "--budget_s", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     part = json.loads((out / "gpu_check.json").read_text())["parts"]["inference"]
-    assert part["status"].startswith("skipped:") and "budget" in part["status"]
+    assert part["status"].startswith("skipped:")
+    assert "budget" in part["status"]
     assert "skipped:" in (out / "gpu_check.md").read_text()
 
 

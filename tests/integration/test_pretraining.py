@@ -28,33 +28,44 @@ def test_each_phase_leaves_a_folder_stock_transformers_loads(finished_run):
     for phase in ("phase1", "phase2"):
         folder = finished_run / phase
         assert (folder / "model.safetensors").exists()
-        assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt")) and not list(folder.glob("*.pth"))
+        assert not list(folder.glob("*.bin"))
+        assert not list(folder.glob("*.pt"))
+        assert not list(folder.glob("*.pth"))
         config = json.loads((folder / "config.json").read_text())
-        assert config["model_type"] == "modernbert" and not config.get("sparse_prediction") and "auto_map" not in config
+        assert config["model_type"] == "modernbert"
+        assert not config.get("sparse_prediction")
+        assert "auto_map" not in config
         mlm = AutoModelForMaskedLM.from_pretrained(folder)
         assert type(mlm).__name__ == "ModernBertForMaskedLM"
         assert type(AutoModel.from_pretrained(folder)).__name__ == "ModernBertModel"
         tokenizer = AutoTokenizer.from_pretrained(folder)
         logits = mlm(**tokenizer("patient denies chest [MASK] fever", return_tensors="pt")).logits
-        assert logits.shape[-1] == mlm.config.vocab_size and logits.dim() == 3
+        assert logits.shape[-1] == mlm.config.vocab_size
+        assert logits.dim() == 3
         predictions = pipeline("fill-mask", model=str(folder))("patient denies chest [MASK] fever")
-        assert len(predictions) == 5 and all("token_str" in p for p in predictions)
+        assert len(predictions) == 5
+        assert all("token_str" in p for p in predictions)
 
 
 def test_summary_counts_tokens_and_loss_falls_in_both_phases(finished_run):
     summary = json.loads((finished_run / "training_summary.json").read_text())
     phase1, phase2 = summary["phases"]
-    assert phase1["steps"] == 8 and phase2["steps"] >= 10
-    assert set(phase1["tokens_per_source"]) == {"notes", "abstracts"} and all(phase1["tokens_per_source"].values())
+    assert phase1["steps"] == 8
+    assert phase2["steps"] >= 10
+    assert set(phase1["tokens_per_source"]) == {"notes", "abstracts"}
+    assert all(phase1["tokens_per_source"].values())
     assert set(phase2["tokens_per_source"]) == {"notes"}
     assert phase1["tokens"] == sum(phase1["tokens_per_source"].values())
-    assert phase1["tokens"] <= phase1["steps"] * 8 * 128 and phase1["row_fill"] > 0.8
+    assert phase1["tokens"] <= phase1["steps"] * 8 * 128
+    assert phase1["row_fill"] > 0.8
     assert summary["total"]["tokens"] == phase1["tokens"] + phase2["tokens"]
     for phase in (phase1, phase2):
         assert phase["held_out"]["loss_end"] < phase["held_out"]["loss_start"]
-        assert phase["wall_time_s"] > 0 and phase["tokens_per_second"] > 0
+        assert phase["wall_time_s"] > 0
+        assert phase["tokens_per_second"] > 0
         for name, source in phase["sources"].items():
-            assert source["first_pass_complete"] and source["held_out_per_pass"] > 0
+            assert source["first_pass_complete"]
+            assert source["held_out_per_pass"] > 0
             assert 0 < phase["documents_trained"][name]
     # One epoch of notes, cut to whole steps: nearly every document of a pass, and never more.
     notes = phase2["sources"]["notes"]
@@ -62,7 +73,8 @@ def test_summary_counts_tokens_and_loss_falls_in_both_phases(finished_run):
     assert notes["documents_per_pass"] + notes["held_out_per_pass"] == 400
     assert abs(phase1["masking"]["measured"] - 0.3) < 0.03
     assert 0.15 < phase2["masking"]["measured"] < 0.3  # the 0.30 -> 0.15 ramp
-    assert phase2["lr"]["decay"] == "1-sqrt" and phase2["lr"]["decay_steps"] == phase2["steps"]
+    assert phase2["lr"]["decay"] == "1-sqrt"
+    assert phase2["lr"]["decay_steps"] == phase2["steps"]
     logged = [
         e
         for e in (json.loads((finished_run / "phase2" / "phase_summary.json").read_text())["log_history"])
@@ -108,9 +120,11 @@ def test_resume_after_a_kill_ends_with_the_same_parameters(tmp_path, finished_ru
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert marker.exists() and not (tmp_path / "out" / "phase2" / "phase_summary.json").exists(), "killed mid-phase 2"
+    assert marker.exists(), "killed mid-phase 2"
+    assert not (tmp_path / "out" / "phase2" / "phase_summary.json").exists(), "killed mid-phase 2"
     refused = train(tmp_path, recipe, check=False)
-    assert refused.returncode == 2 and "--resume" in refused.stderr
+    assert refused.returncode == 2
+    assert "--resume" in refused.stderr
     train(tmp_path, recipe, "--resume")
     for phase in ("phase1", "phase2"):
         resumed, uninterrupted = phase_weights(tmp_path / "out" / phase), phase_weights(finished_run / phase)
@@ -220,7 +234,8 @@ def test_two_processes_need_a_prepared_store(tmp_path):
     refused = subprocess.run(
         [*TWO_PROCESSES, SCRIPT, str(recipe)], capture_output=True, text=True, env=script_env(tmp_path), cwd=tmp_path
     )
-    assert refused.returncode != 0 and "prepare it first with `python train_mlm.py prepare RECIPE`" in refused.stderr
+    assert refused.returncode != 0
+    assert "prepare it first with `python train_mlm.py prepare RECIPE`" in refused.stderr
 
 
 def test_skipped_records_are_counted_and_reported(tmp_path):
@@ -245,7 +260,8 @@ def test_skipped_records_are_counted_and_reported(tmp_path):
         },
     )
     result = train(tmp_path, recipe)
-    assert "skipped, bad record at" in result.stderr and "mixed.jsonl:2" in result.stderr
+    assert "skipped, bad record at" in result.stderr
+    assert "mixed.jsonl:2" in result.stderr
     summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
     mixed = summary["phases"][0]["sources"]["mixed"]
     assert mixed["skipped_per_pass"] == {"bad record": 10, "empty document": 5}
@@ -329,7 +345,8 @@ def test_a_killed_prepare_continues_to_the_store_an_uninterrupted_one_makes(tmp_
             # datatrove's queue-manager process waiting for it forever
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            assert first.exists() and not (folder / "stores" / "tiny" / "manifest.json").exists(), "killed mid-way"
+            assert first.exists(), "killed mid-way"
+            assert not (folder / "stores" / "tiny" / "manifest.json").exists(), "killed mid-way"
         result = train(folder, "prepare", recipe, "--num_proc", 2)
         assert "store:" in result.stdout
         manifest = json.loads((folder / "stores" / "tiny" / "manifest.json").read_text())
@@ -339,7 +356,8 @@ def test_a_killed_prepare_continues_to_the_store_an_uninterrupted_one_makes(tmp_
             for part in record["parts"]
             for split, shard in part["shards"].items()
         }
-    assert len(checksums["whole"]) >= 8 and checksums["killed"] == checksums["whole"]
+    assert len(checksums["whole"]) >= 8
+    assert checksums["killed"] == checksums["whole"]
 
 
 def test_the_model_learns_context_not_only_token_frequencies(tmp_path):

@@ -133,7 +133,8 @@ def test_card_is_filled_from_the_run_and_parses_back(run, tmp_path):
         "fill-mask",
         ["en"],
     )
-    assert "clinical" in data.tags and data.base_model is None  # a fresh model: no base model to name
+    assert "clinical" in data.tags
+    assert data.base_model is None  # a fresh model: no base model to name
     # model-index: the selection metric's mean over the two seeds, test split
     seeds = [json.loads(p.read_text()) for p in sorted((run["results"] / "own").glob("seed*/results.json"))]
     (result,) = data.eval_results
@@ -146,9 +147,11 @@ def test_card_is_filled_from_the_run_and_parses_back(run, tmp_path):
     # the recipe table and the clinical share come from training_summary.json
     summary = json.loads((run["out"] / "training_summary.json").read_text())
     tokens = summary["total"]["tokens_per_source"]
-    assert f"{tokens['notes']:,}" in card.text and f"{tokens['abstracts']:,}" in card.text
+    assert f"{tokens['notes']:,}" in card.text
+    assert f"{tokens['abstracts']:,}" in card.text
     share = tokens["notes"] / sum(tokens.values())
-    assert f"({share:.1%}) are clinical notes" in card.text and "PHI" in card.text
+    assert f"({share:.1%}) are clinical notes" in card.text
+    assert "PHI" in card.text
     random = [json.loads(p.read_text()) for p in sorted((run["results"] / "random").glob("seed*/results.json"))]
     random_mean = statistics.fmean(r["metrics"]["test"]["weighted_f1"] for r in random)
     assert re.search(rf"\*\*weighted_f1\*\* \| [0-9.]+ \+- [0-9.]+ \| 2 \| {random_mean:.4f}", card.text)
@@ -175,7 +178,8 @@ def test_push_arrives_byte_for_byte_and_loads_with_stock_transformers(run, tmp_p
     result = hub.push(run["out"] / "phase2", repo, results=[run["results"]], revision="phase2", stage_dir=stage)
     arrived = fake_hub.files(repo, "phase2")
     staged = {k: v for k, v in _digest(stage).items() if k != hub.STAGE_MARKER}
-    assert arrived == staged and sorted(arrived) == [f["path"] for f in result["files"]]
+    assert arrived == staged
+    assert sorted(arrived) == [f["path"] for f in result["files"]]
     assert arrived["model.safetensors"] == (run["out"] / "phase2" / "model.safetensors").read_bytes()
     assert fake_hub.repos[repo]["private"] is False
     downloaded = fake_hub.write_out(repo, "phase2", tmp_path / "downloaded")
@@ -198,7 +202,8 @@ def test_transient_errors_are_retried_with_backoff(run, fake_hub, caplog):
     hub.push(run["out"] / "phase2", repo, retry_wait=0.01)
     assert fake_hub.fail == {"create": [], "commit": []}  # every injected failure was met, then it went through
     assert "model.safetensors" in fake_hub.files(repo)
-    assert "retry 2 of 4" in caplog.text and TOKEN not in caplog.text
+    assert "retry 2 of 4" in caplog.text
+    assert TOKEN not in caplog.text
 
 
 def test_failed_push_leaves_the_folder_untouched_and_the_printed_command_resumes(run, fake_hub, capsys, caplog):
@@ -207,11 +212,15 @@ def test_failed_push_leaves_the_folder_untouched_and_the_printed_command_resumes
     fake_hub.fail = {"commit": [403]}  # not transient: fails at once
     assert hub.main(["push", str(folder), "--repo", repo, "--private", "--retry-wait", "0.01"]) == 1
     err = capsys.readouterr().err
-    assert "403" in err and f"{folder} is untouched" in err and TOKEN not in err + caplog.text
+    assert "403" in err
+    assert f"{folder} is untouched" in err
+    assert TOKEN not in err + caplog.text
     resume = err.split("Resume with:\n")[1].strip()
-    assert _digest(folder) == before and not fake_hub.files(repo)
+    assert _digest(folder) == before
+    assert not fake_hub.files(repo)
     args = shlex.split(resume)
-    assert args[:4] == ["python", "-m", "modeling.publish", "push"] and "--private" in args
+    assert args[:4] == ["python", "-m", "modeling.publish", "push"]
+    assert "--private" in args
     assert hub.main(args[3:]) == 0
     assert fake_hub.files(repo)["model.safetensors"] == (folder / "model.safetensors").read_bytes()
 
@@ -269,10 +278,13 @@ def test_pickle_weights_are_refused_unless_allowed_and_never_published(tmp_path,
     assert torch.equal(loaded.model.embeddings.tok_embeddings.weight, model.model.embeddings.tok_embeddings.weight)
     model.save_pretrained(folder)  # safetensors beside the pickle: only the safetensors go out
     kept, left_out = _model_files(folder)
-    assert "model.safetensors" in kept and "pytorch_model.bin" not in kept and "pickle" in left_out["pytorch_model.bin"]
+    assert "model.safetensors" in kept
+    assert "pytorch_model.bin" not in kept
+    assert "pickle" in left_out["pytorch_model.bin"]
 
 
 def test_the_project_never_turns_on_trust_remote_code():
     sources = [p for p in [*ROOT.glob("*.py"), *(ROOT / "modeling").rglob("*.py")]]
     offenders = [str(p) for p in sources if re.search(r"trust_remote_code\s*=\s*True", p.read_text())]
-    assert sources and not offenders
+    assert sources
+    assert not offenders

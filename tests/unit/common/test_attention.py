@@ -78,11 +78,17 @@ def test_eager_gets_additive_masks_and_sdpa_boolean(tiny_tokenizer):
     doc_ids = torch.tensor([[0, 0, 1, 1, 1, -1]])
     sdpa = packed_attention_kwargs(doc_ids, "sdpa", sliding_window=1)["attention_mask"]
     eager = packed_attention_kwargs(doc_ids, "eager", sliding_window=1)["attention_mask"]
-    assert sdpa["full_attention"].dtype == torch.bool and eager["full_attention"].is_floating_point()
+    assert sdpa["full_attention"].dtype == torch.bool
+    assert eager["full_attention"].is_floating_point()
     full = sdpa["full_attention"][0, 0]
-    assert full[0, 1] and not full[1, 2] and full[2, 4] and not full[5, 4] and full[5, 5]
+    assert full[0, 1]
+    assert not full[1, 2]
+    assert full[2, 4]
+    assert not full[5, 4]
+    assert full[5, 5]
     sliding = sdpa["sliding_attention"][0, 0]
-    assert sliding[2, 3] and not sliding[2, 4]  # same document, outside the window
+    assert sliding[2, 3]
+    assert not sliding[2, 4]  # same document, outside the window
     assert torch.equal(eager["full_attention"] == 0, sdpa["full_attention"])
 
 
@@ -146,7 +152,8 @@ def test_varlen_segments_are_flash_attentions():
     # a row that starts with the document the previous row ended on is a segment of its own
     assert segments.cu_seq_lens.tolist() == flash["cu_seq_lens_q"].tolist() == [0, 3, 5, 6, 7, 12, 18]
     assert segments.cu_seq_lens.dtype == torch.int32
-    assert segments.max_length == flash["max_length_q"] == 6 and segments.window == 4
+    assert segments.max_length == flash["max_length_q"] == 6
+    assert segments.window == 4
 
 
 @pytest.mark.parametrize("window", [(-1, -1), (2, 2), (1, 3), (0, 0)])
@@ -196,7 +203,8 @@ def test_varlen_trains_exactly_as_document_sdpa(tiny_tokenizer):
     (doc_loss, doc_logits, doc_grads), (loss, logits, grads) = results["document_sdpa"], results["varlen"]
     assert abs(doc_loss - loss) < 1e-5
     assert (doc_logits - logits).abs().max() < 1e-5
-    assert doc_grads.keys() == grads.keys() and len(grads) > 10
+    assert doc_grads.keys() == grads.keys()
+    assert len(grads) > 10
     assert max((doc_grads[n] - grads[n]).abs().max().item() for n in grads) < 1e-5
 
 
@@ -216,13 +224,15 @@ def test_varlen_hands_the_kernel_the_flattened_batch_and_each_layers_window(tiny
         kwargs = packed_attention_kwargs(batch["doc_ids"], "varlen", config.sliding_window)
         with torch.no_grad():
             model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], **kwargs)
-    assert config.local_attention == 16 and config.sliding_window == 8
+    assert config.local_attention == 16
+    assert config.sliding_window == 8
     head_dim = config.hidden_size // config.num_attention_heads
     segments = attention.DocumentSegments.from_doc_ids(batch["doc_ids"], 8)
     assert len(calls) == config.num_hidden_layers
     for layer, (shape, cu_q, cu_k, max_q, max_k, window, scale) in enumerate(calls):
         assert shape == (batch["input_ids"].numel(), config.num_attention_heads, head_dim)
-        assert cu_q == cu_k == segments.cu_seq_lens.tolist() and max_q == max_k == segments.max_length
+        assert cu_q == cu_k == segments.cu_seq_lens.tolist()
+        assert max_q == max_k == segments.max_length
         assert window == ((-1, -1) if config.layer_types[layer] == "full_attention" else (8, 8))
         assert scale == head_dim**-0.5
 

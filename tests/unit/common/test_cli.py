@@ -24,4 +24,5 @@ def test_an_interrupt_that_is_swallowed_still_ends_the_command_as_interrupted(ca
 
     assert run_command(command, [], lambda argv: "continue with: --resume") == EXIT_INTERRUPTED
     assert capsys.readouterr().err.strip() == "error: interrupted; continue with: --resume"
-    assert run_command(lambda argv: 0, []) == 0 and not interrupted()  # the next command starts afresh
+    assert run_command(lambda argv: 0, []) == 0
+    assert not interrupted()  # the next command starts afresh

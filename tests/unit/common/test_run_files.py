@@ -36,7 +36,9 @@ class Outer(Record):
 def test_records_round_trip_through_json_with_nested_types():
     record = Outer("x", Inner(1.5), [Inner(2.0, "b")], {"k": Inner(3.0)}, maybe=Inner(4.0), extra=[1, 2])
     again = Outer.from_dict(json.loads(json.dumps(record.to_dict())))
-    assert again == record and isinstance(again.named["k"], Inner) and isinstance(again.maybe, Inner)
+    assert again == record
+    assert isinstance(again.named["k"], Inner)
+    assert isinstance(again.maybe, Inner)
     assert list(record.to_dict()) == ["name", "one", "many", "named", "maybe", "extra"]  # keys in field order
 
 
@@ -62,10 +64,12 @@ def test_atomic_folder_appears_only_when_complete(tmp_path):
     with pytest.raises(RuntimeError), run_files.atomic_folder(target) as tmp:
         (tmp / "vocab.json").write_text("{}")
         raise RuntimeError("killed while saving")
-    assert not target.exists() and list(tmp_path.iterdir()) == []
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
     with run_files.atomic_folder(target) as tmp:
         (tmp / "vocab.json").write_text("{}")
-    assert (target / "vocab.json").exists() and [p.name for p in tmp_path.iterdir()] == ["tokenizer"]
+    assert (target / "vocab.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer"]
 
 
 def test_every_file_has_one_name(tmp_path):
@@ -87,7 +91,8 @@ def test_every_file_has_one_name(tmp_path):
     (phase.checkpoints_dir / "checkpoint-last").mkdir()  # not a step: ignored
     assert [p.name for p in phase.checkpoints()] == ["checkpoint-12", "checkpoint-6", "checkpoint-3"]
     results = TaskResults(tmp_path / "results")
-    assert results.run(42).folder.name == "seed42" and results.run(42, lr=3e-5).folder.name == "lr3e-05-seed42"
+    assert results.run(42).folder.name == "seed42"
+    assert results.run(42, lr=3e-05).folder.name == "lr3e-05-seed42"
 
 
 def test_summaries_written_before_the_typed_records_still_load():
@@ -105,7 +110,8 @@ def test_summaries_written_before_the_typed_records_still_load():
     )
     assert summary.to_dict() == raw, "read back and written again, the file is the same"
     recipe = recipe_from_dict(json.loads((FIXTURES / "recipe.json").read_text()), validate=False)
-    assert recipe.sources["notes"].domain == "clinical" and recipe.hub.license == "apache-2.0"
+    assert recipe.sources["notes"].domain == "clinical"
+    assert recipe.hub.license == "apache-2.0"
     record = RunRecord.from_dict(json.loads((FIXTURES / "results.json").read_text()))
     assert record.to_dict() == json.loads((FIXTURES / "results.json").read_text())
     assert aggregate_runs([record], record.selection_metric).test[record.selection_metric].n == 1
@@ -122,7 +128,8 @@ def test_the_earliest_summaries_and_broken_files(tmp_path):
     earliest = tmp_path / "training_summary.json"
     earliest.write_text(json.dumps(raw))
     summary = TrainingSummary.load(earliest)
-    assert summary.phases[0].sources == {} and summary.phases[0].documents_trained == {}
+    assert summary.phases[0].sources == {}
+    assert summary.phases[0].documents_trained == {}
     assert summary.phases[1].held_out.loss_end == raw["phases"][1]["held_out"]["loss_end"]
     earliest.write_text(json.dumps(raw)[:200])
     with pytest.raises(DataError, match=r"training_summary\.json: not a readable TrainingSummary"):
@@ -136,7 +143,8 @@ def test_optional_mappings_of_records_are_rebuilt():
     other = RunRecord.from_dict({**record.to_dict(), "lr": record.lr * 10})
     aggregate = aggregate_runs([record, other], record.selection_metric)
     again = type(aggregate).from_dict(json.loads(json.dumps(aggregate.to_dict())))
-    assert isinstance(next(iter(again.by_lr.values())), LearningRateResult) and again == aggregate
+    assert isinstance(next(iter(again.by_lr.values())), LearningRateResult)
+    assert again == aggregate
 
 
 def test_temporaries_of_dead_writers_are_removed_and_those_of_live_ones_kept(tmp_path):
@@ -154,4 +162,6 @@ def test_temporaries_of_dead_writers_are_removed_and_those_of_live_ones_kept(tmp
     for path in (orphan, live, shard):
         path.write_bytes(b"x")
     assert remove_orphaned_temporaries(tmp_path) == 1
-    assert not orphan.exists() and live.exists() and shard.exists()
+    assert not orphan.exists()
+    assert live.exists()
+    assert shard.exists()

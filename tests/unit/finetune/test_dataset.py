@@ -36,7 +36,8 @@ def test_jsonl_with_official_splits_and_validation_carved_from_train(tmp_path):
     write_jsonl(tmp_path / "test.jsonl", [{"text": "held out", "label": "yes"}])
     splits, _ = load_task_examples(config(tmp_path, files={"train": "train.jsonl", "test": "test.jsonl"}))
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [17, 3, 1]
-    assert splits["test"][0].id == f"{tmp_path}/test.jsonl:1" and splits["test"][0].labels == ["yes"]
+    assert splits["test"][0].id == f"{tmp_path}/test.jsonl:1"
+    assert splits["test"][0].labels == ["yes"]
 
 
 def test_multi_label_from_a_separated_string_in_csv(tmp_path):
@@ -55,7 +56,9 @@ def test_multi_label_from_a_separated_string_in_csv(tmp_path):
         )
     )
     examples = {e.text: e.labels for s in splits.values() for e in s}
-    assert examples["n0"] == ["a", "b"] and examples["n2"] == [] and len(examples) == 10
+    assert examples["n0"] == ["a", "b"]
+    assert examples["n2"] == []
+    assert len(examples) == 10
 
 
 def test_ner_from_parquet_with_tag_ids(tmp_path):
@@ -63,7 +66,8 @@ def test_ner_from_parquet_with_tag_ids(tmp_path):
     pd.DataFrame({"tokens": words, "ner_tags": [[0, 1, 0]] * 10}).to_parquet(tmp_path / "d.parquet")
     splits, _ = load_task_examples(config(tmp_path / "d.parquet", task="ner", labels=("Drug",), loader="parquet"))
     example = splits["train"][0]
-    assert example.text == "took aspirin daily" and example.word_texts() == ["took", "aspirin", "daily"]
+    assert example.text == "took aspirin daily"
+    assert example.word_texts() == ["took", "aspirin", "daily"]
     assert example.tags == ["O", "B-Drug", "O"]
 
 
@@ -129,4 +133,5 @@ def test_malformed_records_name_file_and_line_or_are_counted(tmp_path):
     with open(tmp_path / "e.jsonl", "a") as handle:
         handle.write("not json\n")
     splits, skips = load_task_examples(config(tmp_path / "e.jsonl", on_bad_record="skip"))
-    assert sum(map(len, splits.values())) == 20 and skips.as_dict()["t"] == {"bad record": 1}
+    assert sum(map(len, splits.values())) == 20
+    assert skips.as_dict()["t"] == {"bad record": 1}

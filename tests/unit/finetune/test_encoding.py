@@ -48,7 +48,8 @@ def test_ner_tokenizer_puts_a_space_before_each_word(tokenizer_dir):
     )
     word_ids = encoded.word_ids()
     firsts = [t for i, t in enumerate(spaced) if word_ids[i] is not None and word_ids[i] != word_ids[i - 1]]
-    assert len(firsts) == 3 and all(t.startswith("Ġ") for t in firsts)
+    assert len(firsts) == 3
+    assert all(t.startswith("Ġ") for t in firsts)
     assert glued != spaced
 
 
@@ -57,7 +58,8 @@ def test_long_ner_document_is_windowed_and_each_word_labelled_once(tokenizer_dir
     words = ("patient took insulin and metformin for diabetes " * 12).split()
     tags = ["B-Drug" if w in ("insulin", "metformin") else "O" for w in words]
     split = encode_split("test", [ner_example(words, tags)], tokenizer, ner_task(), max_length=32)
-    assert len(split.features) > 3 and all(len(f["input_ids"]) <= 32 for f in split.features)
+    assert len(split.features) > 3
+    assert all(len(f["input_ids"]) <= 32 for f in split.features)
     label_ids = ["O", "B-Drug", "I-Drug"]
     labelled = {}
     for feature, window_words in zip(split.features, split.window_words, strict=True):
@@ -113,7 +115,8 @@ def test_classification_windows_carry_the_document_label_and_are_aggregated(toke
     short = Example(id="b", text="discharged home stable", labels=["neg"])
     split = encode_split("validation", [long, short], tokenizer, task, max_length=32, sort_by_length=True)
     windows_of_long = [i for i, e in enumerate(split.window_example) if e == 0]
-    assert len(windows_of_long) > 2 and all(split.features[i]["labels"] == 1 for i in windows_of_long)
+    assert len(windows_of_long) > 2
+    assert all(split.features[i]["labels"] == 1 for i in windows_of_long)
     assert split.window_example[-1] == 1  # sorted longest first: the short document's single window comes last
     logits = np.array([[float(i), -float(i)] for i in range(len(split.features))])
     mean = document_logits(split, logits, "mean")

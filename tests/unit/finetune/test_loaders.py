@@ -68,7 +68,8 @@ def test_chemprot_wrong_column_count_names_file_and_line_or_is_counted(chemprot)
     with pytest.raises(DataError, match=r"train\.tsv:4: wrong number of columns: 2 instead of 3"):
         read(task("chemprot_tsv", CPR_LABELS, "single_label", path=str(chemprot)))
     examples, skips = read(task("chemprot_tsv", CPR_LABELS, "single_label", path=str(chemprot), on_bad_record="skip"))
-    assert len(examples) == 4 and skips == {"wrong number of columns": 1}
+    assert len(examples) == 4
+    assert skips == {"wrong number of columns": 1}
 
 
 def test_chemprot_file_without_header_is_an_error(chemprot):
@@ -192,7 +193,9 @@ def test_phenotype_bad_rows_name_file_line_and_note_or_are_counted(phenotype, ro
         task("phenotype", PHENOTYPE_LABELS, "multi_label", path=str(phenotype), on_bad_record="skip")
     )
     assert [e.group for e in examples] == ["101", "102", "103"]
-    assert len(skips) == 1 and next(iter(skips)).startswith(reason) and sum(skips.values()) == 1
+    assert len(skips) == 1
+    assert next(iter(skips)).startswith(reason)
+    assert sum(skips.values()) == 1
 
 
 # ------------------------------------------------------------------------------ DEID
@@ -260,7 +263,8 @@ def test_deid_aligns_masks_with_the_original_text(tmp_path):
         ("org", "I-other"),
     ]
     assert entities(examples[1]) == [("Mary", "B-name"), ("1994", "B-date"), ("Q7", "B-other")]
-    assert entities(examples[2]) == [] and examples[2].word_texts() == ["No", "events", "."]
+    assert entities(examples[2]) == []
+    assert examples[2].word_texts() == ["No", "events", "."]
     assert skips == {"unrecognised PHI mask mapped to other": 1}
 
 
@@ -496,7 +500,8 @@ def test_brat_bad_spans_name_file_and_line_or_are_counted(cos, line, message, re
     with pytest.raises(DataError, match=message):
         read(task("brat", COS_LABELS, path=str(cos), unit="snippet"))
     examples, skips = read(task("brat", COS_LABELS, path=str(cos), unit="snippet", on_bad_record="skip"))
-    assert len(examples) == 3 and skips[reason] == 1
+    assert len(examples) == 3
+    assert skips[reason] == 1
 
 
 @pytest.mark.parametrize(

@@ -128,10 +128,12 @@ def test_packed_batch_equals_each_example_alone(tiny_tokenizer, task, pooling, a
     if attention in PER_DOCUMENT_BACKENDS:  # attention per example: one row, not a position of padding
         assert seen == [(1, sum(lengths))]
     else:  # dense masks: rows no wider than the longest example, fewer rows than examples
-        assert seen[0][0] == len(balanced_rows(lengths, max(lengths))) < len(features) and seen[0][1] <= max(lengths)
+        assert seen[0][0] == len(balanced_rows(lengths, max(lengths))) < len(features)
+        assert seen[0][1] <= max(lengths)
     assert rows == [padded["input_ids"].shape + (model.config.hidden_size,)], "outputs not back in the padded layout"
     assert abs(float(loss - reference_loss)) < TOLERANCE
-    assert grads.keys() == reference_grads.keys() and len(grads) > 10
+    assert grads.keys() == reference_grads.keys()
+    assert len(grads) > 10
     worst = max(float((grads[k] - reference_grads[k]).abs().max()) for k in grads)
     assert worst < TOLERANCE, f"largest gradient difference {worst:.2e}"
     for i, alone in enumerate(reference_logits):

@@ -41,7 +41,8 @@ def test_paper_protocol_is_the_default():
         3,
         16,
     )
-    assert config.seeds == [42, 43, 44, 45, 46] and config.max_length is None
+    assert config.seeds == [42, 43, 44, 45, 46]
+    assert config.max_length is None
     assert config.negative_labels == ["false"]
 
 
@@ -92,6 +93,8 @@ def test_overrides_apply_before_validation(tmp_path):
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump(minimal()))
     config = load_task_config(path, [("training.lr", 3e-5), ("peft", {"r": 4})])
-    assert config.training.lr == 3e-5 and config.peft.r == 4 and config.peft.alpha == 16
+    assert config.training.lr == 3e-05
+    assert config.peft.r == 4
+    assert config.peft.alpha == 16
     with pytest.raises(ConfigError, match="peft.rank"):
         load_task_config(path, [("peft", {"rank": 4})])

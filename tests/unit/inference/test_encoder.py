@@ -123,7 +123,9 @@ def test_tokenize_notes_wraps_and_cuts_like_training(tiny_tokenizer):
     notes_ids = tokenize_notes(tiny_tokenizer, ["fever and cough", long_note], max_length=32)
     short, cut = notes_ids.ids
     assert short == tiny_tokenizer("fever and cough")["input_ids"]
-    assert len(cut) == 32 and cut[0] == tiny_tokenizer.cls_token_id and cut[-1] == tiny_tokenizer.sep_token_id
+    assert len(cut) == 32
+    assert cut[0] == tiny_tokenizer.cls_token_id
+    assert cut[-1] == tiny_tokenizer.sep_token_id
     assert notes_ids.truncated == [False, True]
 
 
@@ -150,7 +152,8 @@ def test_cli_writes_embeddings_in_input_order(encoder_dir, tmp_path, capsys):
     )
     assert (embeddings - alone).abs().max() <= 1e-5
     out = capsys.readouterr().out
-    assert f"{len(texts)} notes" in out and "1 records skipped" in out
+    assert f"{len(texts)} notes" in out
+    assert "1 records skipped" in out
 
 
 def test_cli_classifier_predictions_equal_stock_forward(classifier_dir, tmp_path):
@@ -173,7 +176,9 @@ def test_cli_bad_record_is_one_line_naming_it(encoder_dir, tmp_path, capsys):
     path.write_text('{"text": "fever"}\n{"text": "cough"\n{"text": "pain"}\n')
     assert main([str(encoder_dir), str(path), "--output_dir", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("error:") and f"{path}:2" in error and "\n" not in error
+    assert error.startswith("error:")
+    assert f"{path}:2" in error
+    assert "\n" not in error
     assert not (tmp_path / "out").exists()
     assert main([str(encoder_dir), str(path), "--output_dir", str(tmp_path / "out"), "--on_bad_record", "skip"]) == 0
     assert load_file(tmp_path / "out" / "embeddings.safetensors")["embeddings"].shape[0] == 2

@@ -69,7 +69,8 @@ def test_masking_depends_only_on_seed_stream_and_row(tiny_tokenizer):
 
 def test_ramp_follows_the_row_position(tiny_tokenizer):
     schedule = MaskingSchedule(0.3, 0.15, total_rows=101)
-    assert schedule.probability(0) == 0.3 and abs(schedule.probability(100) - 0.15) < 1e-12
+    assert schedule.probability(0) == 0.3
+    assert abs(schedule.probability(100) - 0.15) < 1e-12
     assert abs(schedule.probability(50) - 0.225) < 1e-12
     rows = _rows(tiny_tokenizer, n=64)
     ramp = _collator(tiny_tokenizer, p=0.3, end=0.15, total=64)
@@ -81,4 +82,5 @@ def test_ramp_follows_the_row_position(tiny_tokenizer):
 def test_a_row_always_gets_a_target(tiny_tokenizer):
     row = PackedRow([tiny_tokenizer.cls_token_id, 100, tiny_tokenizer.sep_token_id], [3], doc_sources=[0], row_index=0)
     batch = _collator(tiny_tokenizer, p=0.01)([row])
-    assert batch["labels"].ne(-100).sum() == 1 and batch["labels"][0, 1] == 100
+    assert batch["labels"].ne(-100).sum() == 1
+    assert batch["labels"][0, 1] == 100

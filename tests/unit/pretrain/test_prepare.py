@@ -29,7 +29,8 @@ def test_a_prepared_store_is_found_again_and_reused(prepared):
     path, store = prepared
     again = prepare(_recipe(path), num_proc=1)
     assert again.manifest == store.manifest
-    assert store.manifest.sources["notes"].documents["train"] > 300 and store.manifest.tokens() > 10_000
+    assert store.manifest.sources["notes"].documents["train"] > 300
+    assert store.manifest.tokens() > 10000
 
 
 @pytest.mark.parametrize(
@@ -48,7 +49,8 @@ def test_a_store_made_for_something_else_is_refused_with_one_line(prepared, over
     path, _ = prepared
     with pytest.raises(error, match=message) as raised:
         open_store(_recipe(path, *overrides))
-    assert "\n" not in str(raised.value) and "--rebuild" in str(raised.value)
+    assert "\n" not in str(raised.value)
+    assert "--rebuild" in str(raised.value)
 
 
 def test_changed_files_are_refused_and_missing_ones_trust_the_store(prepared, tmp_path):
@@ -66,10 +68,8 @@ def test_rebuild_prepares_the_store_again(prepared):
     shard = store.folder.shard("notes", "train", 0)
     shard.write_bytes(b"damaged")
     rebuilt = prepare(_recipe(path), num_proc=1, rebuild=True)
-    assert (
-        rebuilt.manifest == store.manifest
-        and shard.stat().st_size == store.manifest.sources["notes"].parts[0].shards["train"].bytes
-    )
+    assert rebuilt.manifest == store.manifest
+    assert shard.stat().st_size == store.manifest.sources["notes"].parts[0].shards["train"].bytes
 
 
 def test_a_recipe_still_setting_retired_keys_is_told_why(tmp_path):
@@ -90,6 +90,7 @@ def test_parts_run_by_another_executor_are_found_by_prepare(tmp_path, monkeypatc
     assert tasks == 2  # one part per source at this size
     LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=2, logging_dir=str(tmp_path / "logs")).run()
     parts = sorted(p.name for p in (tmp_path / "stores" / "tiny").rglob("part-*.json"))
-    assert parts == ["part-00000.json", "part-00000.json"] and not (tmp_path / "stores/tiny/manifest.json").exists()
+    assert parts == ["part-00000.json", "part-00000.json"]
+    assert not (tmp_path / "stores/tiny/manifest.json").exists()
     store = prepare(recipe, num_proc=1)
     assert store.manifest.sources["notes"].documents["train"] > 300

@@ -132,17 +132,26 @@ def test_reference_recipe_values():
     base = load_recipe("bioclinical-modernbert-base")
     p1, p2 = base.phases
     assert (p1.masking, p2.masking) == (0.30, 0.15)
-    assert p1.length == {"epochs": 3} and p2.length == {"epochs": 3}
-    assert isinstance(p1.sources, list) and p2.sources == ["clinical", "mimic4"]
-    assert p2.schedule.decay == "1-sqrt" and p2.schedule.min_lr_ratio == 0.001
-    assert base.optimizer.lr == 3e-4 and base.optimizer.betas == [0.9, 0.98] and base.optimizer.weight_decay == 1e-5
-    assert base.batch.global_sequences == 576 and base.max_seq_length == 8192
+    assert p1.length == {"epochs": 3}
+    assert p2.length == {"epochs": 3}
+    assert isinstance(p1.sources, list)
+    assert p2.sources == ["clinical", "mimic4"]
+    assert p2.schedule.decay == "1-sqrt"
+    assert p2.schedule.min_lr_ratio == 0.001
+    assert base.optimizer.lr == 0.0003
+    assert base.optimizer.betas == [0.9, 0.98]
+    assert base.optimizer.weight_decay == 1e-05
+    assert base.batch.global_sequences == 576
+    assert base.max_seq_length == 8192
     large = load_recipe("bioclinical-modernbert-large")
-    assert large.optimizer.lr == 5e-5 and large.batch.global_sequences == 616 and large.optimizer.weight_decay == 1e-6
+    assert large.optimizer.lr == 5e-05
+    assert large.batch.global_sequences == 616
+    assert large.optimizer.weight_decay == 1e-06
     assert large.phases[1].schedule.decay_fraction == pytest.approx(1 / 3)
     clinical = load_recipe("clinical-modernbert")
     assert clinical.phases[0].masking == {"start": 0.30, "end": 0.15}
-    assert clinical.phases[0].schedule.decay == "cosine" and clinical.phases[0].schedule.warmup == 0.1
+    assert clinical.phases[0].schedule.decay == "cosine"
+    assert clinical.phases[0].schedule.warmup == 0.1
     assert clinical.sources["codes"].format == "codes"
 
 
@@ -166,9 +175,12 @@ def test_overrides_reach_nested_fields_list_items_and_sources(tmp_path):
             ]
         ),
     )
-    assert recipe.optimizer.lr == 1e-4 and recipe.optimizer.betas == [0.9, 0.95]
-    assert recipe.phases[1].masking == 0.2 and recipe.phases[0].length == {"steps": 5}
-    assert recipe.sources["notes"].path == "/elsewhere/notes.txt" and recipe.sources["notes"].format == "text"
+    assert recipe.optimizer.lr == 0.0001
+    assert recipe.optimizer.betas == [0.9, 0.95]
+    assert recipe.phases[1].masking == 0.2
+    assert recipe.phases[0].length == {"steps": 5}
+    assert recipe.sources["notes"].path == "/elsewhere/notes.txt"
+    assert recipe.sources["notes"].format == "text"
     assert recipe.batch.per_device == 2
 
 
@@ -203,7 +215,8 @@ def test_overrides_reach_nested_fields_list_items_and_sources(tmp_path):
 def test_bad_values_stop_with_the_key(tmp_path, override, expected):
     with pytest.raises(ConfigError) as error:
         load_recipe(write_recipe(tmp_path), parse_overrides(override))
-    assert expected in str(error.value) and "\n" not in str(error.value)
+    assert expected in str(error.value)
+    assert "\n" not in str(error.value)
 
 
 def test_sequence_length_above_the_models_positions(tmp_path, tiny_tokenizer):

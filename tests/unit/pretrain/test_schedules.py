@@ -50,14 +50,18 @@ def test_length_in_tokens_steps_and_epochs(tmp_path):
 
 def test_global_tokens_become_rows(tmp_path):
     recipe = _recipe(tmp_path, "--batch", "{global_tokens: 4096, per_device: 4}")
-    assert recipe.batch.rows_per_step(128) == 32 and recipe.batch.accumulation_steps(128, 2) == 4
+    assert recipe.batch.rows_per_step(128) == 32
+    assert recipe.batch.accumulation_steps(128, 2) == 4
 
 
 def test_constant_after_warmup(tmp_path):
     plan = plan_phase(_recipe(tmp_path, "--phases.0.length", "{steps: 20}"), 0)  # warmup 0.25, no decay
     lrs = _lrs(plan)
-    assert plan.warmup_steps == 5 and plan.decay_steps == 0
-    assert lrs[0] == 0 and lrs[4] < plan.lr and all(lr == plan.lr for lr in lrs[5:])
+    assert plan.warmup_steps == 5
+    assert plan.decay_steps == 0
+    assert lrs[0] == 0
+    assert lrs[4] < plan.lr
+    assert all(lr == plan.lr for lr in lrs[5:])
 
 
 def test_one_minus_sqrt_decay_to_the_minimum_ratio(tmp_path):
@@ -81,7 +85,8 @@ def test_decay_over_the_last_tokens_and_cosine_with_warmup(tmp_path):
     plan = plan_phase(recipe, 0)
     assert (plan.warmup_steps, plan.stable_steps, plan.decay_steps) == (10, 70, 20)  # 20480 tokens / 1024 per step
     lrs = _lrs(plan)
-    assert lrs[10] == lrs[79] == plan.lr and lrs[90] == pytest.approx(plan.lr * 0.5)
+    assert lrs[10] == lrs[79] == plan.lr
+    assert lrs[90] == pytest.approx(plan.lr * 0.5)
 
 
 def test_masking_ramp_spans_the_phase(tmp_path):

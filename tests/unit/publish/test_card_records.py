@@ -46,16 +46,19 @@ def test_encoder_card_from_a_run_recorded_before(old_run):
     phase1, phase2 = summary["phases"]
     for phase in (phase1, phase2):
         held = phase["held_out"]
-        assert f"| {phase['phase']} |" in text and f"{held['loss_start']:.3f} -> {held['loss_end']:.3f}" in text
+        assert f"| {phase['phase']} |" in text
+        assert f"{held['loss_start']:.3f} -> {held['loss_end']:.3f}" in text
     assert f"Held-out MLM loss ended at {phase2['held_out']['loss_end']:.3f}" in text
-    assert "**Clinical text.**" in text and "`notes` 100.0%" in text  # the recipe marks notes clinical
+    assert "**Clinical text.**" in text
+    assert "`notes` 100.0%" in text  # the recipe marks notes clinical
     record = old_run["record"]
     selected = record["metrics"]["test"][record["selection_metric"]]
     assert (
         f"| easy_single_label | single-label classification | **{record['selection_metric']}** | {selected:.4f}" in text
     )
     loaded = ModelCard(text)
-    assert loaded.data.license == "apache-2.0" and loaded.data.eval_results[0].metric_value == round(selected, 4)
+    assert loaded.data.license == "apache-2.0"
+    assert loaded.data.eval_results[0].metric_value == round(selected, 4)
     assert {"training_summary.json", "recipe.json", "model.safetensors", "README.md"} <= set(card.files)
 
 
@@ -68,4 +71,5 @@ def test_task_card_from_a_run_recorded_before(old_run):
     for label, count in record["label_counts"]["train"].items():
         assert f"| {label} | {count} |" in text
     assert "| metric | validation | test | test min | test max | this checkpoint (test) |" in text
-    assert "**Not a medical device.**" in text and "**Protected health information.**" not in text
+    assert "**Not a medical device.**" in text
+    assert "**Protected health information.**" not in text
