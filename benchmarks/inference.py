@@ -37,7 +37,8 @@ from benchmarks.common import (
     write_json,
 )
 from modeling.common.attention import DOCUMENT_SDPA
-from modeling.inference.encoder import NoteEncoder, TokenizedNotes, packed_batches, padded_batches
+from modeling.data.packers import packed_batches
+from modeling.inference.encoder import NoteEncoder, TokenizedNotes, padded_batches
 
 MAX_LENGTH = 8192
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
+from modeling.data.packers import best_fit_rows
 from modeling.data.packing import Packing
 from modeling.data.store import Store
 
@@ -30,58 +30,6 @@ def seeded(*parts) -> np.random.Generator:
     """A generator seeded from any labels (seed, phase, epoch, ...), stable across runs and machines."""
     digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=16).digest()
     return np.random.default_rng(int.from_bytes(digest, "little"))
-
-
-@numba.njit(cache=True)
-def best_fit_rows(piece_lengths: np.ndarray, capacity: int, open_rows: int, min_piece: int):
-    """Online best fit: each piece goes to the open row it fills most tightly (a new row when none has room);
-    a row whose free space falls below `min_piece` is closed, and when more than `open_rows` rows are open
-    the fullest is closed. Rows are numbered in the order they close. Returns (row of each piece, rows)."""
-    n = piece_lengths.shape[0]
-    provisional = np.empty(n, np.int64)  # rows are numbered as they open, then renumbered as they close
-    final = np.full(n + 1, -1, np.int64)
-    slot_row = np.empty(open_rows + 1, np.int64)
-    slot_free = np.empty(open_rows + 1, np.int64)
-    open_count = 0
-    opened = 0
-    closed = 0
-    for i in range(n):
-        length = piece_lengths[i]
-        best = -1
-        for s in range(open_count):
-            if slot_free[s] >= length and (best < 0 or slot_free[s] < slot_free[best]):
-                best = s
-        if best < 0:
-            best = open_count
-            slot_row[best] = opened
-            slot_free[best] = capacity
-            opened += 1
-            open_count += 1
-        provisional[i] = slot_row[best]
-        slot_free[best] -= length
-        if slot_free[best] < min_piece:
-            final[slot_row[best]] = closed
-            closed += 1
-            open_count -= 1
-            slot_row[best] = slot_row[open_count]
-            slot_free[best] = slot_free[open_count]
-        if open_count > open_rows:
-            fullest = 0
-            for s in range(1, open_count):
-                if slot_free[s] < slot_free[fullest]:
-                    fullest = s
-            final[slot_row[fullest]] = closed
-            closed += 1
-            open_count -= 1
-            slot_row[fullest] = slot_row[open_count]
-            slot_free[fullest] = slot_free[open_count]
-    for s in range(open_count):  # the rows still open close in the order they opened
-        final[slot_row[s]] = closed
-        closed += 1
-    rows = np.empty(n, np.int64)
-    for i in range(n):
-        rows[i] = final[provisional[i]]
-    return rows, closed
 
 
 @dataclass

@@ -27,24 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from modeling.common.attention import PER_DOCUMENT_BACKENDS, packed_attention_kwargs
-
-
-def balanced_rows(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Indices into `lengths` in as few rows of at most `capacity` tokens as it takes, the rows as even as
-    possible: every row is padded to the longest, so an even split wastes least. Longest first, each into the
-    least filled row; one more row whenever that overflows. Every length must be <= capacity."""
-    rows_needed = -(-sum(lengths) // capacity)
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    while True:
-        rows: list[list[int]] = [[] for _ in range(rows_needed)]
-        filled = [0] * rows_needed
-        for i in order:
-            r = filled.index(min(filled))
-            rows[r].append(i)
-            filled[r] += lengths[i]
-        if max(filled) <= capacity:
-            return [row for row in rows if row]
-        rows_needed += 1
+from modeling.data.packers import balanced_rows
 
 
 @dataclass

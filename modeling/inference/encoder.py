@@ -25,6 +25,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 from modeling.common.attention import PER_DOCUMENT_BACKENDS, known_attention, packed_attention_kwargs
 from modeling.common.errors import ConfigError
 from modeling.common.loading import load_config, load_pretrained, load_tokenizer
+from modeling.data.packers import packed_batches
 from modeling.data.packing import PackedRow, collate_rows, plain_backend
 
 POOLINGS = ("mean", "cls")
@@ -61,31 +62,6 @@ def padded_batches(lengths: list[int], notes_per_batch: int) -> list[list[list[i
     return [
         [[i] for i in range(s, min(s + notes_per_batch, len(lengths)))] for s in range(0, len(lengths), notes_per_batch)
     ]
-
-
-def packed_batches(lengths: list[int], batch_tokens: int) -> list[list[list[int]]]:
-    """Batches of rows of note indices. Notes go longest first; a batch's rows are as long as its first
-    (longest) note, each later note goes into the first row it fits (first-fit decreasing), and a batch
-    closes when another row would pass `batch_tokens` positions (it always holds at least one row)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches, rows, free, row_length = [], [], [], 0
-    for i in order:
-        n = lengths[i]
-        fit = next((r for r, space in enumerate(free) if space >= n), None)
-        if fit is not None:
-            rows[fit].append(i)
-            free[fit] -= n
-            continue
-        if rows and (len(rows) + 1) * row_length > batch_tokens:
-            batches.append(rows)
-            rows, free = [], []
-        if not rows:
-            row_length = n
-        rows.append([i])
-        free.append(row_length - n)
-    if rows:
-        batches.append(rows)
-    return batches
 
 
 # --------------------------------------------------------------------------- model

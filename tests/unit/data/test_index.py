@@ -8,13 +8,13 @@ from helpers import synthetic_documents
 
 from modeling.data.index import (
     PhaseDocuments,
-    best_fit_rows,
     epoch_order,
     pack_documents,
     pack_pieces,
     pieces,
     weighted_order,
 )
+from modeling.data.packers import best_fit_rows
 from modeling.data.packing import PackedRow, Packing, collate_rows, packing_efficiency
 from modeling.data.rows import pack_token_lists
 

@@ -21,7 +21,8 @@ from modeling.common.attention import (
     reference_varlen_attn,
     varlen_kernel,
 )
-from modeling.finetune.packing import PackedLayout, balanced_rows, install_packing, right_padded_lengths
+from modeling.data.packers import balanced_rows
+from modeling.finetune.packing import PackedLayout, install_packing, right_padded_lengths
 
 TOLERANCE = 1e-5
 NUM_LABELS = 4

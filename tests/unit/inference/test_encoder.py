@@ -18,8 +18,9 @@ from transformers import (
 )
 
 from modeling.common.attention import reference_varlen_attn, varlen_kernel
+from modeling.data.packers import packed_batches
 from modeling.inference.cli import main
-from modeling.inference.encoder import NoteEncoder, packed_batches, tokenize_notes
+from modeling.inference.encoder import NoteEncoder, tokenize_notes
 
 MAX_LENGTH = 96
 
