@@ -45,7 +45,11 @@ class PhaseIndex:
         self.documents = PhaseDocuments(store, sources)
         self.weights, self.seed, self.phase = weights, seed, phase
         self.packing, self.cache_dir = packing, cache_dir
-        # A cached index is used only by the same settings over the same documents.
+        # A cached index is used only by the same settings over the same documents: the store's training shards
+        # by their checksums, so a store prepared again (even with as many documents) never meets an old index.
+        shards = [
+            sorted(part.shards["train"].sha256 for part in store.manifest.sources[name].parts) for name in sources
+        ]
         settings = [
             sources,
             weights,
@@ -55,6 +59,7 @@ class PhaseIndex:
             packing.open_rows,
             store.manifest.tokenizer_sha256,
             [len(lengths) for lengths in self.documents.lengths],
+            shards,
         ]
         self.key = hashlib.blake2b(json.dumps(settings).encode(), digest_size=6).hexdigest()
         self.indexes: list[RowIndex] = []  # natural proportion: one per epoch; weighted: one

@@ -193,6 +193,18 @@ def test_a_cached_weighted_index_serves_a_longer_phase_over_the_same_settings(tm
     assert index.row_start[local + 1] > index.row_start[local]
 
 
+def test_a_store_prepared_again_with_other_documents_never_meets_an_old_index(tmp_path, tiny_tokenizer):
+    packing, specs = Packing.of(tiny_tokenizer, 64, 8), _corpus(tmp_path)
+    first = _store(tmp_path, tiny_tokenizer, specs)
+    key = PhaseIndex(first, ["notes"], None, seed=1, phase="p", packing=packing).key
+    for f in range(3):  # the same notes in another order: the same counts and held-out split, other shards
+        note_file = tmp_path / "corpus" / f"notes{f}.txt"
+        note_file.write_text("\n".join(reversed(note_file.read_text().splitlines())) + "\n")
+    again = _store(tmp_path, tiny_tokenizer, specs, name="store_again")
+    assert again.manifest.sources["notes"].documents == first.manifest.sources["notes"].documents
+    assert PhaseIndex(again, ["notes"], None, seed=1, phase="p", packing=packing).key != key
+
+
 def test_a_full_disk_is_one_line_and_leaves_nothing_that_counts(tmp_path, tiny_tokenizer):
     import subprocess
 
