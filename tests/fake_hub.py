@@ -21,7 +21,8 @@ import yaml
 class FakeHub:
     def __init__(self, token: str):
         self.token = token
-        self.repos: dict[str, dict] = {}  # repo_id -> {"private": bool, "branches": {name: {path: bytes}}}
+        # repo_id -> {"private": bool, "branches": {name: {path: bytes}}, "heads": {name: commit id}}
+        self.repos: dict[str, dict] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, Authorization header
         self.commits: list[tuple[str, str, list[str]]] = []  # repo, branch, paths
         self.fail: dict[str, list[int]] = {}
@@ -41,12 +42,8 @@ class FakeHub:
         return self.repos[repo_id]["branches"][branch]
 
     def revision_sha(self, repo_id: str, branch: str) -> str:
-        """A commit id for what a branch holds now (40 hex digits, as the Hub's): it changes with every commit."""
-        files = self.files(repo_id, branch)
-        digest = hashlib.sha1(repo_id.encode() + branch.encode())
-        for name in sorted(files):
-            digest.update(name.encode() + hashlib.sha1(files[name]).digest())
-        return digest.hexdigest()
+        """The commit id a branch points at (40 hex digits, as the Hub's): its last commit's."""
+        return self.repos[repo_id]["heads"][branch]
 
     def write_out(self, repo_id: str, branch: str, folder: Path) -> Path:
         """What arrived on a branch, as a folder on disk (to load it as downstream users would)."""
@@ -92,7 +89,7 @@ class FakeHub:
                 if repo is None:
                     return self._reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
                 revision = revision or "main"
-                by_sha = {hub.revision_sha(repo_id, name): name for name in repo["branches"]}
+                by_sha = {sha: name for name, sha in repo["heads"].items()}
                 revision = by_sha.get(revision, revision)  # a download asks by commit id once it knows it
                 if revision not in repo["branches"]:
                     return self._reply(
@@ -150,6 +147,7 @@ class FakeHub:
                     if revision in branches:
                         return self._reply(409, {"error": "Reference already exists"})
                     branches[revision] = dict(branches["main"])
+                    hub.repos[repo_id]["heads"][revision] = hub.repos[repo_id]["heads"]["main"]
                     return self._reply(200, {})
                 if revision not in branches:
                     return self._reply(
@@ -173,6 +171,7 @@ class FakeHub:
                 hub.repos[repo_id] = {
                     "private": payload.get("visibility") == "private" or bool(payload.get("private")),
                     "branches": {"main": {}},
+                    "heads": {"main": hashlib.sha1(repo_id.encode()).hexdigest()},  # branch -> commit id
                 }
                 return self._reply(200, url)
 
@@ -202,6 +201,7 @@ class FakeHub:
                         return self._reply(400, {"error": f"unsupported operation {line['key']}"})
                 hub.commits.append((repo_id, revision, changed))
                 oid = hashlib.sha1(json.dumps(sorted(changed)).encode() + str(len(hub.commits)).encode()).hexdigest()
+                hub.repos[repo_id]["heads"][revision] = oid
                 return self._reply(
                     200, {"commitUrl": f"{hub.url}/{repo_id}/commit/{oid}", "commitOid": oid, "success": True}
                 )

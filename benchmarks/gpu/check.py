@@ -36,6 +36,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from modeling.common import run_files
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 BUDGET_S = 455  # the whole check; run.sh's own `timeout` is the backstop, the wheels' install comes before
 MARGIN_S = 8  # a part stops taking on work this long before its cap: start-up and the last write
@@ -180,18 +182,12 @@ def _write(out: Path, report: dict, started: float) -> None:
     from benchmarks.gpu.report import markdown
 
     report["wall_s"] = round(time.monotonic() - started, 1)
-    _replace(out / "gpu_check.json", json.dumps(report, indent=1, default=str))
+    run_files.write_json(out / "gpu_check.json", report, indent=1)
     try:
         text = markdown(report)
     except Exception as error:
         text = f"# GPU check\n\nThe tables could not be made ({type(error).__name__}: {error}); see gpu_check.json.\n"
-    _replace(out / "gpu_check.md", text)
-
-
-def _replace(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    run_files.write_text(out / "gpu_check.md", text)
 
 
 if __name__ == "__main__":

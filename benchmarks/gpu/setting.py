@@ -16,7 +16,6 @@ evaluate, datatrove, pubmed-parser, seqeval, deepspeed or flash-attn (absent fro
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import SHAPES, clinical_lengths
+from modeling.common import run_files
 
 BASE_ROW = 8192
 
@@ -369,9 +369,7 @@ class PartContext:
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"rows": self.rows, "skipped": self.skipped, "failed": self.failed, "notes": self.notes}
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(data, indent=1, default=str))
-        os.replace(temporary, self.path)
+        run_files.write_json(self.path, data, indent=1)
 
 
 def describe(error: BaseException) -> str:

