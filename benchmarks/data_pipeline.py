@@ -82,7 +82,7 @@ def child(corpus: str, tokenizer_dir: str, row_length: int) -> dict:
     cpu_start, start = time.process_time(), time.perf_counter()  # reading only: index, rows, collate, mask
     index = PhaseIndex(store, ["corpus"], None, seed=0, phase="benchmark", packing=Packing.of(tokenizer, row_length))
     rows = PhaseRows(folder.folder, index, index.rows_in_epochs(1))
-    collator = MLMCollator(tokenizer, MaskingSchedule(0.3, 0.3, 1), 0, "benchmark", row_length)
+    collator = MLMCollator(tokenizer, Packing.of(tokenizer, row_length), MaskingSchedule(0.3, 0.3, 1), 0, "benchmark")
     tokens = documents = batches = 0
     for first in range(0, len(rows), 8):
         batch_rows = [rows[i] for i in range(first, min(first + 8, len(rows)))]

@@ -66,7 +66,9 @@ def exact_rows(tokenizer, texts, row_length: int, count: int) -> list[PackedRow]
 def mlm_batches(tokenizer, rows, row_length, rows_per_batch, seed=0) -> list[dict]:
     for index, row in enumerate(rows):
         row.row_index = index
-    collator = MLMCollator(tokenizer, MaskingSchedule(MASKING, MASKING, len(rows)), seed, "benchmark", row_length)
+    collator = MLMCollator(
+        tokenizer, Packing.of(tokenizer, row_length), MaskingSchedule(MASKING, MASKING, len(rows)), seed, "benchmark"
+    )
     return [collator(rows[s : s + rows_per_batch]) for s in range(0, len(rows) - rows_per_batch + 1, rows_per_batch)]
 
 

@@ -160,7 +160,8 @@ class GradientCheck:
         for i, row in enumerate(packed):
             row.row_index = i
         schedule = MaskingSchedule(0.3, 0.3, len(packed))
-        collator = MLMCollator(synthetic_tokenizer(setting), schedule, 0, "check", setting.small_row)
+        tokenizer = synthetic_tokenizer(setting)
+        collator = MLMCollator(tokenizer, Packing.of(tokenizer, setting.small_row), schedule, 0, "check")
         batch = {k: v.to(setting.device) for k, v in collator(packed).items()}
         model = _model(setting, config)
         model.config.sparse_prediction = model.sparse_prediction = True

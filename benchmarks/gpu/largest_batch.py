@@ -24,6 +24,7 @@ from benchmarks.gpu.setting import (
     synthetic_tokenizer,
 )
 from modeling.common.attention import VARLEN, known_attention, packed_model_inputs
+from modeling.data.packing import Packing
 from modeling.pretrain.masking import MLMCollator
 from modeling.pretrain.model import set_sparse_prediction
 from modeling.pretrain.schedules import MaskingSchedule
@@ -65,7 +66,9 @@ def search(ctx: PartContext, name: str, shape: dict) -> dict:
     set_sparse_prediction(model, True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=1e-5)
     packed, _ = packed_batch(setting, setting.row_length, 8)
-    collator = MLMCollator(tokenizer, MaskingSchedule(0.3, 0.3, 10**6), 0, "largest", setting.row_length)
+    collator = MLMCollator(
+        tokenizer, Packing.of(tokenizer, setting.row_length), MaskingSchedule(0.3, 0.3, 10**6), 0, "largest"
+    )
     tried: dict[int, dict] = {}
 
     def fits(size: int) -> bool:

@@ -7,8 +7,12 @@
   packed_batches  inference (modeling.inference.encoder): a file of notes, longest first, first-fit decreasing
                   into batches of rows as long as each batch's longest note
 
-Each takes lengths and says which items go in which row; what a row then holds, and how rows are collated into
-tensors, is modeling.data.packing's.
+The interface they share: item lengths (tokens, [CLS]/[SEP] included) and a capacity in tokens in, the items'
+indices grouped into rows out, every row within the capacity; nothing but lengths is read, so each is tested
+and benchmarked on lengths alone. best_fit_rows answers with each piece's row number instead of lists (a numba
+kernel over arrays of millions); packed_batches' capacity is a batch's (`batch_tokens`), its rows as long as
+each batch's longest note, and it answers with batches of rows. What a row
+then holds, and how rows are collated into tensors, is modeling.data.packing's.
 """
 
 from __future__ import annotations

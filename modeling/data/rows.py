@@ -1,7 +1,8 @@
 """A phase's rows, built on demand from the token store by their index: what the Trainer's data loader reads.
 
 `PhaseIndex` holds the row indexes of a phase (one per epoch in natural proportion, one for a weighted
-phase), built from document lengths (modeling.data.index) and kept in the phase folder so a resume finds
+phase), built from document lengths (modeling.data.index) and kept with the store (or, where it is read-only,
+in the phase folder), named by what they were built from, so another run on the store or a resume finds
 them at once. `PhaseRows` is a map-style dataset: row i is read from memory-mapped shards by whichever
 process and data loader worker asks for it, so each rank reads only its own rows and a resume skips rows
 by index arithmetic, reading nothing before the checkpoint.

@@ -9,6 +9,8 @@ and kept on disk as Arrow, so training reads token ids instead of parsing and to
         held_out-00003.arrow     vocabularies over 65,536), the document's tokens without [CLS]/[SEP]
         part-00003.json          what part 3 read: files, documents, tokens, skips, the shards' sha256
       logs/                      the executor's task logs and completion markers
+      row_indexes/               row indexes built by training runs (modeling.data.rows), named by what they were
+                                 built from, so every run on the store with the same settings shares them
 
 Work is cut into parts: a part is a run of a source's files (about `part_bytes` of input; a larger file is
 a part of its own), so parts, and therefore the store, do not depend on how many processes prepare it. The
@@ -133,6 +135,10 @@ class StoreFolder:
     @property
     def logs_dir(self) -> Path:
         return self.folder / "logs"
+
+    @property
+    def row_indexes_dir(self) -> Path:
+        return self.folder / "row_indexes"
 
     def source_dir(self, source: str) -> Path:
         return self.folder / source

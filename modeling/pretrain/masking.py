@@ -13,7 +13,7 @@ import hashlib
 
 import torch
 
-from modeling.data.packing import PackedRow, collate_rows
+from modeling.data.packing import PackedRow, Packing, collate_rows
 from modeling.pretrain.schedules import MaskingSchedule
 
 
@@ -23,30 +23,26 @@ def row_seed(seed: int, stream: str, row_index: int) -> int:
 
 
 class MLMCollator:
-    """Pads packed rows into a batch and masks them: of the chosen positions 80% become [MASK],
-    10% a random non-special token, 10% stay; special tokens and padding are never chosen."""
+    """Pads packed rows into a batch of the packing's row length and masks them: of the chosen positions 80%
+    become [MASK], 10% a random non-special token, 10% stay (BERT's shares); special tokens and padding are never
+    chosen. `stream` names the data stream the rows come from (e.g. "train/phase1"): its rows are masked apart
+    from another stream's rows of the same index."""
+
+    MASK_SHARE = 0.8
+    RANDOM_SHARE = 0.1
 
     def __init__(
-        self,
-        tokenizer,
-        schedule: MaskingSchedule,
-        seed: int,
-        stream: str,
-        max_seq_length: int,
-        num_sources: int = 1,
-        mask_replace_prob: float = 0.8,
-        random_replace_prob: float = 0.1,
+        self, tokenizer, packing: Packing, schedule: MaskingSchedule, seed: int, stream: str, num_sources: int = 1
     ):
-        self.schedule, self.seed, self.stream, self.max_seq_length = schedule, seed, stream, max_seq_length
+        self.packing, self.schedule, self.seed, self.stream = packing, schedule, seed, stream
         self.num_sources = num_sources
         self.mask_id, self.pad_id = tokenizer.mask_token_id, tokenizer.pad_token_id
         special = set(tokenizer.all_special_ids)
         self.special_ids = torch.tensor(sorted(special), dtype=torch.long)
         self.random_ids = torch.tensor([i for i in range(len(tokenizer)) if i not in special], dtype=torch.long)
-        self.mask_replace_prob, self.random_replace_prob = mask_replace_prob, random_replace_prob
 
     def __call__(self, rows: list[PackedRow]) -> dict:
-        batch = collate_rows(rows, self.pad_id, self.max_seq_length, self.num_sources)
+        batch = collate_rows(rows, self.pad_id, self.packing.row_length, self.num_sources)
         input_ids = batch["input_ids"]
         labels = torch.full_like(input_ids, -100)
         for b, row in enumerate(rows):
@@ -65,10 +61,8 @@ class MLMCollator:
             chosen[candidates[torch.randint(len(candidates), (1,), generator=generator)]] = True
         labels[chosen] = ids[chosen]
         action = torch.rand(ids.shape, generator=generator)
-        to_mask = chosen & (action < self.mask_replace_prob)
-        to_random = (
-            chosen & (action >= self.mask_replace_prob) & (action < self.mask_replace_prob + self.random_replace_prob)
-        )
+        to_mask = chosen & (action < self.MASK_SHARE)
+        to_random = chosen & (action >= self.MASK_SHARE) & (action < self.MASK_SHARE + self.RANDOM_SHARE)
         random_tokens = self.random_ids[torch.randint(len(self.random_ids), ids.shape, generator=generator)]
         ids[to_mask] = self.mask_id
         ids[to_random] = random_tokens[to_random]

@@ -7,8 +7,9 @@ training_curves.png             loss, learning rate and masking rate over tokens
 tensorboard/PHASE/              TensorBoard events (when logging.report_to names tensorboard)
 PHASE/                          the phase's model: a stock transformers folder (safetensors)
 PHASE/phase_state.json          held-out loss measured before the phase's first step (a resume reads it)
-PHASE/index/                    the phase's row indexes (epoch-N-KEY.npz, weighted-ROWS-KEY.npz; KEY: the settings
-                                and documents they were built from): rebuilt if missing
+PHASE/index/                    the phase's row indexes (epoch-NNNNN-KEY.npz, weighted-ROWS-KEY.npz; KEY: the settings
+                                and documents they were built from), only where the store is read-only: they are
+                                kept in the store (STORE/row_indexes/), shared by runs; rebuilt if missing
 PHASE/phase_summary.json        written when the phase is done; its presence marks the phase complete
 PHASE/checkpoints/checkpoint-N/ resumable Trainer checkpoint; complete once checkpoint_complete.json is in it
                                 and the Trainer's state and the engine's files read back (DDP: model.safetensors,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -299,7 +300,7 @@ def set_up_phase(
     folder.folder.mkdir(parents=True, exist_ok=True)
     packing = Packing.of(tokenizer, recipe.max_seq_length, recipe.data.pack_open_rows)
     data = build_phase_data(
-        store, phase.name, phase.sources, recipe.seed, packing, recipe.holdout.max_documents, folder.index_dir
+        store, phase.name, phase.sources, recipe.seed, packing, recipe.holdout.max_documents, index_cache(store, folder)
     )
     plan = plan_phase(recipe, index, data.epoch_rows(phase.length.get("epochs")))
     num_processes = PartialState().num_processes
@@ -330,11 +331,9 @@ def set_up_phase(
         args=training_arguments(recipe, plan, folder, accumulation),
         train_dataset=train_rows,
         eval_dataset=eval_rows,
-        data_collator=MLMCollator(
-            tokenizer, plan.masking, recipe.seed, f"train/{phase.name}", recipe.max_seq_length, len(names)
-        ),
+        data_collator=MLMCollator(tokenizer, packing, plan.masking, recipe.seed, f"train/{phase.name}", len(names)),
         held_out_collator=MLMCollator(
-            tokenizer, eval_masking, recipe.seed, f"held-out/{phase.name}", recipe.max_seq_length, len(names)
+            tokenizer, packing, eval_masking, recipe.seed, f"held-out/{phase.name}", len(names)
         ),
         processing_class=tokenizer,
         callbacks=trainer_callbacks(recipe, PretrainingRun(recipe.output_dir).tensorboard_dir(phase.name)),
@@ -344,6 +343,15 @@ def set_up_phase(
         carry_optimizer_from=None if phase.reset_optimizer else previous_checkpoint,
     )
     return PhaseSetup(trainer, plan, data.index, eval_rows, folder)
+
+
+def index_cache(store: Store, folder: PhaseFolder) -> Path:
+    """Where the phase's row indexes are kept: in the store, so every run on it with the same settings shares them
+    (their names say what they were built from); in the phase folder where the store is read-only."""
+    if os.access(store.folder.folder, os.W_OK):
+        return store.folder.row_indexes_dir
+    log.info("store %s is read-only: row indexes are kept in %s", store.folder.folder, folder.index_dir)
+    return folder.index_dir
 
 
 def last_complete_checkpoint(folder: PhaseFolder, engine: str, processes: int = 1) -> str | None:

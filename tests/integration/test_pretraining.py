@@ -47,6 +47,14 @@ def test_each_phase_leaves_a_folder_stock_transformers_loads(finished_run):
         assert all("token_str" in p for p in predictions)
 
 
+def test_row_indexes_are_kept_with_the_store_for_every_run_on_it(finished_run):
+    indexes = finished_run.parent / "stores" / "tiny" / "row_indexes"
+    assert len(list(indexes.glob("weighted-*.npz"))) == 1  # phase 1: weighted
+    assert len(list(indexes.glob("epoch-00000-*.npz"))) == 1  # phase 2: natural proportion, one epoch
+    assert not (finished_run / "phase1" / "index").exists()
+    assert not (finished_run / "phase2" / "index").exists()
+
+
 def test_summary_counts_tokens_and_loss_falls_in_both_phases(finished_run):
     summary = json.loads((finished_run / "training_summary.json").read_text())
     phase1, phase2 = summary["phases"]

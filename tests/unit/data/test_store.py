@@ -4,7 +4,9 @@ against its manifest, and read back as rows that do not depend on who reads them
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,3 +245,18 @@ def test_a_hugging_face_dataset_is_streamed_once_into_the_store(tmp_path, tiny_t
     assert record.tokens["train"] == sum(
         len(tiny_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts if not is_held_out(t, FRACTION)
     )
+
+
+def test_row_indexes_are_kept_with_the_store_unless_it_is_read_only(tmp_path, tiny_tokenizer, monkeypatch):
+    from modeling.pretrain.run_folder import PhaseFolder
+    from modeling.pretrain.runner import index_cache
+
+    store, phase = _store(tmp_path, tiny_tokenizer, _corpus(tmp_path)), PhaseFolder(tmp_path / "out" / "p")
+    assert index_cache(store, phase) == tmp_path / "store" / "row_indexes"
+    # Permission bits do not stop root (these tests run as root in CI), so the store is made read-only to the
+    # permission check itself.
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: False if Path(path) == store.folder.folder else real_access(path, mode)
+    )
+    assert index_cache(store, phase) == tmp_path / "out" / "p" / "index"

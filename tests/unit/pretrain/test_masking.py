@@ -2,7 +2,7 @@
 
 import torch
 
-from modeling.data.packing import PackedRow
+from modeling.data.packing import PackedRow, Packing
 from modeling.pretrain.masking import MLMCollator
 from modeling.pretrain.schedules import MaskingSchedule
 
@@ -27,9 +27,8 @@ def _rows(tokenizer, n=64, length=120):
 
 
 def _collator(tokenizer, p=0.3, end=None, total=64, seed=1, stream="train/p1"):
-    return MLMCollator(
-        tokenizer, MaskingSchedule(p, p if end is None else end, total), seed, stream, max_seq_length=128
-    )
+    schedule = MaskingSchedule(p, p if end is None else end, total)
+    return MLMCollator(tokenizer, Packing.of(tokenizer, 128), schedule, seed, stream)
 
 
 def test_80_10_10_and_never_special_or_padding(tiny_tokenizer):
