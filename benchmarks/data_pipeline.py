@@ -62,8 +62,9 @@ def child(corpus: str, tokenizer_dir: str, row_length: int) -> dict:
 
     from transformers import AutoTokenizer
 
+    from modeling.data.index import PhaseIndex
     from modeling.data.packing import Packing
-    from modeling.data.rows import PhaseIndex, PhaseRows
+    from modeling.data.rows import PhaseRows
     from modeling.data.sources import SourceSpec
     from modeling.data.store import Part, Store, StoreFolder, write_manifest
     from modeling.data.store import prepare_part as prepare

@@ -155,7 +155,8 @@ def time_resume(store: Store, tokenizer, step: int, rows_per_step: int, cache: P
     from accelerate.data_loader import skip_first_batches
     from torch.utils.data import DataLoader
 
-    from modeling.data.rows import PhaseIndex, PhaseRows
+    from modeling.data.index import PhaseIndex
+    from modeling.data.rows import PhaseRows
 
     started = time.perf_counter()
     fresh = Store(store.folder.folder)

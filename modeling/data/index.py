@@ -9,19 +9,29 @@ a row cut into pieces as training always cut them (`[CLS]` + at most `Packing.bo
 (source, document, first token, tokens): everything a data loader needs to build any row on its own.
 
 Everything is a function of (seed, phase, epoch) and the store, so every process and every machine builds
-the same index without talking to the others, and a resumed run finds row N where it left it.
+the same index without talking to the others, and a resumed run finds row N where it left it. `PhaseIndex`
+holds a phase's indexes (one per epoch in natural proportion, one for a weighted phase), built as needed and
+kept with the store (or, where it is read-only, in the phase folder), named by what they were built from, so
+another run on the store or a resume finds them at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from modeling.common import run_files
 from modeling.data.packers import best_fit_rows
 from modeling.data.packing import Packing
 from modeling.data.store import Store
+
+log = logging.getLogger(__name__)
 
 MIN_PIECE = 3  # a row with less free space than the smallest piece ([CLS] x [SEP]) is closed
 
@@ -160,3 +170,124 @@ def _index(documents: PhaseDocuments, source, document, packing: Packing) -> Row
         where = source == s
         lengths[where] = source_lengths[document[where]]
     return pack_documents(source, document, lengths, packing)
+
+
+class PhaseIndex:
+    """The row indexes of one phase, built when first needed and cached in `cache_dir` (any process may
+    write a cache file; they are written atomically and all writers write the same bytes)."""
+
+    def __init__(
+        self,
+        store: Store,
+        sources: list[str],
+        weights: list[float] | None,
+        seed: int,
+        phase: str,
+        packing: Packing,
+        cache_dir: Path | None = None,
+    ):
+        self.documents = PhaseDocuments(store, sources)
+        self.weights, self.seed, self.phase = weights, seed, phase
+        self.packing, self.cache_dir = packing, cache_dir
+        # A cached index is used only by the same settings over the same documents: the store's training shards
+        # by their checksums, so a store prepared again (even with as many documents) never meets an old index.
+        shards = [
+            sorted(part.shards["train"].sha256 for part in store.manifest.sources[name].parts) for name in sources
+        ]
+        settings = [
+            sources,
+            weights,
+            seed,
+            phase,
+            packing.row_length,
+            packing.open_rows,
+            store.manifest.tokenizer_sha256,
+            [len(lengths) for lengths in self.documents.lengths],
+            shards,
+        ]
+        self.key = hashlib.blake2b(json.dumps(settings).encode(), digest_size=6).hexdigest()
+        self.indexes: list[RowIndex] = []  # natural proportion: one per epoch; weighted: one
+        self.firsts: list[int] = [0]  # first row of each index, and one past the last
+
+    def rows_in_epochs(self, epochs: float) -> int:
+        """Rows of the phase's first `epochs` epochs (natural proportion): whole epochs, then a share of the next."""
+        whole = int(epochs)
+        self._build_until_index(whole + (epochs > whole))
+        rows = self.firsts[whole]
+        if epochs > whole:
+            rows += int((epochs - whole) * len(self.indexes[whole]))
+        return rows
+
+    def ensure_rows(self, rows: int) -> None:
+        """Build indexes until the phase holds at least `rows` rows."""
+        if self.weights is not None:
+            if not self.indexes:
+                # named by its rows: a longer phase over the same settings needs a longer index
+                self._add(self._cached(f"weighted-{rows}", lambda: self._weighted(rows)))
+            if self.firsts[-1] < rows:
+                raise ValueError(f"phase {self.phase}: the weighted index holds {self.firsts[-1]} of {rows} rows")
+            return
+        while self.firsts[-1] < rows:
+            self._build_until_index(len(self.indexes) + 1)
+
+    def locate(self, row: int) -> tuple[RowIndex, int]:
+        if row >= self.firsts[-1]:
+            self.ensure_rows(row + 1)
+        which = int(np.searchsorted(self.firsts, row, side="right")) - 1
+        return self.indexes[which], row - self.firsts[which]
+
+    def passes_started(self, source: int, rows: int) -> int:
+        """Passes over a source that the first `rows` rows began: the epochs they reach (natural proportion),
+        or how many times the source's documents were drawn through (weighted)."""
+        self.ensure_rows(rows)
+        if self.weights is None:
+            return max(1, int(np.searchsorted(self.firsts, rows, side="left")))
+        index = self.indexes[0]
+        last_piece = index.row_start[min(rows, len(index))]
+        begun = (index.source[:last_piece] == source) & (index.start[:last_piece] == 0)
+        return max(1, -(-int(begun.sum()) // max(1, int(self.documents.counts()[source]))))
+
+    # -- internals
+
+    def _build_until_index(self, count: int):
+        while len(self.indexes) < count:
+            epoch = len(self.indexes)
+            index = self._cached(f"epoch-{epoch:05d}", lambda e=epoch: self._epoch(e))
+            if not len(index):
+                raise ValueError(f"phase {self.phase}: no training documents to build rows from")
+            self._add(index)
+
+    def _add(self, index: RowIndex):
+        self.indexes.append(index)
+        self.firsts.append(self.firsts[-1] + len(index))
+
+    def _epoch(self, epoch: int) -> RowIndex:
+        started = time.monotonic()
+        index = epoch_index(self.documents, self.seed, self.phase, epoch, self.packing)
+        log.info(
+            "phase %s: epoch %d index, %d rows, built in %.1f s",
+            self.phase,
+            epoch,
+            len(index),
+            time.monotonic() - started,
+        )
+        return index
+
+    def _weighted(self, rows: int) -> RowIndex:
+        return weighted_index(self.documents, self.weights, self.seed, self.phase, rows, self.packing)
+
+    def _cached(self, name: str, build) -> RowIndex:
+        if self.cache_dir is None:
+            return build()
+        path = self.cache_dir / f"{name}-{self.key}.npz"
+        if path.exists():
+            try:
+                return RowIndex.load(path)
+            except (OSError, ValueError, KeyError):
+                log.warning("%s: unreadable, building the index again", path)
+        index = build()
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with run_files.atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                index.save(handle)
+        return index

@@ -26,8 +26,9 @@ from modeling.common.engines import full_state_dict, save_whole, weights_problem
 from modeling.common.errors import ConfigError, DataError
 from modeling.common.loading import load_tokenizer
 from modeling.common.runtime import check_shared_folder, join_processes, processes_without
+from modeling.data.index import PhaseIndex
 from modeling.data.packing import PackedRow, Packing
-from modeling.data.rows import PhaseIndex, build_phase_data, unigram_entropy
+from modeling.data.rows import build_phase_data, unigram_entropy
 from modeling.data.store import Store, StoreFolder
 from modeling.pretrain.masking import MLMCollator
 from modeling.pretrain.model import build_model, check_model_config, reload_phase_model
@@ -298,11 +299,19 @@ def set_up_phase(
     phase = recipe.phases[index]
     folder = PretrainingRun(recipe.output_dir).phase(phase.name)
     folder.folder.mkdir(parents=True, exist_ok=True)
+    cache_dir = index_cache(store, folder)
     packing = Packing.of(tokenizer, recipe.max_seq_length, recipe.data.pack_open_rows)
     data = build_phase_data(
-        store, phase.name, phase.sources, recipe.seed, packing, recipe.holdout.max_documents, index_cache(store, folder)
+        store,
+        phase.name,
+        phase.sources,
+        recipe.seed,
+        packing,
+        recipe.holdout.max_documents,
+        epochs=phase.length.get("epochs"),
+        cache_dir=cache_dir,
     )
-    plan = plan_phase(recipe, index, data.epoch_rows(phase.length.get("epochs")))
+    plan = plan_phase(recipe, index, data.epoch_rows)
     num_processes = PartialState().num_processes
     accumulation = recipe.batch.accumulation_steps(recipe.max_seq_length, num_processes)
     log.info(
@@ -325,7 +334,7 @@ def set_up_phase(
     )
     names, eval_rows = data.sources, data.held_out
     eval_masking = held_out_masking(plan, len(eval_rows))
-    train_rows = data.training_rows(store.folder.folder, plan.steps * plan.rows_per_step)
+    train_rows = data.training_rows(plan.steps * plan.rows_per_step)
     trainer = PretrainingTrainer(
         model=model,
         args=training_arguments(recipe, plan, folder, accumulation),

@@ -63,7 +63,7 @@ def held_out_masking(plan: PhasePlan, rows: int) -> MaskingSchedule:
 
 def plan_phase(recipe: Recipe, index: int, epoch_rows: int | None = None) -> PhasePlan:
     """Steps and schedule of phase `index`. Epoch-length phases need `epoch_rows`: the rows their epochs
-    hold (modeling.data.rows.PhaseIndex.rows_in_epochs)."""
+    hold (modeling.data.rows.PhaseData.epoch_rows)."""
     phase: PhaseConfig = recipe.phases[index]
     rows_per_step = recipe.batch.rows_per_step(recipe.max_seq_length)
     tokens_per_step = rows_per_step * recipe.max_seq_length

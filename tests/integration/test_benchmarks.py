@@ -164,3 +164,41 @@ def test_document_attention_benchmark_loads_the_earlier_kernel_which_computes_th
         new, _ = document_sdpa_forward(layer, query, key, value, spans)
         real = (doc_ids >= 0)[..., None, None].expand_as(new)
         assert torch.allclose(old[real], new[real], atol=1e-6)
+
+
+def test_phase_walk_follows_the_set_up_data_then_plan_then_trainer(tmp_path):
+    """The phase set-up reads as a straight line: the packing record, the phase's data in one call, the plan, the
+    training rows, the Trainer; and the walk records calls at every depth (the index is built below)."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    out = tmp_path / "walk.json"
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.phase_walk", "--json", str(out)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    walk = json.loads(out.read_text())
+    data_steps = [step for step in walk["steps"] if step.startswith("modeling.data.")]
+    assert data_steps == [
+        "modeling.data.packing.Packing.of",
+        "modeling.data.rows.build_phase_data",
+        "modeling.data.rows.PhaseData.training_rows",
+    ]
+    order = [
+        walk["steps"].index(f"modeling.{name}")
+        for name in (
+            "data.rows.build_phase_data",
+            "pretrain.schedules.plan_phase",
+            "pretrain.trainer.PretrainingTrainer.__init__",
+        )
+    ]
+    assert order == sorted(order)
+    assert walk["entries"]["modeling.data.index"] >= 1  # below build_phase_data: the depths are walked
+    assert walk["descents"] == 3

@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader
 
 from modeling.common.errors import DataError
 from modeling.common.skips import SkipLog
+from modeling.data.index import PhaseIndex
 from modeling.data.packing import Packing
-from modeling.data.rows import PhaseIndex, PhaseRows, held_out_rows
+from modeling.data.rows import PhaseRows, held_out_rows
 from modeling.data.sources import SourceSpec, iter_documents
 from modeling.data.store import Store, is_held_out, prepare_part, prepare_store
 
