@@ -4,6 +4,7 @@
     python train_mlm.py prepare RECIPE --sources.clinical /data/NOTEEVENTS.csv.gz   # read and tokenize once
     accelerate launch --num_processes 8 train_mlm.py RECIPE --sources.clinical /data/NOTEEVENTS.csv.gz
     accelerate launch train_mlm.py RECIPE --resume         # continue a killed run
+    python train_mlm.py contamination RECIPE --task eval_configs/demo_mesh.yaml   # evaluation text in the store?
 
 Any recipe key can be overridden with --dotted.key VALUE (values are read as YAML); give training the
 same overrides as prepare.
@@ -27,6 +28,12 @@ flags:
 prepare flags:
   --num_proc N                         processes preparing the store (default: every core)
   --rebuild                            remove the store and prepare it again
+contamination flags:
+  --task CONFIG                        a task config whose validation and test documents are looked for in the
+                                       store's training documents (repeat for several tasks)
+  --data_dir DIR                       the task's data (its data.path): once for every task, or once per --task
+  --ngram N                            n-gram length in tokens (default: 13)
+  --num_proc N                         processes scanning the store (default: every core)
 """
 
 
@@ -67,9 +74,47 @@ def prepare_command(argv: list[str]) -> int:
     return 0
 
 
+def _take(rest: list[str], flag: str) -> list[str]:
+    """Every value of a repeatable `flag VALUE` (removed from `rest`)."""
+    values = []
+    while flag in rest:
+        at = rest.index(flag)
+        if at + 1 >= len(rest) or rest[at + 1].startswith("--"):
+            raise ConfigError(f"{flag}: give a value")
+        values.append(rest[at + 1])
+        del rest[at : at + 2]
+    return values
+
+
+def contamination_command(argv: list[str]) -> int:
+    rest = list(argv)
+    tasks, data_dirs, ngram = _take(rest, "--task"), _take(rest, "--data_dir"), _take(rest, "--ngram")
+    if not tasks:
+        raise ConfigError("contamination: name at least one --task CONFIG (e.g. eval_configs/demo_mesh.yaml)")
+    if len(ngram) > 1 or (ngram and not ngram[0].isdigit()):
+        raise ConfigError(f"--ngram {' '.join(ngram)}: give one whole number of tokens")
+    if len(data_dirs) not in (0, 1, len(tasks)):
+        raise ConfigError(f"--data_dir given {len(data_dirs)} times for {len(tasks)} --task: give one, or one per task")
+    recipe_path, flags, overrides = parse_args(rest)
+    recipe = load_recipe(recipe_path, overrides)
+    from modeling.finetune.dataset import evaluation_documents
+    from modeling.pretrain.contamination import REPORT_NAME, check_contamination, contamination_table
+
+    documents = []
+    for i, task in enumerate(tasks):
+        data_dir = data_dirs[i] if len(data_dirs) == len(tasks) else (data_dirs[0] if data_dirs else None)
+        documents += evaluation_documents(task, data_dir)
+    report = check_contamination(recipe, documents, ngram=int(ngram[0]) if ngram else 13, num_proc=flags["num_proc"])
+    print("\n" + contamination_table(report))
+    print(f"\nreport: {report.store}/{REPORT_NAME}")
+    return 0
+
+
 def train(argv: list[str]) -> int:
     if argv and argv[0] == "prepare":
         return prepare_command(argv[1:])
+    if argv and argv[0] == "contamination":
+        return contamination_command(argv[1:])
     recipe_path, flags, overrides = parse_args(argv)
     resume = flags["resume"]
     recipe = load_recipe(recipe_path, overrides)
@@ -114,6 +159,8 @@ def next_step(argv: list[str]) -> str:
     """What to run after an interruption: prepare keeps its finished parts; training resumes."""
     if argv and argv[0] == "prepare":
         return "run the same prepare again: the parts already prepared are kept"
+    if argv and argv[0] == "contamination":
+        return "run the same command again: it reads the store only"
     again = " ".join(["accelerate launch train_mlm.py", *argv, *([] if "--resume" in argv else ["--resume"])])
     return f"continue with: {again}"
 

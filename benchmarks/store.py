@@ -127,7 +127,7 @@ def synthetic_store(
     tokenizer.save_pretrained(store.tokenizer_dir)
     store.source_dir("synthetic").mkdir(parents=True)
     rng = np.random.default_rng(1)
-    schema = pa.schema([("input_ids", pa.list_(pa.uint16()))])
+    schema = pa.schema([("input_ids", pa.list_(pa.uint16())), ("text_key", pa.uint64())])
     records = []
     for part, first in enumerate(range(0, documents, shard_documents)):
         counts_of_part = lengths(min(shard_documents, documents - first), seed=part)
@@ -137,8 +137,9 @@ def synthetic_store(
             values = pa.array(rng.integers(10, len(tokenizer), int(counts.sum()), dtype=np.uint16))
             offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
             column = pa.ListArray.from_arrays(offsets, values)
+            keys = pa.array(rng.integers(0, 2**63, len(counts), dtype=np.uint64))
             with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-                writer.write_batch(pa.record_batch([column], schema=schema))
+                writer.write_batch(pa.record_batch([column, keys], schema=schema))
             shards[split] = ShardRecord(path.name, len(counts), int(counts.sum()), path.stat().st_size, "")
         record = PartRecord("synthetic", part, [], shards)
         (store.part_json("synthetic", part)).write_text(json.dumps(record.to_dict()))

@@ -6,7 +6,9 @@ and kept on disk as Arrow, so training reads token ids instead of parsing and to
       tokenizer/                 the tokenizer the ids belong to (a store is self-sufficient)
       SOURCE/
         train-00003.arrow        Arrow IPC stream, one row per document: input_ids list<uint16> (uint32 for
-        held_out-00003.arrow     vocabularies over 65,536), the document's tokens without [CLS]/[SEP]
+        held_out-00003.arrow     vocabularies over 65,536), the document's tokens without [CLS]/[SEP]; text_key
+                                 uint64, its text case and whitespace folded, hashed (`text_key`: what a
+                                 contamination check finds evaluation documents by; stores of version 1 lack it)
         part-00003.json          what part 3 read: files, documents, tokens, skips, the shards' sha256
       logs/                      the executor's task logs and completion markers
       row_indexes/               row indexes built by training runs (modeling.data.rows), named by what they were
@@ -45,7 +47,7 @@ from modeling.data.sources import SourceSpec, iter_file_records, iter_records, r
 
 log = logging.getLogger(__name__)
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: shards keep each document's text key (contamination checks); 1 reads the same
 SPLITS = ("train", "held_out")
 TOKENIZE_BATCH = 512  # documents per call to the fast tokenizer
 WRITE_BATCH = 4096  # documents per Arrow record batch
@@ -56,6 +58,13 @@ def is_held_out(text: str, fraction: float) -> bool:
     """Stable across runs, machines and source order: a document is held out by what it says."""
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2**64 < fraction
+
+
+def text_key(text: str) -> int:
+    """A document's text, case and whitespace folded, as 64 bits: the same document re-wrapped or re-cased by
+    another distribution has the same key."""
+    normal = " ".join(text.casefold().split())
+    return int.from_bytes(hashlib.blake2b(normal.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 # ---------------------------------------------------------------- records
@@ -241,7 +250,7 @@ def prepare_part(store: StoreFolder, spec: SourceSpec, part: Part, holdout_fract
     tokenizer = load_tokenizer(store.tokenizer_dir)
     backend = plain_backend(tokenizer)
     dtype = pa.uint16() if len(tokenizer) <= 2**16 else pa.uint32()
-    schema = pa.schema([("input_ids", pa.list_(dtype))])
+    schema = pa.schema([("input_ids", pa.list_(dtype)), ("text_key", pa.uint64())])
     skips = SkipLog()
     records = iter_file_records(spec, list(part.files), skips) if part.files else iter_records(spec, skips)
     try:
@@ -280,7 +289,7 @@ def _write_batch(texts: list[str], backend, writers: dict, holdout_fraction: flo
         return
     encoded = backend.encode_batch(texts, add_special_tokens=False)
     for text, ids in zip(texts, encoded, strict=True):
-        writers["held_out" if is_held_out(text, holdout_fraction) else "train"].add(ids.ids)
+        writers["held_out" if is_held_out(text, holdout_fraction) else "train"].add(ids.ids, text_key(text))
 
 
 class _ShardWriter:
@@ -292,10 +301,12 @@ class _ShardWriter:
         self.sink = pa.OSFile(str(self.tmp), "wb")
         self.writer = pa.ipc.new_stream(self.sink, schema)
         self.pending: list[list[int]] = []
+        self.keys: list[int] = []
         self.documents = self.tokens = 0
 
-    def add(self, ids: list[int]):
+    def add(self, ids: list[int], key: int):
         self.pending.append(ids)
+        self.keys.append(key)
         self.documents += 1
         self.tokens += len(ids)
         if len(self.pending) == WRITE_BATCH:
@@ -303,9 +314,10 @@ class _ShardWriter:
 
     def _flush(self):
         if self.pending:
-            column = pa.array(self.pending, type=self.schema.field("input_ids").type)
-            self.writer.write_batch(pa.record_batch([column], schema=self.schema))
-            self.pending = []
+            ids = pa.array(self.pending, type=self.schema.field("input_ids").type)
+            keys = pa.array(self.keys, type=pa.uint64())
+            self.writer.write_batch(pa.record_batch([ids, keys], schema=self.schema))
+            self.pending, self.keys = [], []
 
     def close(self) -> ShardRecord:
         self._flush()

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from pathlib import Path
 
 from modeling.common.errors import DataError
 from modeling.common.skips import SkipLog
-from modeling.finetune.config import TaskConfig
+from modeling.data.contamination import EvalDocument
+from modeling.finetune.config import TaskConfig, load_task_config
 from modeling.finetune.examples import SPLITS, Example, repair_bio
 from modeling.finetune.loaders import LOADERS
 from modeling.finetune.loaders.base import bad_record
@@ -106,6 +108,16 @@ def load_task_examples(config: TaskConfig) -> tuple[dict[str, list[Example]], Sk
         skips.as_dict().get(config.name, {}) or "none",
     )
     return splits, skips
+
+
+def evaluation_documents(
+    config_path: str | Path, data_dir: str | None = None, splits: tuple[str, ...] = ("validation", "test")
+) -> list[EvalDocument]:
+    """A task's validation and test documents, read as fine-tuning reads them (`data_dir` as `data.path`): what a
+    contamination check looks for in a pretraining store."""
+    config = load_task_config(config_path, [("data.path", data_dir)] if data_dir is not None else [])
+    examples, _ = load_task_examples(config)
+    return [EvalDocument(config.name, split, e.id, e.text) for split in splits for e in examples.get(split, [])]
 
 
 def label_counts(examples: list[Example], task: str) -> dict[str, int]:

@@ -23,6 +23,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from modeling.common import run_files
 from modeling.common.errors import ConfigError
+from modeling.data.contamination import ContaminationReport
 from modeling.finetune.config import task_from_dict
 from modeling.finetune.results import (
     MetricStats,
@@ -34,6 +35,7 @@ from modeling.finetune.results import (
     metric_table,
 )
 from modeling.finetune.run_folder import TaskResults, TaskRun
+from modeling.pretrain.contamination import REPORT_NAME as CONTAMINATION_REPORT
 from modeling.pretrain.recipe import Recipe, recipe_from_dict
 from modeling.pretrain.run_folder import PretrainingRun
 from modeling.pretrain.summary import PhaseSummary, TrainingSummary
@@ -208,6 +210,7 @@ class EncoderCard:
     domain_shares: list[tuple[str, float]]  # largest first
     evaluation: EncoderEvaluation | None
     task_type_names: dict[str, str]
+    contamination: ContaminationReport | None  # the store's contamination check, where one was run
 
     @property
     def clinical(self) -> list[SourceUse]:
@@ -273,10 +276,13 @@ def encoder_card(folder: Path, repo_id: str, results: list, revision: str, licen
         domain_shares=[(d, n / max(tokens, 1)) for d, n in sorted(by_domain.items(), key=lambda kv: -kv[1])],
         evaluation=evaluation,
         task_type_names=TASK_TYPE_NAMES,
+        contamination=_contamination(recipe),
     )
     card = render("encoder.md", data, context)
     files, left_out = _model_files(folder)
     files.update({path.name: public_json(path) for path in (run.summary_json, run.recipe_json)})
+    if context.contamination is not None:
+        files[CONTAMINATION_REPORT] = public_json(Path(recipe.store_dir()) / CONTAMINATION_REPORT)
     if (run.folder / summary.plot).exists():
         files["training_curves.png"] = run.folder / summary.plot
     for task, aggregate in _eval_files(own):
@@ -285,6 +291,12 @@ def encoder_card(folder: Path, repo_id: str, results: list, revision: str, licen
     if not base and init:
         notes.append(f"base_model left out of the metadata: model.init `{init}` is a local folder, not a Hub id")
     return Card("encoder", card, files, left_out, notes, [s.name for s in context.clinical])
+
+
+def _contamination(recipe: Recipe) -> ContaminationReport | None:
+    """The report of `train_mlm.py contamination` on the run's store, where the store is on this machine."""
+    path = Path(recipe.store_dir()) / CONTAMINATION_REPORT
+    return ContaminationReport.load(path) if path.exists() else None
 
 
 def _mask_token(folder: Path) -> str:

@@ -202,3 +202,18 @@ def test_phase_walk_follows_the_set_up_data_then_plan_then_trainer(tmp_path):
     assert order == sorted(order)
     assert walk["entries"]["modeling.data.index"] >= 1  # below build_phase_data: the depths are walked
     assert walk["descents"] == 3
+
+
+def test_contamination_benchmark_finds_exactly_the_planted_runs(tmp_path, tiny_tokenizer):
+    from benchmarks.contamination import evaluation_set
+    from benchmarks.store import synthetic_store
+    from modeling.data.contamination import scan_store
+
+    store = synthetic_store(tmp_path / "store", tiny_tokenizer, 3000, shard_documents=1000)
+    evaluation = evaluation_set(store, 500, 13)
+    report = scan_store(store, evaluation, num_proc=2)
+    assert report.processes == 2
+    assert report.store_tokens == store.manifest.sources["synthetic"].tokens["train"]
+    found = [int(d.id) for d in report.documents if d.ngrams_in_store]
+    assert found  # the planted runs (every 100th document, 60 tokens of a store document)
+    assert all(i % 100 == 0 for i in found)  # and nothing in random text

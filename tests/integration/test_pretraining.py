@@ -55,6 +55,49 @@ def test_row_indexes_are_kept_with_the_store_for_every_run_on_it(finished_run):
     assert not (finished_run / "phase2" / "index").exists()
 
 
+def test_contamination_command_finds_the_task_documents_the_store_trains_on(finished_run):
+    """Test documents copied from the store's training notes (re-cased, re-wrapped) are found whole; documents in
+    other words, and a note the store holds out, are not; the report is written beside the store."""
+    import yaml
+
+    from modeling.data.store import is_held_out
+
+    root = finished_run.parent
+    notes = (root / "corpus" / "notes.txt").read_text().splitlines()
+    trained = [n for n in notes if n and not is_held_out(n, 0.05)]
+    held_out = [n for n in notes if n and is_held_out(n, 0.05)]
+    other = ["zebra quartz violin harbor meadow lantern copper orchid glacier saddle " * 3] * 2
+    files = {
+        "train": ["zebra"] * 4,
+        "validation": [other[0], held_out[0]],
+        "test": [trained[3].upper(), trained[9].replace(" ", "\n ", 4), trained[20], other[1]],
+    }
+    data = root / "task"
+    data.mkdir(exist_ok=True)
+    for split, texts in files.items():
+        (data / f"{split}.jsonl").write_text("".join(json.dumps({"text": t, "label": "a"}) + "\n" for t in texts))
+    config = {
+        "name": "copied",
+        "task": "single_label",
+        "model": "unused",
+        "labels": ["a", "b"],
+        "data": {"loader": "jsonl", "path": None, "files": {s: f"{s}.jsonl" for s in files}},
+    }
+    (root / "copied.yaml").write_text(yaml.safe_dump(config))
+    result = train(root, "contamination", root / "recipe.yaml", "--task", root / "copied.yaml", "--data_dir", data)
+    assert "copied" in result.stdout
+    report = json.loads((root / "stores" / "tiny" / "contamination.json").read_text())
+    whole = {(d["split"], d["id"].rsplit(":", 1)[-1]) for d in report["documents"] if d["whole"]}
+    assert whole == {("test", "1"), ("test", "2"), ("test", "3")}  # file:line of the three copies
+    splits = {s["split"]: s for s in report["splits"]}
+    assert splits["test"]["documents"] == 4
+    assert splits["validation"]["whole"] == 0
+    assert report["ngram"] == 13
+    refused = train(root, "contamination", root / "recipe.yaml", check=False)
+    assert refused.returncode != 0
+    assert "--task" in refused.stderr
+
+
 def test_summary_counts_tokens_and_loss_falls_in_both_phases(finished_run):
     summary = json.loads((finished_run / "training_summary.json").read_text())
     phase1, phase2 = summary["phases"]

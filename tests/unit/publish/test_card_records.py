@@ -73,3 +73,34 @@ def test_task_card_from_a_run_recorded_before(old_run):
     assert "| metric | validation | test | test min | test max | this checkpoint (test) |" in text
     assert "**Not a medical device.**" in text
     assert "**Protected health information.**" not in text
+
+
+def test_encoder_card_shows_the_stores_contamination_check(old_run, tmp_path, monkeypatch):
+    from modeling.data.contamination import ContaminationReport, DocumentOverlap, SplitOverlap
+
+    monkeypatch.chdir(tmp_path)  # the recipe's store.path is relative: stores/NAME where the run was made
+    name = json.loads((FIXTURES / "recipe.json").read_text())["name"]
+    report = ContaminationReport(
+        store=f"stores/{name}",
+        ngram=13,
+        store_documents=1000,
+        store_tokens=300_000,
+        processes=2,
+        seconds=0.5,
+        text_keys=True,
+        splits=[SplitOverlap("chemprot", "test", 400, 3, 17, 120_000, 6_000)],
+        documents=[DocumentOverlap("chemprot", "test", "test.tsv:12", 300, 288, 288, 1.0, True, ["pubmed/x#4"])],
+    )
+    (tmp_path / "stores" / name).mkdir(parents=True)
+    (tmp_path / "stores" / name / "contamination.json").write_text(json.dumps(report.to_dict()))
+    card = build_card(old_run["phase2"], "org/tiny", results=[old_run["results"]])
+    text = card.files["README.md"].decode()
+    assert "### Evaluation text in the pretraining data" in text
+    assert "| chemprot | test | 400 | 3 | 17 | 5.0% |" in text
+    assert json.loads(card.files["contamination.json"])["splits"][0]["whole"] == 3
+
+
+def test_encoder_card_says_nothing_of_contamination_without_a_check(old_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = build_card(old_run["phase2"], "org/tiny", results=[old_run["results"]]).files["README.md"].decode()
+    assert "pretraining data whole" not in text

@@ -1,0 +1,354 @@
+"""Contamination: which evaluation documents, or long runs of their tokens, a token store trains on.
+
+Each evaluation document is tokenized with the store's tokenizer, as prepare tokenized the store. Its n-grams of
+token ids (n = 13 by default, the length the GPT-3 and Llama 2 decontamination reports used) are hashed into one
+small table, and the store's training shards are scanned once, every n-gram of every store document looked up in
+it (a numba kernel; one process per core, a shard at a time). A document is also looked up whole, by the hash of
+its normalised text (`text_key`), which prepare keeps beside each store document's ids.
+
+Per evaluation document (`DocumentOverlap`): its n-grams, how many the store holds, the share of its tokens those
+n-grams cover, whether the store holds it whole, and the store documents holding its n-grams. The same scan
+answers prepare's question the other way round (`overlapping`): does this document share an n-gram with any
+evaluation document.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from modeling.common.records import Record
+from modeling.data.store import Store, StoreSplit, text_key
+
+DEFAULT_NGRAM = 13
+_PRIME = np.uint64(0x100000001B3)  # FNV's 64-bit prime: odd, so the polynomial hash is a bijection per position
+
+
+@numba.njit(cache=True)
+def _finish(h):
+    """splitmix64's finaliser (every bit of the polynomial hash reaches every bit of the key); never 0, the empty
+    slot's mark."""
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    return h if h != np.uint64(0) else np.uint64(1)
+
+
+@numba.njit(cache=True)
+def ngram_keys(tokens, n):
+    """The key of every n-gram of `tokens`, in order (a rolling polynomial hash over the ids)."""
+    count = tokens.shape[0] - n + 1
+    keys = np.empty(max(count, 0), np.uint64)
+    if count <= 0:
+        return keys
+    top = np.uint64(1)
+    for _ in range(n - 1):
+        top *= _PRIME
+    h = np.uint64(0)
+    for k in range(n):
+        h = h * _PRIME + np.uint64(tokens[k]) + np.uint64(1)
+    keys[0] = _finish(h)
+    for i in range(1, count):
+        h = (h - (np.uint64(tokens[i - 1]) + np.uint64(1)) * top) * _PRIME + np.uint64(tokens[i + n - 1]) + np.uint64(1)
+        keys[i] = _finish(h)
+    return keys
+
+
+@numba.njit(cache=True)
+def _build_table(keys):
+    """Open addressing over the distinct keys (key -> its position in `keys`), and a bitmap that answers most
+    misses from the cache before the table is touched."""
+    size = 16
+    while size < 2 * keys.shape[0]:
+        size *= 2
+    slots = np.zeros(size, np.uint64)
+    values = np.full(size, -1, np.int64)
+    bits = 1 << 16
+    while bits < 8 * keys.shape[0]:
+        bits *= 2
+    bitmap = np.zeros(bits // 64, np.uint64)
+    for i in range(keys.shape[0]):
+        key = keys[i]
+        slot = np.int64(key & np.uint64(size - 1))
+        while slots[slot] != np.uint64(0):
+            slot = (slot + 1) & (size - 1)
+        slots[slot] = key
+        values[slot] = i
+        bit = (key >> np.uint64(20)) & np.uint64(bits - 1)
+        bitmap[bit >> np.uint64(6)] |= np.uint64(1) << (bit & np.uint64(63))
+    return slots, values, bitmap
+
+
+@numba.njit(cache=True)
+def _scan(values, offsets, first_document, n, slots, table, bitmap, counts, holders):
+    """Every n-gram of every document of one record batch looked up: `counts[k]` += occurrences of key k,
+    `holders[k]`: the first document (numbered from `first_document`) that holds it."""
+    size = slots.shape[0]
+    bits = bitmap.shape[0] * 64
+    top = np.uint64(1)
+    for _ in range(n - 1):
+        top *= _PRIME
+    for d in range(offsets.shape[0] - 1):
+        start, end = offsets[d], offsets[d + 1]
+        if end - start < n:
+            continue
+        h = np.uint64(0)
+        for k in range(n):
+            h = h * _PRIME + np.uint64(values[start + k]) + np.uint64(1)
+        for i in range(start, end - n + 1):
+            if i > start:
+                h = (
+                    (h - (np.uint64(values[i - 1]) + np.uint64(1)) * top) * _PRIME
+                    + np.uint64(values[i + n - 1])
+                    + np.uint64(1)
+                )
+            key = _finish(h)
+            bit = (key >> np.uint64(20)) & np.uint64(bits - 1)
+            if not (bitmap[bit >> np.uint64(6)] >> (bit & np.uint64(63))) & np.uint64(1):
+                continue
+            slot = np.int64(key & np.uint64(size - 1))
+            while slots[slot] != np.uint64(0):
+                if slots[slot] == key:
+                    k = table[slot]
+                    counts[k] += 1
+                    if holders[k] < 0:
+                        holders[k] = first_document + d
+                    break
+                slot = (slot + 1) & (size - 1)
+
+
+@dataclass(frozen=True)
+class EvalDocument:
+    """One evaluation document: where it comes from and its text."""
+
+    task: str
+    split: str
+    id: str
+    text: str
+
+
+class EvalNgrams:
+    """The n-grams of a set of evaluation documents: the distinct keys (what the store is scanned for), each
+    document's keys as positions into them, and each document's text key."""
+
+    def __init__(self, documents: list[EvalDocument], tokens: list[np.ndarray], n: int = DEFAULT_NGRAM):
+        if n < 1:
+            raise ValueError(f"ngram={n}: must be >= 1")
+        self.documents, self.tokens, self.n = documents, tokens, n
+        per_document = [ngram_keys(ids, n) for ids in tokens]
+        self.keys = np.unique(np.concatenate(per_document)) if per_document else np.zeros(0, np.uint64)
+        self.positions = [np.searchsorted(self.keys, keys) for keys in per_document]
+        self.text_keys = np.array([text_key(d.text) for d in documents], dtype=np.uint64)
+
+    @classmethod
+    def tokenized(cls, documents: list[EvalDocument], tokenizer, n: int = DEFAULT_NGRAM) -> EvalNgrams:
+        """The documents tokenized as prepare tokenized the store (no special tokens, no truncation)."""
+        from modeling.data.packing import plain_backend
+
+        encoded = plain_backend(tokenizer).encode_batch([d.text for d in documents], add_special_tokens=False)
+        return cls(documents, [np.asarray(e.ids, dtype=np.int64) for e in encoded] if documents else [], n)
+
+    def table(self):
+        return _build_table(self.keys)
+
+
+@dataclass
+class DocumentOverlap(Record):
+    """What the store holds of one evaluation document."""
+
+    task: str
+    split: str
+    id: str
+    tokens: int
+    ngrams: int  # its n-grams (0 when it is shorter than n tokens)
+    ngrams_in_store: int  # of those (each occurrence counted), how many some training document of the store holds
+    covered: float  # share of its tokens inside an n-gram the store holds
+    whole: bool  # the store trains on this document itself (same text, case and whitespace folded)
+    store_documents: list[str] = field(default_factory=list)  # SOURCE/SHARD#ROW, the first holders, most first
+
+
+@dataclass
+class SplitOverlap(Record):
+    """One task split, summed."""
+
+    task: str
+    split: str
+    documents: int
+    whole: int  # documents the store holds whole
+    with_ngram: int  # documents sharing at least one n-gram with the store
+    tokens: int
+    covered_tokens: int  # tokens inside an n-gram the store holds
+
+    @property
+    def covered(self) -> float:
+        return self.covered_tokens / self.tokens if self.tokens else 0.0
+
+
+@dataclass
+class ContaminationReport(Record):
+    """contamination.json: the scan's settings and cost, each split, and the worst documents."""
+
+    store: str
+    ngram: int
+    store_documents: int
+    store_tokens: int
+    processes: int
+    seconds: float
+    text_keys: bool  # the store kept text keys (whole-document matches need them)
+    splits: list[SplitOverlap]
+    documents: list[DocumentOverlap]  # every evaluation document with an n-gram or whole match, worst first
+
+
+@dataclass
+class _ShardScan:
+    """One shard's answer: per key, occurrences and first holder; per text key, first holder."""
+
+    counts: np.ndarray
+    holders: np.ndarray
+    whole: np.ndarray
+    documents: int
+    tokens: int
+    has_text_keys: bool
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(n, slots, table, bitmap, keys, text_keys):
+    _WORKER.update(n=n, slots=slots, table=table, bitmap=bitmap, keys=keys, text_keys=text_keys)
+
+
+def _scan_shard(path: str) -> _ShardScan:
+    w = _WORKER
+    split = StoreSplit([Path(path)])
+    counts = np.zeros(len(w["keys"]), np.int64)
+    holders = np.full(len(w["keys"]), -1, np.int64)
+    whole = np.full(len(w["text_keys"]), -1, np.int64)
+    for batch, (values, offsets) in enumerate(zip(split.values, split.offsets, strict=True)):
+        _scan(values, offsets, int(split.first[batch]), w["n"], w["slots"], w["table"], w["bitmap"], counts, holders)
+    stored = shard_text_keys(Path(path))
+    if stored is not None and len(stored) and len(w["text_keys"]):
+        distinct, first = np.unique(stored, return_index=True)  # each text key's first document in the shard
+        at = np.minimum(np.searchsorted(distinct, w["text_keys"]), len(distinct) - 1)
+        hit = distinct[at] == w["text_keys"]
+        whole[hit] = first[at[hit]]
+    return _ShardScan(counts, holders, whole, len(split), int(sum(len(v) for v in split.values)), stored is not None)
+
+
+def shard_text_keys(path: Path) -> np.ndarray | None:
+    """The text keys prepare kept in a shard, or None for a shard written before it kept them."""
+    import pyarrow as pa
+
+    table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
+    if "text_key" not in table.column_names:
+        return None
+    return table.column("text_key").to_numpy().astype(np.uint64)
+
+
+def training_shards(store: Store, sources: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    """(source, shard path) of every training shard, in the manifest's order."""
+    names = list(sources) if sources is not None else list(store.manifest.sources)
+    return [
+        (name, str(store.folder.source_dir(name) / part.shards["train"].file))
+        for name in names
+        for part in store.manifest.sources[name].parts
+    ]
+
+
+def scan_store(store: Store, evaluation: EvalNgrams, num_proc: int | None = None, progress=None) -> ContaminationReport:
+    """Every training shard of the store scanned once for the evaluation n-grams and texts (`num_proc` processes,
+    default every core)."""
+    started = time.monotonic()
+    shards = training_shards(store)
+    slots, table, bitmap = evaluation.table()
+    setup = (evaluation.n, slots, table, bitmap, evaluation.keys, evaluation.text_keys)
+    processes = max(1, min(num_proc or os.cpu_count() or 1, len(shards)))
+    if processes == 1:
+        _init_worker(*setup)
+        results = list(_counted((_scan_shard(path) for _, path in shards), progress))
+    else:
+        with ProcessPoolExecutor(
+            processes, mp_context=get_context("fork"), initializer=_init_worker, initargs=setup
+        ) as pool:
+            results = list(_counted(pool.map(_scan_shard, [path for _, path in shards]), progress))
+    found, holder, whole = _merge(results, shards, len(evaluation.keys), len(evaluation.documents))
+    overlaps = [_document_overlap(evaluation, i, found, holder, whole) for i in range(len(evaluation.documents))]
+    splits: dict[tuple[str, str], SplitOverlap] = {}
+    for overlap in overlaps:
+        s = splits.setdefault((overlap.task, overlap.split), SplitOverlap(overlap.task, overlap.split, 0, 0, 0, 0, 0))
+        s.documents += 1
+        s.whole += overlap.whole
+        s.with_ngram += overlap.ngrams_in_store > 0
+        s.tokens += overlap.tokens
+        s.covered_tokens += round(overlap.covered * overlap.tokens)
+    worst = sorted(
+        (o for o in overlaps if o.whole or o.ngrams_in_store),
+        key=lambda o: (-o.whole, -o.covered, -o.ngrams_in_store, o.task, o.split, o.id),
+    )
+    return ContaminationReport(
+        store=str(store.folder.folder),
+        ngram=evaluation.n,
+        store_documents=sum(r.documents for r in results),
+        store_tokens=sum(r.tokens for r in results),
+        processes=processes,
+        seconds=time.monotonic() - started,
+        text_keys=bool(results) and all(r.has_text_keys for r in results),
+        splits=list(splits.values()),
+        documents=worst,
+    )
+
+
+def _counted(results, progress):
+    """Each shard's result as it comes, `progress(1)` after each (a progress bar's update)."""
+    for result in results:
+        yield result
+        if progress:
+            progress(1)
+
+
+def _merge(results: list[_ShardScan], shards, keys: int, documents: int):
+    found = np.zeros(keys, bool)
+    holder = np.full(keys, "", dtype=object)
+    whole = np.full(documents, "", dtype=object)
+    for (source, path), result in zip(shards, results, strict=True):
+        name = f"{source}/{Path(path).name}"
+        new = (result.counts > 0) & ~found
+        for k in np.nonzero(new)[0]:
+            holder[k] = f"{name}#{result.holders[k]}"
+        found |= result.counts > 0
+        for d in np.nonzero((result.whole >= 0) & (whole == ""))[0]:
+            whole[d] = f"{name}#{result.whole[d]}"
+    return found, holder, whole
+
+
+def _document_overlap(evaluation: EvalNgrams, i: int, found, holder, whole) -> DocumentOverlap:
+    document, positions, n = evaluation.documents[i], evaluation.positions[i], evaluation.n
+    tokens = len(evaluation.tokens[i])
+    hits = found[positions] if len(positions) else np.zeros(0, bool)
+    covered = np.zeros(tokens, bool)
+    for start in np.nonzero(hits)[0]:
+        covered[start : start + n] = True
+    holders = Counter(holder[positions[hits]]) if hits.any() else Counter()
+    store_documents = ([whole[i]] if whole[i] else []) + [d for d, _ in holders.most_common(3) if d != whole[i]]
+    return DocumentOverlap(
+        task=document.task,
+        split=document.split,
+        id=document.id,
+        tokens=tokens,
+        ngrams=len(positions),
+        ngrams_in_store=int(hits.sum()),
+        covered=float(covered.mean()) if tokens else 0.0,
+        whole=bool(whole[i]),
+        store_documents=store_documents[:3],
+    )

@@ -1,0 +1,136 @@
+"""The contamination scan: planted copies and n-gram runs are found, disjoint text and held-out documents are not,
+and every count equals a brute-force Python reference over the store's training documents."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from helpers import WORDS
+
+from modeling.data.contamination import EvalDocument, EvalNgrams, ngram_keys, scan_store
+from modeling.data.packing import plain_backend
+from modeling.data.sources import SourceSpec
+from modeling.data.store import Store, is_held_out, prepare_store
+
+FRACTION = 0.1
+N = 8
+
+
+OTHER_WORDS = "zebra quartz violin harbor meadow lantern copper orchid glacier saddle".split()
+
+
+def _random_text(rng, low=30, high=80, words=WORDS) -> str:
+    """Words in random order (a few words may form a run another text has; a long run rarely)."""
+    return " ".join(rng.choice(words) for _ in range(rng.randint(low, high))) + "."
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, tiny_tokenizer):
+    tmp = tmp_path_factory.mktemp("contamination")
+    rng = random.Random(5)
+    corpus = [[_random_text(rng) for _ in range(150)] for _ in range(2)]
+    for f, docs in enumerate(corpus):
+        (tmp / f"notes{f}.txt").write_text("\n".join(docs) + "\n")
+    tiny_tokenizer.save_pretrained(tmp / "store" / "tokenizer")
+    prepare_store(tmp / "store", [SourceSpec("notes", str(tmp / "notes*.txt"), "text")], FRACTION, part_bytes=6000)
+    train = [d for docs in corpus for d in docs if not is_held_out(d, FRACTION)]
+    held_out = [d for docs in corpus for d in docs if is_held_out(d, FRACTION)]
+    words = train[7].split()
+    documents = [
+        EvalDocument("t", "test", "copy", train[11]),
+        EvalDocument("t", "test", "whole-0", train[3].upper()),  # re-cased: other tokens, the same text key
+        EvalDocument("t", "test", "whole-1", train[40].replace(" ", "\n  ", 5)),  # re-wrapped
+        EvalDocument("t", "test", "run", _random_text(rng, 10, 12) + " " + " ".join(words[5:25]) + " the end"),
+        EvalDocument("t", "validation", "held-out", held_out[0]),
+        *(EvalDocument("t", "validation", f"disjoint-{i}", _random_text(rng, words=OTHER_WORDS)) for i in range(5)),
+        EvalDocument("t", "validation", "short", "fever"),
+    ]
+    return Store(tmp / "store"), EvalNgrams.tokenized(documents, tiny_tokenizer, n=N), tiny_tokenizer, train
+
+
+def _reference(store: Store, evaluation: EvalNgrams, tokenizer, train_texts: list[str]) -> dict:
+    """Brute force: every training n-gram of the store as a tuple in a set, every training text folded; each
+    evaluation document's counts."""
+    split = store.split("notes", "train")
+    stored = {tuple(split.tokens(d)[i : i + N]) for d in range(len(split)) for i in range(len(split.tokens(d)) - N + 1)}
+    whole = {" ".join(text.casefold().split()) for text in train_texts}
+    backend = plain_backend(tokenizer)
+    answers = {}
+    for document in evaluation.documents:
+        ids = backend.encode(document.text, add_special_tokens=False).ids
+        grams = [tuple(ids[i : i + N]) for i in range(len(ids) - N + 1)]
+        hits = [g in stored for g in grams]
+        covered = np.zeros(len(ids), bool)
+        for i, hit in enumerate(hits):
+            covered[i : i + N] |= hit
+        answers[document.id] = {
+            "ngrams": len(grams),
+            "ngrams_in_store": sum(hits),
+            "covered": float(covered.mean()) if ids else 0.0,
+            "whole": " ".join(document.text.casefold().split()) in whole,
+        }
+    return answers
+
+
+def test_the_scan_finds_what_was_planted_and_nothing_else(planted):
+    store, evaluation, _, _ = planted
+    report = scan_store(store, evaluation, num_proc=1)
+    by_id = {d.id: d for d in report.documents}
+    assert by_id["copy"].whole
+    assert by_id["copy"].covered == 1.0
+    assert by_id["copy"].ngrams_in_store == by_id["copy"].ngrams
+    assert by_id["copy"].store_documents[0].startswith("notes/train-")
+    assert by_id["whole-0"].whole
+    assert by_id["whole-0"].ngrams_in_store == 0  # upper case tokenizes apart: the text key finds it
+    assert by_id["whole-1"].whole
+    assert not by_id["run"].whole
+    assert 0.3 < by_id["run"].covered < 1.0
+    assert not any(d.startswith("disjoint") or d == "short" for d in by_id)  # other words, too short: no match
+    assert "held-out" not in by_id or not by_id["held-out"].whole  # held-out documents are not trained on
+    assert [d.id for d in report.documents][:3] == ["copy", "whole-1", "whole-0"]  # whole first, most covered first
+    assert all(d.covered < 1.0 for d in report.documents if not d.whole)
+    assert report.text_keys
+    assert report.store_documents == store.manifest.sources["notes"].documents["train"]
+    assert report.store_tokens == store.manifest.sources["notes"].tokens["train"]
+    splits = {s.split: s for s in report.splits}
+    assert (splits["test"].documents, splits["test"].whole) == (4, 3)
+    assert splits["test"].with_ngram == sum(1 for d in report.documents if d.split == "test" and d.ngrams_in_store)
+    assert (splits["validation"].documents, splits["validation"].whole) == (7, 0)
+
+
+def test_the_scan_counts_what_a_brute_force_reference_counts(planted):
+    store, evaluation, tokenizer, train = planted
+    report = scan_store(store, evaluation, num_proc=1)
+    found = {d.id: d for d in report.documents}
+    reference = _reference(store, evaluation, tokenizer, train)
+    for document in evaluation.documents:
+        expected = reference[document.id]
+        if document.id not in found:
+            assert expected["ngrams_in_store"] == 0, document.id
+            assert not expected["whole"], document.id
+            continue
+        got = found[document.id]
+        assert got.ngrams == expected["ngrams"], document.id
+        assert got.ngrams_in_store == expected["ngrams_in_store"], document.id
+        assert got.covered == pytest.approx(expected["covered"]), document.id
+        assert got.whole == expected["whole"], document.id
+
+
+def test_two_processes_report_what_one_does(planted):
+    store, evaluation, _, _ = planted
+    one, two = scan_store(store, evaluation, num_proc=1), scan_store(store, evaluation, num_proc=2)
+    assert two.processes == 2
+    assert [d.to_dict() for d in two.documents] == [d.to_dict() for d in one.documents]
+    assert [s.to_dict() for s in two.splits] == [s.to_dict() for s in one.splits]
+
+
+def test_ngram_keys_roll_as_they_would_be_computed_from_scratch():
+    tokens = np.array([5, 9, 2, 2, 7, 0, 65535, 3, 9, 2, 2, 7], dtype=np.int64)
+    rolled = ngram_keys(tokens, 4)
+    from_scratch = np.array([ngram_keys(tokens[i : i + 4], 4)[0] for i in range(len(tokens) - 3)])
+    assert np.array_equal(rolled, from_scratch)
+    assert rolled[1] == rolled[8]  # the same 4 ids, the same key
+    assert len(set(rolled.tolist())) == len(rolled) - 1
+    assert len(ngram_keys(tokens[:3], 4)) == 0
