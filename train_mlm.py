@@ -60,9 +60,10 @@ def parse_args(argv: list[str]) -> tuple[str | None, dict, list]:
 def prepare_command(argv: list[str]) -> int:
     recipe_path, flags, overrides = parse_args(argv)
     recipe = load_recipe(recipe_path, overrides)
+    from modeling.finetune.dataset import evaluation_documents
     from modeling.pretrain.prepare import prepare
 
-    store = prepare(recipe, num_proc=flags["num_proc"], rebuild=flags["rebuild"])
+    store = prepare(recipe, flags["num_proc"], flags["rebuild"], evaluation_documents=evaluation_documents)
     print(f"\n{'source':<20}{'documents':>12}{'held out':>10}{'tokens':>16}  skipped")
     for name, source in store.manifest.sources.items():
         skipped = ", ".join(f"{reason}: {n:,}" for reason, n in source.skipped.items()) or "none"
@@ -119,11 +120,12 @@ def train(argv: list[str]) -> int:
     resume = flags["resume"]
     recipe = load_recipe(recipe_path, overrides)
     # heavy imports only once the recipe is known to be good (and publishing only when the recipe pushes)
+    from modeling.finetune.dataset import evaluation_documents
     from modeling.pretrain.runner import run
 
     pusher = _pusher(recipe)
     try:
-        summary = run(recipe, resume=resume, on_phase_end=pusher)
+        summary = run(recipe, resume=resume, on_phase_end=pusher, evaluation_documents=evaluation_documents)
     finally:
         if pusher is not None:
             pusher.wait()  # a push in flight finishes before the process ends

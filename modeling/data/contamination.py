@@ -27,42 +27,10 @@ import numba
 import numpy as np
 
 from modeling.common.records import Record
-from modeling.data.store import Store, StoreSplit, text_key
+from modeling.data.ngrams import PRIME, Exclusion, finish, ngram_keys, text_key
+from modeling.data.store import Store, StoreSplit
 
 DEFAULT_NGRAM = 13
-_PRIME = np.uint64(0x100000001B3)  # FNV's 64-bit prime: odd, so the polynomial hash is a bijection per position
-
-
-@numba.njit(cache=True)
-def _finish(h):
-    """splitmix64's finaliser (every bit of the polynomial hash reaches every bit of the key); never 0, the empty
-    slot's mark."""
-    h ^= h >> np.uint64(30)
-    h *= np.uint64(0xBF58476D1CE4E5B9)
-    h ^= h >> np.uint64(27)
-    h *= np.uint64(0x94D049BB133111EB)
-    h ^= h >> np.uint64(31)
-    return h if h != np.uint64(0) else np.uint64(1)
-
-
-@numba.njit(cache=True)
-def ngram_keys(tokens, n):
-    """The key of every n-gram of `tokens`, in order (a rolling polynomial hash over the ids)."""
-    count = tokens.shape[0] - n + 1
-    keys = np.empty(max(count, 0), np.uint64)
-    if count <= 0:
-        return keys
-    top = np.uint64(1)
-    for _ in range(n - 1):
-        top *= _PRIME
-    h = np.uint64(0)
-    for k in range(n):
-        h = h * _PRIME + np.uint64(tokens[k]) + np.uint64(1)
-    keys[0] = _finish(h)
-    for i in range(1, count):
-        h = (h - (np.uint64(tokens[i - 1]) + np.uint64(1)) * top) * _PRIME + np.uint64(tokens[i + n - 1]) + np.uint64(1)
-        keys[i] = _finish(h)
-    return keys
 
 
 @numba.njit(cache=True)
@@ -98,22 +66,22 @@ def _scan(values, offsets, first_document, n, slots, table, bitmap, counts, hold
     bits = bitmap.shape[0] * 64
     top = np.uint64(1)
     for _ in range(n - 1):
-        top *= _PRIME
+        top *= PRIME
     for d in range(offsets.shape[0] - 1):
         start, end = offsets[d], offsets[d + 1]
         if end - start < n:
             continue
         h = np.uint64(0)
         for k in range(n):
-            h = h * _PRIME + np.uint64(values[start + k]) + np.uint64(1)
+            h = h * PRIME + np.uint64(values[start + k]) + np.uint64(1)
         for i in range(start, end - n + 1):
             if i > start:
                 h = (
-                    (h - (np.uint64(values[i - 1]) + np.uint64(1)) * top) * _PRIME
+                    (h - (np.uint64(values[i - 1]) + np.uint64(1)) * top) * PRIME
                     + np.uint64(values[i + n - 1])
                     + np.uint64(1)
                 )
-            key = _finish(h)
+            key = finish(h)
             bit = (key >> np.uint64(20)) & np.uint64(bits - 1)
             if not (bitmap[bit >> np.uint64(6)] >> (bit & np.uint64(63))) & np.uint64(1):
                 continue
@@ -161,6 +129,10 @@ class EvalNgrams:
 
     def table(self):
         return _build_table(self.keys)
+
+    def exclusion(self) -> Exclusion:
+        """What a clean store leaves out: these documents and every document sharing an n-gram with them."""
+        return Exclusion(self.n, self.keys, np.unique(self.text_keys), len(self.documents))
 
 
 @dataclass

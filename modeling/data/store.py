@@ -43,6 +43,7 @@ from modeling.common.errors import DataError
 from modeling.common.loading import load_tokenizer
 from modeling.common.records import Record
 from modeling.common.skips import SkipLog
+from modeling.data.ngrams import Exclusion, text_key
 from modeling.data.sources import SourceSpec, iter_file_records, iter_records, resolve_files
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,6 @@ def is_held_out(text: str, fraction: float) -> bool:
     """Stable across runs, machines and source order: a document is held out by what it says."""
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2**64 < fraction
-
-
-def text_key(text: str) -> int:
-    """A document's text, case and whitespace folded, as 64 bits: the same document re-wrapped or re-cased by
-    another distribution has the same key."""
-    normal = " ".join(text.casefold().split())
-    return int.from_bytes(hashlib.blake2b(normal.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 # ---------------------------------------------------------------- records
@@ -88,6 +82,9 @@ class PartRecord(Record):
     files: list[str]
     shards: dict[str, ShardRecord]  # train / held_out
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> documents
+    exclusion: str | None = None  # fingerprint of what was left out for evaluation sets (Exclusion), if anything
+
+    OMITTED_WHEN_NONE = ("exclusion",)
 
 
 @dataclass
@@ -113,6 +110,16 @@ class SourceRecord(Record):
 
 
 @dataclass
+class ExclusionRecord(Record):
+    """What a clean store left out: documents of these evaluation sets, and documents sharing an n-gram with them."""
+
+    tasks: list[str]  # the task configs, as the recipe names them
+    ngram: int
+    documents: int  # evaluation documents
+    fingerprint: str  # of their n-gram and text keys (Exclusion.fingerprint)
+
+
+@dataclass
 class StoreManifest(Record):
     version: int
     tokenizer_sha256: str  # tokenizer_fingerprint of the tokenizer in tokenizer/
@@ -121,6 +128,9 @@ class StoreManifest(Record):
     holdout_fraction: float
     sources: dict[str, SourceRecord]
     tokenizer_settings: dict = field(default_factory=dict)  # how the recipe made the tokenizer
+    exclusion: ExclusionRecord | None = None  # evaluation sets left out (store.exclude_tasks), if any
+
+    OMITTED_WHEN_NONE = ("exclusion",)
 
     def tokens(self, split: str = "train") -> int:
         return sum(s.tokens[split] for s in self.sources.values())
@@ -218,9 +228,17 @@ def plan_parts(specs: list[SourceSpec], part_bytes: int = DEFAULT_PART_BYTES) ->
 class PreparePart:
     """What each executor task runs: part `rank` of the plan, read, split, tokenized and written."""
 
-    def __init__(self, store: Path, specs: list[SourceSpec], parts: list[Part], holdout_fraction: float):
+    def __init__(
+        self,
+        store: Path,
+        specs: list[SourceSpec],
+        parts: list[Part],
+        holdout_fraction: float,
+        exclusion: Exclusion | None = None,
+    ):
         self.store, self.parts, self.holdout_fraction = str(store), parts, holdout_fraction
         self.specs = {spec.name: spec for spec in specs}
+        self.exclusion = exclusion
 
     def __call__(self, data, rank: int = 0, world_size: int = 1):
         from modeling.common.cli import setup_logging
@@ -229,7 +247,7 @@ class PreparePart:
         part, store = self.parts[rank], StoreFolder(self.store)
         if not store.part_json(part.source, part.number).exists():  # written last: the part is complete
             started = time.monotonic()
-            record = prepare_part(store, self.specs[part.source], part, self.holdout_fraction)
+            record = prepare_part(store, self.specs[part.source], part, self.holdout_fraction, self.exclusion)
             train = record.shards["train"]
             log.info(
                 "part %d of %d (%s, %d files): %d documents, %d tokens in %.0f s",
@@ -244,7 +262,9 @@ class PreparePart:
         return data
 
 
-def prepare_part(store: StoreFolder, spec: SourceSpec, part: Part, holdout_fraction: float) -> PartRecord:
+def prepare_part(
+    store: StoreFolder, spec: SourceSpec, part: Part, holdout_fraction: float, exclusion: Exclusion | None = None
+) -> PartRecord:
     from modeling.data.packing import plain_backend
 
     tokenizer = load_tokenizer(store.tokenizer_dir)
@@ -257,13 +277,13 @@ def prepare_part(store: StoreFolder, spec: SourceSpec, part: Part, holdout_fract
         store.source_dir(spec.name).mkdir(parents=True, exist_ok=True)
         writers = {split: _ShardWriter(store.shard(spec.name, split, part.number), schema) for split in SPLITS}
         try:
-            batch: list[str] = []
-            for _, text in records:
-                batch.append(text)
+            batch: list[tuple[str, str]] = []
+            for where, text in records:
+                batch.append((where, text))
                 if len(batch) == TOKENIZE_BATCH:
-                    _write_batch(batch, backend, writers, holdout_fraction)
+                    _write_batch(batch, backend, writers, holdout_fraction, exclusion, skips, spec.name)
                     batch = []
-            _write_batch(batch, backend, writers, holdout_fraction)
+            _write_batch(batch, backend, writers, holdout_fraction, exclusion, skips, spec.name)
             shards = {split: writer.close() for split, writer in writers.items()}
         finally:
             for writer in writers.values():
@@ -274,6 +294,7 @@ def prepare_part(store: StoreFolder, spec: SourceSpec, part: Part, holdout_fract
             files=list(part.files),
             shards=shards,
             skipped=skips.as_dict().get(spec.name, {}),
+            exclusion=exclusion.fingerprint() if exclusion else None,
         )
         run_files.write_json(store.part_json(spec.name, part.number), record.to_dict())
     except OSError as error:  # the disk filled up, the folder went away ...: reading errors are DataErrors
@@ -284,11 +305,23 @@ def prepare_part(store: StoreFolder, spec: SourceSpec, part: Part, holdout_fract
     return record
 
 
-def _write_batch(texts: list[str], backend, writers: dict, holdout_fraction: float):
-    if not texts:
+def _write_batch(
+    batch: list[tuple[str, str]],
+    backend,
+    writers: dict,
+    holdout_fraction: float,
+    exclusion: Exclusion | None,
+    skips: SkipLog,
+    source: str,
+):
+    if not batch:
         return
-    encoded = backend.encode_batch(texts, add_special_tokens=False)
-    for text, ids in zip(texts, encoded, strict=True):
+    encoded = backend.encode_batch([text for _, text in batch], add_special_tokens=False)
+    for (where, text), ids in zip(batch, encoded, strict=True):
+        reason = exclusion.reason(ids.ids, text) if exclusion is not None else None
+        if reason is not None:
+            skips.add(source, reason, where, expected=True)  # asked for: counted in the manifest, not warned about
+            continue
         writers["held_out" if is_held_out(text, holdout_fraction) else "train"].add(ids.ids, text_key(text))
 
 
@@ -343,16 +376,19 @@ def prepare_store(
     num_proc: int = 1,
     part_bytes: int = DEFAULT_PART_BYTES,
     tokenizer_settings: dict | None = None,
+    exclusion: Exclusion | None = None,
+    exclusion_tasks: list[str] | None = None,
 ) -> StoreManifest:
     """Prepare every part not yet prepared (the tokenizer must already be in `folder`/tokenizer), then write
-    the manifest. Safe to run again after a kill: completed parts are kept."""
+    the manifest. Safe to run again after a kill: completed parts are kept. With `exclusion`, documents of the
+    evaluation sets (`exclusion_tasks`) and documents sharing an n-gram with them are left out and counted."""
     # Imported here: reading a store (training, a GPU machine without datatrove) never needs the executor.
     from modeling.data.executor import QuietLocalExecutor, quiet_datatrove
 
     store = StoreFolder(Path(folder).absolute())  # tasks may run in another working directory
     parts = plan_parts(specs, part_bytes)
     executor = QuietLocalExecutor(
-        pipeline=[PreparePart(store.folder, specs, parts, holdout_fraction)],
+        pipeline=[PreparePart(store.folder, specs, parts, holdout_fraction, exclusion)],
         tasks=len(parts),
         workers=max(1, min(num_proc, len(parts))),
         logging_dir=str(store.logs_dir),
@@ -374,8 +410,11 @@ def prepare_store(
             # the pool terminated the other tasks, mid-write perhaps: their temporary shards go too
             run_files.remove_orphaned_temporaries(store.folder)
             raise _task_error(error) from None
+    record = None
+    if exclusion is not None:
+        record = ExclusionRecord(exclusion_tasks or [], exclusion.n, exclusion.documents, exclusion.fingerprint())
     try:
-        return write_manifest(store, specs, parts, holdout_fraction, tokenizer_settings or {})
+        return write_manifest(store, specs, parts, holdout_fraction, tokenizer_settings or {}, record)
     except OSError as error:
         raise DataError(
             f"{store.manifest_json}: cannot write it ({error.strerror or error}); run prepare again"
@@ -392,13 +431,25 @@ def _task_error(error: Exception) -> Exception:
 
 
 def write_manifest(
-    store: StoreFolder, specs: list[SourceSpec], parts: list[Part], holdout_fraction: float, tokenizer_settings: dict
+    store: StoreFolder,
+    specs: list[SourceSpec],
+    parts: list[Part],
+    holdout_fraction: float,
+    tokenizer_settings: dict,
+    exclusion: ExclusionRecord | None = None,
 ) -> StoreManifest:
 
     tokenizer = load_tokenizer(store.tokenizer_dir)
     sources = {}
     for spec in specs:
         records = [PartRecord.load(store.part_json(spec.name, p.number)) for p in parts if p.source == spec.name]
+        wanted = exclusion.fingerprint if exclusion else None
+        for record in records:
+            if record.exclusion != wanted:  # a killed prepare continued with other evaluation sets left out
+                raise DataError(
+                    f"{store.part_json(spec.name, record.part)}: prepared leaving out other evaluation documents "
+                    f"than this prepare does; prepare the store again with --rebuild"
+                )
         skipped: dict[str, int] = {}
         for record in records:
             for reason, n in record.skipped.items():
@@ -420,6 +471,7 @@ def write_manifest(
         holdout_fraction=holdout_fraction,
         sources=sources,
         tokenizer_settings=tokenizer_settings,
+        exclusion=exclusion,
     )
     run_files.write_json(store.manifest_json, manifest.to_dict())
     return manifest

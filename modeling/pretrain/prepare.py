@@ -16,11 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from modeling.common import run_files
 from modeling.common.errors import ConfigError, DataError
 from modeling.common.loading import load_tokenizer
+from modeling.data.contamination import EvalDocument, EvalNgrams
+from modeling.data.ngrams import Exclusion
 from modeling.data.sources import resolve_files
 from modeling.data.store import (
     FileFingerprint,
@@ -38,7 +41,17 @@ from modeling.pretrain.tokenizer import build_tokenizer
 log = logging.getLogger(__name__)
 
 
-def prepare(recipe: Recipe, num_proc: int | None = None, rebuild: bool = False) -> Store:
+# Reads a task config's validation and test documents: modeling.finetune.dataset.evaluation_documents, handed in by
+# the script (pretraining never imports fine-tuning). Needed only by a recipe with store.exclude_tasks.
+EvaluationReader = Callable[[str, str | None], list[EvalDocument]]
+
+
+def prepare(
+    recipe: Recipe,
+    num_proc: int | None = None,
+    rebuild: bool = False,
+    evaluation_documents: EvaluationReader | None = None,
+) -> Store:
     """The recipe's store, prepared where missing (or all over again with `rebuild`), and checked."""
     run_files.not_a_file("store.path", recipe.store_dir())
     folder = StoreFolder(recipe.store_dir())
@@ -57,18 +70,41 @@ def prepare(recipe: Recipe, num_proc: int | None = None, rebuild: bool = False) 
         num_proc=num_proc or len(os.sched_getaffinity(0)),
         part_bytes=recipe.store.part_mb * 2**20,
         tokenizer_settings=tokenizer_settings(recipe),
+        exclusion=evaluation_exclusion(recipe, evaluation_documents),
+        exclusion_tasks=[config for config, _ in recipe.store.excluded_tasks()] or None,
     )
     return open_store(recipe)
 
 
-def store_pipeline(recipe: Recipe) -> tuple[list, int]:
+def evaluation_exclusion(recipe: Recipe, evaluation_documents: EvaluationReader | None) -> Exclusion | None:
+    """What the recipe's store leaves out (store.exclude_tasks), under the store's tokenizer; None for none."""
+    tasks = recipe.store.excluded_tasks()
+    if not tasks:
+        return None
+    if evaluation_documents is None:
+        raise ConfigError("store.exclude_tasks: this command cannot read task configs; run `train_mlm.py prepare`")
+    documents = [d for config, data_dir in tasks for d in evaluation_documents(config, data_dir)]
+    tokenizer = load_tokenizer(StoreFolder(recipe.store_dir()).tokenizer_dir)
+    exclusion = EvalNgrams.tokenized(documents, tokenizer, n=recipe.store.exclude_ngram).exclusion()
+    log.info(
+        "store %s: leaving out %d evaluation documents of %s and every document sharing a %d-token run with them",
+        recipe.store_dir(),
+        len(documents),
+        ", ".join(config for config, _ in tasks),
+        recipe.store.exclude_ngram,
+    )
+    return exclusion
+
+
+def store_pipeline(recipe: Recipe, evaluation_documents: EvaluationReader | None = None) -> tuple[list, int]:
     """For running the parts on several machines with another datatrove executor (Slurm, Ray): puts the
     tokenizer in the store, then returns (pipeline, tasks) for the executor. When every task is done,
     `train_mlm.py prepare RECIPE` finds every part prepared and writes the manifest."""
     folder = _with_tokenizer(recipe)
     specs = recipe.used_sources()
     parts = plan_parts(specs, recipe.store.part_mb * 2**20)
-    return [PreparePart(folder.folder.absolute(), specs, parts, recipe.holdout.fraction)], len(parts)
+    exclusion = evaluation_exclusion(recipe, evaluation_documents)
+    return [PreparePart(folder.folder.absolute(), specs, parts, recipe.holdout.fraction, exclusion)], len(parts)
 
 
 def _with_tokenizer(recipe: Recipe) -> StoreFolder:
@@ -123,6 +159,14 @@ def open_store(recipe: Recipe) -> Store:
             changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
             raise ConfigError(f"{where}: source '{spec.name}' was prepared with other {', '.join(changed)}; {again}")
         _check_files(where, spec, recorded.files, again)
+    kept_out = manifest.exclusion
+    wanted = ([config for config, _ in recipe.store.excluded_tasks()], recipe.store.exclude_ngram)
+    mismatch = (kept_out.tasks, kept_out.ngram) != wanted if kept_out is not None else bool(wanted[0])
+    if mismatch:
+        found = f"left out {kept_out.tasks} ({kept_out.ngram}-token runs)" if kept_out else "left out no evaluation set"
+        raise ConfigError(
+            f"{where}: {found}, the recipe's store.exclude_tasks asks for {wanted[0]} ({wanted[1]}-token runs); {again}"
+        )
     if recipe.tokenizer.train_vocab_size:
         if manifest.tokenizer_settings != tokenizer_settings(recipe):
             raise ConfigError(

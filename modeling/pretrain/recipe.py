@@ -269,9 +269,29 @@ class StoreConfig:
     part_mb: int = option(
         "Input files per unit of preparation work, in MB (gzip counts 4x); parts are what processes share", 256
     )
+    exclude_tasks: list = option(
+        "Task configs (eval_configs/*.yaml, or {config: PATH, data_dir: DIR}) whose validation and test documents "
+        "are left out of the store, with every document sharing an exclude_ngram-token run with them (counted as "
+        "skipped): a store clean of the evaluation",
+        factory=list,
+    )
+    exclude_ngram: int = option("Run length, in tokens, that makes a document share text with an evaluation set", 13)
 
     def validate(self, key: str):
         positive(f"{key}.part_mb", self.part_mb)
+        positive(f"{key}.exclude_ngram", self.exclude_ngram)
+        for i, task in enumerate(self.exclude_tasks):
+            if isinstance(task, str) and task:
+                continue
+            if isinstance(task, dict) and isinstance(task.get("config"), str) and set(task) <= {"config", "data_dir"}:
+                continue
+            raise ConfigError(
+                f"{key}.exclude_tasks.{i}: a task config path, or {{config: PATH, data_dir: DIR}}; got {task!r}"
+            )
+
+    def excluded_tasks(self) -> list[tuple[str, str | None]]:
+        """(config, data_dir) of each task left out of the store."""
+        return [(t, None) if isinstance(t, str) else (t["config"], t.get("data_dir")) for t in self.exclude_tasks]
 
 
 @dataclass

@@ -33,7 +33,7 @@ from modeling.data.store import Store, StoreFolder
 from modeling.pretrain.masking import MLMCollator
 from modeling.pretrain.model import build_model, check_model_config, reload_phase_model
 from modeling.pretrain.plot import plot_training
-from modeling.pretrain.prepare import open_store, prepare
+from modeling.pretrain.prepare import EvaluationReader, open_store, prepare
 from modeling.pretrain.recipe import Recipe, recipe_from_dict
 from modeling.pretrain.run_folder import PhaseFolder, PretrainingRun
 from modeling.pretrain.schedules import PhasePlan, held_out_masking, plan_phase
@@ -60,8 +60,14 @@ log = logging.getLogger(__name__)
 PhaseEndHook = Callable[[Path, str, bool], None]
 
 
-def run(recipe: Recipe, resume: bool = False, on_phase_end: PhaseEndHook | None = None) -> TrainingSummary:
-    """Train every phase of the recipe; returns the training summary."""
+def run(
+    recipe: Recipe,
+    resume: bool = False,
+    on_phase_end: PhaseEndHook | None = None,
+    evaluation_documents: EvaluationReader | None = None,
+) -> TrainingSummary:
+    """Train every phase of the recipe; returns the training summary. `evaluation_documents` reads the tasks a
+    store the run prepares itself leaves out (store.exclude_tasks)."""
     state = join_processes(recipe.distributed.timeout_minutes)
     check_model_config(recipe)  # before minutes of preparing a store
     run_files.not_a_file("output_dir", Path(recipe.output_dir))
@@ -74,7 +80,7 @@ def run(recipe: Recipe, resume: bool = False, on_phase_end: PhaseEndHook | None 
         raise ConfigError(problem)
     try:
         check_shared_folder(state, run_folder.folder, "output_dir")
-        return _run(recipe, resume, on_phase_end, state, run_folder)
+        return _run(recipe, resume, on_phase_end, state, run_folder, evaluation_documents)
     finally:
         if state.is_main_process:
             lock.release()
@@ -99,8 +105,15 @@ def _start_problem(recipe: Recipe, resume: bool, run_folder: PretrainingRun, loc
     return lock.acquire()
 
 
-def _run(recipe: Recipe, resume: bool, on_phase_end, state: PartialState, run_folder: PretrainingRun):
-    store = _store(recipe, state)
+def _run(
+    recipe: Recipe,
+    resume: bool,
+    on_phase_end,
+    state: PartialState,
+    run_folder: PretrainingRun,
+    evaluation_documents: EvaluationReader | None,
+):
+    store = _store(recipe, state, evaluation_documents)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(store.folder.tokenizer_dir)
     model = build_model(recipe, tokenizer)  # a config error found here leaves nothing behind
@@ -192,7 +205,7 @@ def _flatten(value, prefix: str = "") -> dict:
     return {prefix[:-1]: value}
 
 
-def _store(recipe: Recipe, state: PartialState) -> Store:
+def _store(recipe: Recipe, state: PartialState, evaluation_documents: EvaluationReader | None) -> Store:
     """The recipe's token store. A single process prepares it when it is missing (the demo's first run);
     several processes never do: one would work for minutes while the others wait."""
     complete = StoreFolder(recipe.store_dir()).is_complete()
@@ -213,7 +226,7 @@ def _store(recipe: Recipe, state: PartialState) -> Store:
             f"`python train_mlm.py prepare RECIPE` (the same recipe and overrides), then launch the training"
         )
     log.info("store %s: missing; preparing it now (once)", recipe.store_dir())
-    return prepare(recipe)
+    return prepare(recipe, evaluation_documents=evaluation_documents)
 
 
 @dataclass

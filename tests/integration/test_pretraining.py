@@ -97,6 +97,21 @@ def test_contamination_command_finds_the_task_documents_the_store_trains_on(fini
     assert refused.returncode != 0
     assert "--task" in refused.stderr
 
+    # A clean store: prepare leaves the task's documents out, and every document sharing a 13-token run with them
+    clean = ["--store.path", str(root / "stores" / "clean")]
+    exclude = ["--store.exclude_tasks", json.dumps([{"config": str(root / "copied.yaml"), "data_dir": str(data)}])]
+    train(root, "prepare", root / "recipe.yaml", *clean, *exclude)
+    manifest = json.loads((root / "stores" / "clean" / "manifest.json").read_text())
+    assert manifest["exclusion"]["documents"] == 6  # validation 2 + test 4
+    assert manifest["sources"]["notes"]["skipped"]["an evaluation document"] == 4  # 3 copies, the held-out note
+    train(root, "contamination", root / "recipe.yaml", *clean, "--task", root / "copied.yaml", "--data_dir", data)
+    report = json.loads((root / "stores" / "clean" / "contamination.json").read_text())
+    assert all(s["whole"] == 0 for s in report["splits"])
+    assert all(s["with_ngram"] == 0 for s in report["splits"])
+    mismatch = train(root, "prepare", root / "recipe.yaml", *clean, check=False)  # the recipe leaves out nothing
+    assert mismatch.returncode != 0
+    assert "store.exclude_tasks" in mismatch.stderr
+
 
 def test_summary_counts_tokens_and_loss_falls_in_both_phases(finished_run):
     summary = json.loads((finished_run / "training_summary.json").read_text())

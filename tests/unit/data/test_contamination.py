@@ -134,3 +134,49 @@ def test_ngram_keys_roll_as_they_would_be_computed_from_scratch():
     assert rolled[1] == rolled[8]  # the same 4 ids, the same key
     assert len(set(rolled.tolist())) == len(rolled) - 1
     assert len(ngram_keys(tokens[:3], 4)) == 0
+
+
+def test_a_clean_store_leaves_out_exactly_the_documents_sharing_a_run_with_the_evaluation(tmp_path, tiny_tokenizer):
+    from modeling.data.contamination import shard_text_keys
+    from modeling.data.ngrams import text_key
+
+    rng = random.Random(9)
+    corpus = [_random_text(rng) for _ in range(200)]
+    (tmp_path / "notes.txt").write_text("\n".join(corpus) + "\n")
+    documents = [
+        EvalDocument("t", "test", "copy", corpus[5].upper()),
+        EvalDocument(
+            "t", "test", "run", _random_text(rng, words=OTHER_WORDS) + " " + " ".join(corpus[50].split()[3:23])
+        ),
+        EvalDocument("t", "test", "other", _random_text(rng, words=OTHER_WORDS)),
+    ]
+    evaluation = EvalNgrams.tokenized(documents, tiny_tokenizer, n=N)
+    tiny_tokenizer.save_pretrained(tmp_path / "store" / "tokenizer")
+    spec = SourceSpec("notes", str(tmp_path / "notes.txt"), "text")
+    manifest = prepare_store(
+        tmp_path / "store", [spec], FRACTION, exclusion=evaluation.exclusion(), exclusion_tasks=["t.yaml"]
+    )
+    # brute force: the documents whose folded text is an evaluation document's, or that share a run of N ids
+    backend = plain_backend(tiny_tokenizer)
+    grams = {tuple(ids[i : i + N]) for ids in evaluation.tokens for i in range(len(ids) - N + 1)}
+    folded = {" ".join(d.text.casefold().split()) for d in documents}
+    expected = set()
+    for i, text in enumerate(corpus):
+        ids = backend.encode(text, add_special_tokens=False).ids
+        if " ".join(text.casefold().split()) in folded or any(
+            tuple(ids[j : j + N]) in grams for j in range(len(ids) - N + 1)
+        ):
+            expected.add(i)
+    assert {5, 50} <= expected
+    kept = set()
+    for part in manifest.sources["notes"].parts:
+        for shard in part.shards.values():
+            kept |= set(shard_text_keys(tmp_path / "store" / "notes" / shard.file).tolist())
+    left_out = {i for i, text in enumerate(corpus) if text_key(text) not in kept}
+    assert left_out == expected
+    skipped = manifest.sources["notes"].skipped
+    assert skipped["an evaluation document"] == 1
+    assert skipped[f"shares a {N}-token run with an evaluation document"] == len(expected) - 1
+    assert manifest.exclusion.tasks == ["t.yaml"]
+    assert manifest.exclusion.documents == 3
+    assert Store(tmp_path / "store").manifest.exclusion.fingerprint == evaluation.exclusion().fingerprint()

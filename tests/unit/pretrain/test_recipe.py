@@ -1,5 +1,6 @@
 """Recipes: shipped ones load, overrides reach every field, bad values stop with one line naming the key."""
 
+import re
 import subprocess
 import sys
 
@@ -262,3 +263,23 @@ def test_help_lists_every_recipe_key():
     ):
         assert key in result.stdout
     assert sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize(
+    "tasks, refused",
+    [
+        (["eval_configs/chemprot.yaml", {"config": "eval_configs/cos.yaml", "data_dir": "/data/cos"}], None),
+        ([{"path": "eval_configs/cos.yaml"}], "store.exclude_tasks.0: a task config path, or {config: PATH"),
+        ([3], "store.exclude_tasks.0: a task config path"),
+    ],
+)
+def test_store_exclude_tasks_take_configs_with_optional_data_dirs(tasks, refused):
+    if refused is None:
+        recipe = load_recipe("demo", [("store.exclude_tasks", tasks)])
+        assert recipe.store.excluded_tasks() == [
+            ("eval_configs/chemprot.yaml", None),
+            ("eval_configs/cos.yaml", "/data/cos"),
+        ]
+        return
+    with pytest.raises(ConfigError, match=re.escape(refused)):
+        load_recipe("demo", [("store.exclude_tasks", tasks)])

@@ -1,0 +1,84 @@
+"""Keys of texts and of runs of token ids: what a contamination check compares (modeling.data.contamination) and
+what prepare leaves out of a clean store (`Exclusion`).
+
+`text_key`: a document's text, case and whitespace folded, hashed to 64 bits. `ngram_keys`: every run of n token
+ids, hashed to 64 bits by a rolling polynomial hash, then mixed (splitmix64's finaliser) so every bit of the key
+depends on every id. Two different runs share a key with probability about 2^-64 per pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numba
+import numpy as np
+
+PRIME = np.uint64(0x100000001B3)  # FNV's 64-bit prime: odd, so the polynomial hash is a bijection per position
+
+
+def text_key(text: str) -> int:
+    """A document's text, case and whitespace folded, as 64 bits: the same document re-wrapped or re-cased by
+    another distribution has the same key."""
+    normal = " ".join(text.casefold().split())
+    return int.from_bytes(hashlib.blake2b(normal.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+@numba.njit(cache=True)
+def finish(h):
+    """splitmix64's finaliser (every bit of the polynomial hash reaches every bit of the key); never 0, the empty
+    slot's mark."""
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    return h if h != np.uint64(0) else np.uint64(1)
+
+
+@numba.njit(cache=True)
+def ngram_keys(tokens, n):
+    """The key of every n-gram of `tokens`, in order (a rolling polynomial hash over the ids)."""
+    count = tokens.shape[0] - n + 1
+    keys = np.empty(max(count, 0), np.uint64)
+    if count <= 0:
+        return keys
+    top = np.uint64(1)
+    for _ in range(n - 1):
+        top *= PRIME
+    h = np.uint64(0)
+    for k in range(n):
+        h = h * PRIME + np.uint64(tokens[k]) + np.uint64(1)
+    keys[0] = finish(h)
+    for i in range(1, count):
+        h = (h - (np.uint64(tokens[i - 1]) + np.uint64(1)) * top) * PRIME + np.uint64(tokens[i + n - 1]) + np.uint64(1)
+        keys[i] = finish(h)
+    return keys
+
+
+class Exclusion:
+    """What prepare leaves out of a clean store: every evaluation document itself (by its text key) and every
+    document sharing an n-token run with one. Sorted key arrays: small, and they travel to prepare's processes."""
+
+    def __init__(self, n: int, keys: np.ndarray, text_keys: np.ndarray, documents: int):
+        self.n, self.keys, self.text_keys, self.documents = n, keys, text_keys, documents
+
+    def reason(self, ids, text: str) -> str | None:
+        """Why this document is left out, or None to keep it."""
+        if _holds(self.text_keys, np.array([text_key(text)], dtype=np.uint64)):
+            return "an evaluation document"
+        if len(self.keys) and _holds(self.keys, ngram_keys(np.asarray(ids, dtype=np.int64), self.n)):
+            return f"shares a {self.n}-token run with an evaluation document"
+        return None
+
+    def fingerprint(self) -> str:
+        digest = hashlib.blake2b(str(self.n).encode(), digest_size=8)
+        digest.update(self.keys.tobytes())
+        digest.update(self.text_keys.tobytes())
+        return digest.hexdigest()
+
+
+def _holds(sorted_keys: np.ndarray, keys: np.ndarray) -> bool:
+    if not len(sorted_keys) or not len(keys):
+        return False
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return bool((sorted_keys[at] == keys).any())
