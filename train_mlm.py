@@ -88,26 +88,34 @@ def _take(rest: list[str], flag: str) -> list[str]:
 
 
 def contamination_command(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        parse_args(argv)  # prints the help and exits
     rest = list(argv)
     tasks, data_dirs, ngram = _take(rest, "--task"), _take(rest, "--data_dir"), _take(rest, "--ngram")
     if not tasks:
         raise ConfigError("contamination: name at least one --task CONFIG (e.g. eval_configs/demo_mesh.yaml)")
+    for flag in ("--resume", "--rebuild"):
+        if flag in rest:
+            raise ConfigError(f"contamination: {flag} is a flag of training or prepare, not of contamination")
     if len(ngram) > 1 or (ngram and not ngram[0].isdigit()):
         raise ConfigError(f"--ngram {' '.join(ngram)}: give one whole number of tokens")
     if len(data_dirs) not in (0, 1, len(tasks)):
         raise ConfigError(f"--data_dir given {len(data_dirs)} times for {len(tasks)} --task: give one, or one per task")
     recipe_path, flags, overrides = parse_args(rest)
     recipe = load_recipe(recipe_path, overrides)
+    from modeling.data.contamination import DEFAULT_NGRAM
     from modeling.finetune.dataset import evaluation_documents
-    from modeling.pretrain.contamination import REPORT_NAME, check_contamination, contamination_table
+    from modeling.pretrain.contamination import check_contamination, contamination_table, save_report
 
     documents = []
     for i, task in enumerate(tasks):
         data_dir = data_dirs[i] if len(data_dirs) == len(tasks) else (data_dirs[0] if data_dirs else None)
         documents += evaluation_documents(task, data_dir)
-    report = check_contamination(recipe, documents, ngram=int(ngram[0]) if ngram else 13, num_proc=flags["num_proc"])
+    report = check_contamination(
+        recipe, documents, ngram=int(ngram[0]) if ngram else DEFAULT_NGRAM, num_proc=flags["num_proc"]
+    )
     print("\n" + contamination_table(report))
-    print(f"\nreport: {report.store}/{REPORT_NAME}")
+    print(f"\nreport: {save_report(report)}")
     return 0
 
 

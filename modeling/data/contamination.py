@@ -7,9 +7,9 @@ it (a numba kernel; one process per core, a shard at a time). A document is also
 its normalised text (`text_key`), which prepare keeps beside each store document's ids.
 
 Per evaluation document (`DocumentOverlap`): its n-grams, how many the store holds, the share of its tokens those
-n-grams cover, whether the store holds it whole, and the store documents holding its n-grams. The same scan
-answers prepare's question the other way round (`overlapping`): does this document share an n-gram with any
-evaluation document.
+n-grams cover, whether the store holds it whole, and the store documents holding its n-grams. The keys and the
+kernels are modeling.data.ngrams', which also answers prepare's question the other way round (`Exclusion`): does
+this document share a run with an evaluation document.
 """
 
 from __future__ import annotations
@@ -23,77 +23,13 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-import numba
 import numpy as np
 
 from modeling.common.records import Record
-from modeling.data.ngrams import PRIME, Exclusion, finish, ngram_keys, text_key
+from modeling.data.ngrams import Exclusion, build_table, ngram_keys, scan_batch, text_key
 from modeling.data.store import Store, StoreSplit
 
 DEFAULT_NGRAM = 13
-
-
-@numba.njit(cache=True)
-def _build_table(keys):
-    """Open addressing over the distinct keys (key -> its position in `keys`), and a bitmap that answers most
-    misses from the cache before the table is touched."""
-    size = 16
-    while size < 2 * keys.shape[0]:
-        size *= 2
-    slots = np.zeros(size, np.uint64)
-    values = np.full(size, -1, np.int64)
-    bits = 1 << 16
-    while bits < 8 * keys.shape[0]:
-        bits *= 2
-    bitmap = np.zeros(bits // 64, np.uint64)
-    for i in range(keys.shape[0]):
-        key = keys[i]
-        slot = np.int64(key & np.uint64(size - 1))
-        while slots[slot] != np.uint64(0):
-            slot = (slot + 1) & (size - 1)
-        slots[slot] = key
-        values[slot] = i
-        bit = (key >> np.uint64(20)) & np.uint64(bits - 1)
-        bitmap[bit >> np.uint64(6)] |= np.uint64(1) << (bit & np.uint64(63))
-    return slots, values, bitmap
-
-
-@numba.njit(cache=True)
-def _scan(values, offsets, first_document, n, slots, table, bitmap, counts, holders):
-    """Every n-gram of every document of one record batch looked up: `counts[k]` += occurrences of key k,
-    `holders[k]`: the first document (numbered from `first_document`) that holds it."""
-    size = slots.shape[0]
-    bits = bitmap.shape[0] * 64
-    top = np.uint64(1)
-    for _ in range(n - 1):
-        top *= PRIME
-    for d in range(offsets.shape[0] - 1):
-        start, end = offsets[d], offsets[d + 1]
-        if end - start < n:
-            continue
-        h = np.uint64(0)
-        for k in range(n):
-            h = h * PRIME + np.uint64(values[start + k]) + np.uint64(1)
-        for i in range(start, end - n + 1):
-            if i > start:
-                h = (
-                    (h - (np.uint64(values[i - 1]) + np.uint64(1)) * top) * PRIME
-                    + np.uint64(values[i + n - 1])
-                    + np.uint64(1)
-                )
-            key = finish(h)
-            bit = (key >> np.uint64(20)) & np.uint64(bits - 1)
-            if not (bitmap[bit >> np.uint64(6)] >> (bit & np.uint64(63))) & np.uint64(1):
-                continue
-            slot = np.int64(key & np.uint64(size - 1))
-            while slots[slot] != np.uint64(0):
-                if slots[slot] == key:
-                    k = table[slot]
-                    counts[k] += 1
-                    if holders[k] < 0:
-                        holders[k] = first_document + d
-                    break
-                slot = (slot + 1) & (size - 1)
 
 
 @dataclass(frozen=True)
@@ -128,7 +64,7 @@ class EvalNgrams:
         return cls(documents, [np.asarray(e.ids, dtype=np.int64) for e in encoded] if documents else [], n)
 
     def table(self):
-        return _build_table(self.keys)
+        return build_table(self.keys)
 
     def exclusion(self) -> Exclusion:
         """What a clean store leaves out: these documents and every document sharing an n-gram with them."""
@@ -184,9 +120,10 @@ class ContaminationReport(Record):
 
 @dataclass
 class _ShardScan:
-    """One shard's answer: per key, occurrences and first holder; per text key, first holder."""
+    """One shard's answer, sparse (a worker sends back only what it found): the keys it holds and each one's first
+    holder; per evaluation document, the first holder of its text (-1: none)."""
 
-    counts: np.ndarray
+    keys: np.ndarray
     holders: np.ndarray
     whole: np.ndarray
     documents: int
@@ -208,14 +145,18 @@ def _scan_shard(path: str) -> _ShardScan:
     holders = np.full(len(w["keys"]), -1, np.int64)
     whole = np.full(len(w["text_keys"]), -1, np.int64)
     for batch, (values, offsets) in enumerate(zip(split.values, split.offsets, strict=True)):
-        _scan(values, offsets, int(split.first[batch]), w["n"], w["slots"], w["table"], w["bitmap"], counts, holders)
+        scan_batch(
+            values, offsets, int(split.first[batch]), w["n"], w["slots"], w["table"], w["bitmap"], counts, holders
+        )
     stored = shard_text_keys(Path(path))
     if stored is not None and len(stored) and len(w["text_keys"]):
         distinct, first = np.unique(stored, return_index=True)  # each text key's first document in the shard
         at = np.minimum(np.searchsorted(distinct, w["text_keys"]), len(distinct) - 1)
         hit = distinct[at] == w["text_keys"]
         whole[hit] = first[at[hit]]
-    return _ShardScan(counts, holders, whole, len(split), int(sum(len(v) for v in split.values)), stored is not None)
+    found = np.flatnonzero(counts)
+    tokens = int(sum(len(v) for v in split.values))
+    return _ShardScan(found, holders[found], whole, len(split), tokens, stored is not None)
 
 
 def shard_text_keys(path: Path) -> np.ndarray | None:
@@ -245,7 +186,7 @@ def scan_store(store: Store, evaluation: EvalNgrams, num_proc: int | None = None
     shards = training_shards(store)
     slots, table, bitmap = evaluation.table()
     setup = (evaluation.n, slots, table, bitmap, evaluation.keys, evaluation.text_keys)
-    processes = max(1, min(num_proc or os.cpu_count() or 1, len(shards)))
+    processes = max(1, min(num_proc or len(os.sched_getaffinity(0)), len(shards)))
     if processes == 1:
         _init_worker(*setup)
         results = list(_counted((_scan_shard(path) for _, path in shards), progress))
@@ -275,7 +216,7 @@ def scan_store(store: Store, evaluation: EvalNgrams, num_proc: int | None = None
         store_tokens=sum(r.tokens for r in results),
         processes=processes,
         seconds=time.monotonic() - started,
-        text_keys=bool(results) and all(r.has_text_keys for r in results),
+        text_keys=all(r.has_text_keys for r in results),  # an empty store has nothing to miss
         splits=list(splits.values()),
         documents=worst,
     )
@@ -290,15 +231,17 @@ def _counted(results, progress):
 
 
 def _merge(results: list[_ShardScan], shards, keys: int, documents: int):
+    """Shard by shard in the manifest's order, so the first holder of each key and text does not depend on how many
+    processes scanned."""
     found = np.zeros(keys, bool)
     holder = np.full(keys, "", dtype=object)
     whole = np.full(documents, "", dtype=object)
     for (source, path), result in zip(shards, results, strict=True):
         name = f"{source}/{Path(path).name}"
-        new = (result.counts > 0) & ~found
-        for k in np.nonzero(new)[0]:
-            holder[k] = f"{name}#{result.holders[k]}"
-        found |= result.counts > 0
+        new = ~found[result.keys]
+        for k, row in zip(result.keys[new], result.holders[new], strict=True):
+            holder[k] = f"{name}#{row}"
+        found[result.keys] = True
         for d in np.nonzero((result.whole >= 0) & (whole == ""))[0]:
             whole[d] = f"{name}#{result.whole[d]}"
     return found, holder, whole

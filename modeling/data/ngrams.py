@@ -1,5 +1,6 @@
 """Keys of texts and of runs of token ids: what a contamination check compares (modeling.data.contamination) and
-what prepare leaves out of a clean store (`Exclusion`).
+what prepare leaves out of a clean store (`Exclusion`). Every numba kernel over these keys is in this file: numba
+keeps its cache per file, so a kernel elsewhere could keep a stale copy of `finish` or `PRIME`.
 
 `text_key`: a document's text, case and whitespace folded, hashed to 64 bits. `ngram_keys`: every run of n token
 ids, hashed to 64 bits by a rolling polynomial hash, then mixed (splitmix64's finaliser) so every bit of the key
@@ -53,6 +54,69 @@ def ngram_keys(tokens, n):
         h = (h - (np.uint64(tokens[i - 1]) + np.uint64(1)) * top) * PRIME + np.uint64(tokens[i + n - 1]) + np.uint64(1)
         keys[i] = finish(h)
     return keys
+
+
+@numba.njit(cache=True)
+def build_table(keys):
+    """Open addressing over the distinct keys (key -> its position in `keys`), and a bitmap that answers most
+    misses from the cache before the table is touched."""
+    size = 16
+    while size < 2 * keys.shape[0]:
+        size *= 2
+    slots = np.zeros(size, np.uint64)
+    values = np.full(size, -1, np.int64)
+    bits = 1 << 16
+    while bits < 8 * keys.shape[0]:
+        bits *= 2
+    bitmap = np.zeros(bits // 64, np.uint64)
+    for i in range(keys.shape[0]):
+        key = keys[i]
+        slot = np.int64(key & np.uint64(size - 1))
+        while slots[slot] != np.uint64(0):
+            slot = (slot + 1) & (size - 1)
+        slots[slot] = key
+        values[slot] = i
+        bit = (key >> np.uint64(20)) & np.uint64(bits - 1)
+        bitmap[bit >> np.uint64(6)] |= np.uint64(1) << (bit & np.uint64(63))
+    return slots, values, bitmap
+
+
+@numba.njit(cache=True)
+def scan_batch(values, offsets, first_document, n, slots, table, bitmap, counts, holders):
+    """Every n-gram of every document of one record batch looked up: `counts[k]` += occurrences of key k,
+    `holders[k]`: the first document (numbered from `first_document`) that holds it."""
+    size = slots.shape[0]
+    bits = bitmap.shape[0] * 64
+    top = np.uint64(1)
+    for _ in range(n - 1):
+        top *= PRIME
+    for d in range(offsets.shape[0] - 1):
+        start, end = offsets[d], offsets[d + 1]
+        if end - start < n:
+            continue
+        h = np.uint64(0)
+        for k in range(n):
+            h = h * PRIME + np.uint64(values[start + k]) + np.uint64(1)
+        for i in range(start, end - n + 1):
+            if i > start:
+                h = (
+                    (h - (np.uint64(values[i - 1]) + np.uint64(1)) * top) * PRIME
+                    + np.uint64(values[i + n - 1])
+                    + np.uint64(1)
+                )
+            key = finish(h)
+            bit = (key >> np.uint64(20)) & np.uint64(bits - 1)
+            if not (bitmap[bit >> np.uint64(6)] >> (bit & np.uint64(63))) & np.uint64(1):
+                continue
+            slot = np.int64(key & np.uint64(size - 1))
+            while slots[slot] != np.uint64(0):
+                if slots[slot] == key:
+                    k = table[slot]
+                    counts[k] += 1
+                    if holders[k] < 0:
+                        holders[k] = first_document + d
+                    break
+                slot = (slot + 1) & (size - 1)
 
 
 class Exclusion:

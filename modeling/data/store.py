@@ -114,6 +114,7 @@ class ExclusionRecord(Record):
     """What a clean store left out: documents of these evaluation sets, and documents sharing an n-gram with them."""
 
     tasks: list[str]  # the task configs, as the recipe names them
+    data_dirs: list[str | None]  # the data each was read from (its data.path where None)
     ngram: int
     documents: int  # evaluation documents
     fingerprint: str  # of their n-gram and text keys (Exclusion.fingerprint)
@@ -377,7 +378,7 @@ def prepare_store(
     part_bytes: int = DEFAULT_PART_BYTES,
     tokenizer_settings: dict | None = None,
     exclusion: Exclusion | None = None,
-    exclusion_tasks: list[str] | None = None,
+    exclusion_tasks: list[tuple[str, str | None]] | None = None,
 ) -> StoreManifest:
     """Prepare every part not yet prepared (the tokenizer must already be in `folder`/tokenizer), then write
     the manifest. Safe to run again after a kill: completed parts are kept. With `exclusion`, documents of the
@@ -394,6 +395,7 @@ def prepare_store(
         logging_dir=str(store.logs_dir),
     )
     done = sum(store.part_json(p.source, p.number).exists() for p in parts)
+    _check_parts_exclusion(store, parts, exclusion.fingerprint() if exclusion else None)  # before hours of work
     log.info(
         "store %s: %d parts of %d sources (%d already prepared), %d processes",
         store.folder,
@@ -412,13 +414,25 @@ def prepare_store(
             raise _task_error(error) from None
     record = None
     if exclusion is not None:
-        record = ExclusionRecord(exclusion_tasks or [], exclusion.n, exclusion.documents, exclusion.fingerprint())
+        configs, data_dirs = [c for c, _ in exclusion_tasks or []], [d for _, d in exclusion_tasks or []]
+        record = ExclusionRecord(configs, data_dirs, exclusion.n, exclusion.documents, exclusion.fingerprint())
     try:
         return write_manifest(store, specs, parts, holdout_fraction, tokenizer_settings or {}, record)
     except OSError as error:
         raise DataError(
             f"{store.manifest_json}: cannot write it ({error.strerror or error}); run prepare again"
         ) from None
+
+
+def _check_parts_exclusion(store: StoreFolder, parts: list[Part], fingerprint: str | None) -> None:
+    """Parts a killed prepare finished must have left out what this prepare leaves out."""
+    for part in parts:
+        path = store.part_json(part.source, part.number)
+        if path.exists() and PartRecord.load(path).exclusion != fingerprint:
+            raise DataError(
+                f"{path}: prepared leaving out other evaluation documents than this prepare does; prepare the store "
+                "again with --rebuild"
+            )
 
 
 def _task_error(error: Exception) -> Exception:

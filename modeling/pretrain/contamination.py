@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from modeling.common import run_files
-from modeling.common.errors import ConfigError
+from modeling.common.errors import ConfigError, DataError
 from modeling.common.loading import load_tokenizer
 from modeling.data.contamination import DEFAULT_NGRAM, ContaminationReport, EvalDocument, EvalNgrams, scan_store
 from modeling.data.store import Store
@@ -27,14 +27,10 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "contamination.json"
 
 
-def report_path(store: Store) -> Path:
-    return store.folder.folder / REPORT_NAME
-
-
 def check_contamination(
     recipe: Recipe, documents: list[EvalDocument], ngram: int = DEFAULT_NGRAM, num_proc: int | None = None
 ) -> ContaminationReport:
-    """Scan the recipe's store for the evaluation documents; write and return the report."""
+    """Scan the recipe's store for the evaluation documents (`save_report` keeps the result)."""
     if ngram < 1:
         raise ConfigError(f"--ngram {ngram}: must be >= 1")
     store = Store(recipe.store_dir())
@@ -49,8 +45,17 @@ def check_contamination(
             "(prepare it again to find them whole, re-cased or re-wrapped)",
             store.folder.folder,
         )
-    run_files.write_json(report_path(store), report.to_dict())
     return report
+
+
+def save_report(report: ContaminationReport) -> Path:
+    """STORE/contamination.json; a store that cannot be written to is one line (the table is printed already)."""
+    path = Path(report.store) / REPORT_NAME
+    try:
+        run_files.write_json(path, report.to_dict())
+    except OSError as error:
+        raise DataError(f"{path}: cannot write the report ({error.strerror or error})") from None
+    return path
 
 
 def contamination_table(report: ContaminationReport, worst: int = 10) -> str:

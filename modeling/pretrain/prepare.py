@@ -60,6 +60,14 @@ def prepare(
         shutil.rmtree(folder.folder)
     if folder.is_complete():
         store = open_store(recipe)
+        if store.manifest.exclusion is not None and evaluation_documents is not None:
+            # the same task names may hold other documents now (other data_dir, files, split): compare them
+            exclusion = evaluation_exclusion(recipe, evaluation_documents)
+            if exclusion.fingerprint() != store.manifest.exclusion.fingerprint:
+                raise ConfigError(
+                    f"store {folder.folder}: left out other evaluation documents than store.exclude_tasks reads now "
+                    "(their files, data_dir or split changed); prepare it again with --rebuild"
+                )
         log.info("store %s: complete, %s training tokens", folder.folder, f"{store.manifest.tokens():,}")
         return store
     _with_tokenizer(recipe)
@@ -71,7 +79,7 @@ def prepare(
         part_bytes=recipe.store.part_mb * 2**20,
         tokenizer_settings=tokenizer_settings(recipe),
         exclusion=evaluation_exclusion(recipe, evaluation_documents),
-        exclusion_tasks=[config for config, _ in recipe.store.excluded_tasks()] or None,
+        exclusion_tasks=recipe.store.excluded_tasks(),
     )
     return open_store(recipe)
 
@@ -82,7 +90,10 @@ def evaluation_exclusion(recipe: Recipe, evaluation_documents: EvaluationReader 
     if not tasks:
         return None
     if evaluation_documents is None:
-        raise ConfigError("store.exclude_tasks: this command cannot read task configs; run `train_mlm.py prepare`")
+        raise ConfigError(
+            "store.exclude_tasks: no reader of task configs was given; pass evaluation_documents="
+            "modeling.finetune.dataset.evaluation_documents (train_mlm.py prepare does)"
+        )
     documents = [d for config, data_dir in tasks for d in evaluation_documents(config, data_dir)]
     tokenizer = load_tokenizer(StoreFolder(recipe.store_dir()).tokenizer_dir)
     exclusion = EvalNgrams.tokenized(documents, tokenizer, n=recipe.store.exclude_ngram).exclusion()
@@ -159,13 +170,14 @@ def open_store(recipe: Recipe) -> Store:
             changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
             raise ConfigError(f"{where}: source '{spec.name}' was prepared with other {', '.join(changed)}; {again}")
         _check_files(where, spec, recorded.files, again)
-    kept_out = manifest.exclusion
-    wanted = ([config for config, _ in recipe.store.excluded_tasks()], recipe.store.exclude_ngram)
-    mismatch = (kept_out.tasks, kept_out.ngram) != wanted if kept_out is not None else bool(wanted[0])
+    kept_out, tasks = manifest.exclusion, recipe.store.excluded_tasks()
+    wanted = ([c for c, _ in tasks], [d for _, d in tasks], recipe.store.exclude_ngram)
+    mismatch = (kept_out.tasks, kept_out.data_dirs, kept_out.ngram) != wanted if kept_out else bool(tasks)
     if mismatch:
-        found = f"left out {kept_out.tasks} ({kept_out.ngram}-token runs)" if kept_out else "left out no evaluation set"
+        found = f"left out {', '.join(kept_out.tasks)} ({kept_out.ngram}-token runs)" if kept_out else "left out none"
+        asked = f"{', '.join(wanted[0])} ({wanted[2]}-token runs)" if tasks else "none"
         raise ConfigError(
-            f"{where}: {found}, the recipe's store.exclude_tasks asks for {wanted[0]} ({wanted[1]}-token runs); {again}"
+            f"{where}: {found} of the evaluation sets; the recipe's store.exclude_tasks asks for {asked}; {again}"
         )
     if recipe.tokenizer.train_vocab_size:
         if manifest.tokenizer_settings != tokenizer_settings(recipe):

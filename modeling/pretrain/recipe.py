@@ -280,6 +280,10 @@ class StoreConfig:
     def validate(self, key: str):
         positive(f"{key}.part_mb", self.part_mb)
         positive(f"{key}.exclude_ngram", self.exclude_ngram)
+        if not isinstance(self.exclude_tasks, list):
+            raise ConfigError(
+                f"{key}.exclude_tasks: a list of task configs, e.g. [chemprot]; got {self.exclude_tasks!r}"
+            )
         for i, task in enumerate(self.exclude_tasks):
             if isinstance(task, str) and task:
                 continue

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import WORDS
 
+from modeling.common.errors import DataError
 from modeling.data.contamination import EvalDocument, EvalNgrams, ngram_keys, scan_store
 from modeling.data.packing import plain_backend
 from modeling.data.sources import SourceSpec
@@ -34,7 +35,9 @@ def planted(tmp_path_factory, tiny_tokenizer):
     for f, docs in enumerate(corpus):
         (tmp / f"notes{f}.txt").write_text("\n".join(docs) + "\n")
     tiny_tokenizer.save_pretrained(tmp / "store" / "tokenizer")
-    prepare_store(tmp / "store", [SourceSpec("notes", str(tmp / "notes*.txt"), "text")], FRACTION, part_bytes=6000)
+    with pytest.MonkeyPatch.context() as patch:  # shards of several record batches: rows are numbered across them
+        patch.setattr("modeling.data.store.WRITE_BATCH", 16)
+        prepare_store(tmp / "store", [SourceSpec("notes", str(tmp / "notes*.txt"), "text")], FRACTION, part_bytes=6000)
     train = [d for docs in corpus for d in docs if not is_held_out(d, FRACTION)]
     held_out = [d for docs in corpus for d in docs if is_held_out(d, FRACTION)]
     words = train[7].split()
@@ -118,6 +121,32 @@ def test_the_scan_counts_what_a_brute_force_reference_counts(planted):
         assert got.whole == expected["whole"], document.id
 
 
+def test_the_store_documents_named_hold_what_they_are_named_for(planted):
+    from modeling.data.contamination import shard_text_keys
+    from modeling.data.ngrams import text_key
+    from modeling.data.store import StoreSplit
+
+    store, evaluation, tokenizer, _ = planted
+    assert len(store.split("notes").values) > 2  # several record batches
+    report = scan_store(store, evaluation, num_proc=1)
+    backend = plain_backend(tokenizer)
+    texts = {d.id: d.text for d in evaluation.documents}
+    checked = 0
+    for document in report.documents:
+        ids = backend.encode(texts[document.id], add_special_tokens=False).ids
+        grams = {tuple(ids[i : i + N]) for i in range(len(ids) - N + 1)}
+        for k, name in enumerate(document.store_documents):
+            shard, row = name.split("#")
+            path = store.folder.folder / shard
+            if k == 0 and document.whole:
+                assert shard_text_keys(path)[int(row)] == text_key(texts[document.id]), name
+                continue
+            held = StoreSplit([path]).tokens(int(row)).tolist()
+            assert any(tuple(held[i : i + N]) in grams for i in range(len(held) - N + 1)), name
+            checked += 1
+    assert checked >= 2
+
+
 def test_two_processes_report_what_one_does(planted):
     store, evaluation, _, _ = planted
     one, two = scan_store(store, evaluation, num_proc=1), scan_store(store, evaluation, num_proc=2)
@@ -154,7 +183,7 @@ def test_a_clean_store_leaves_out_exactly_the_documents_sharing_a_run_with_the_e
     tiny_tokenizer.save_pretrained(tmp_path / "store" / "tokenizer")
     spec = SourceSpec("notes", str(tmp_path / "notes.txt"), "text")
     manifest = prepare_store(
-        tmp_path / "store", [spec], FRACTION, exclusion=evaluation.exclusion(), exclusion_tasks=["t.yaml"]
+        tmp_path / "store", [spec], FRACTION, exclusion=evaluation.exclusion(), exclusion_tasks=[("t.yaml", None)]
     )
     # brute force: the documents whose folded text is an evaluation document's, or that share a run of N ids
     backend = plain_backend(tiny_tokenizer)
@@ -180,3 +209,8 @@ def test_a_clean_store_leaves_out_exactly_the_documents_sharing_a_run_with_the_e
     assert manifest.exclusion.tasks == ["t.yaml"]
     assert manifest.exclusion.documents == 3
     assert Store(tmp_path / "store").manifest.exclusion.fingerprint == evaluation.exclusion().fingerprint()
+    # a killed prepare continued with other evaluation sets left out is refused before any work
+    (tmp_path / "store" / "manifest.json").unlink()
+    other = EvalNgrams.tokenized(documents[:1], tiny_tokenizer, n=N).exclusion()
+    with pytest.raises(DataError, match="prepared leaving out other evaluation documents"):
+        prepare_store(tmp_path / "store", [spec], FRACTION, exclusion=other, exclusion_tasks=[("t.yaml", None)])

@@ -271,6 +271,8 @@ def test_help_lists_every_recipe_key():
         (["eval_configs/chemprot.yaml", {"config": "eval_configs/cos.yaml", "data_dir": "/data/cos"}], None),
         ([{"path": "eval_configs/cos.yaml"}], "store.exclude_tasks.0: a task config path, or {config: PATH"),
         ([3], "store.exclude_tasks.0: a task config path"),
+        ("chemprot", "store.exclude_tasks: a list of task configs"),
+        (None, "store.exclude_tasks: a list of task configs"),
     ],
 )
 def test_store_exclude_tasks_take_configs_with_optional_data_dirs(tasks, refused):
