@@ -81,9 +81,10 @@ def child(corpus: str, tokenizer_dir: str, row_length: int) -> dict:
     write_manifest(folder, [spec], [part], 0.0, {})
     store = Store(folder.folder)
     cpu_start, start = time.process_time(), time.perf_counter()  # reading only: index, rows, collate, mask
-    index = PhaseIndex(store, ["corpus"], None, seed=0, phase="benchmark", packing=Packing.of(tokenizer, row_length))
+    packing = Packing.of(tokenizer, row_length)
+    index = PhaseIndex(store, ["corpus"], None, seed=0, phase="benchmark", packing=packing)
     rows = PhaseRows(folder.folder, index, index.rows_in_epochs(1))
-    collator = MLMCollator(tokenizer, Packing.of(tokenizer, row_length), MaskingSchedule(0.3, 0.3, 1), 0, "benchmark")
+    collator = MLMCollator(tokenizer, packing, MaskingSchedule(0.3, 0.3, 1), 0, "benchmark")
     tokens = documents = batches = 0
     for first in range(0, len(rows), 8):
         batch_rows = [rows[i] for i in range(first, min(first + 8, len(rows)))]

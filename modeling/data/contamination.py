@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from modeling.common.records import Record
-from modeling.data.ngrams import Exclusion, build_table, ngram_keys, scan_batch, text_key
+from modeling.data.ngrams import Exclusion, build_table, find_keys, ngram_keys, scan_batch, text_key
 from modeling.data.store import Store, StoreSplit
 
 DEFAULT_NGRAM = 13
@@ -148,34 +147,22 @@ def _scan_shard(path: str) -> _ShardScan:
         scan_batch(
             values, offsets, int(split.first[batch]), w["n"], w["slots"], w["table"], w["bitmap"], counts, holders
         )
-    stored = shard_text_keys(Path(path))
-    if stored is not None and len(stored) and len(w["text_keys"]):
+    stored = split.text_keys()
+    if stored is not None:
         distinct, first = np.unique(stored, return_index=True)  # each text key's first document in the shard
-        at = np.minimum(np.searchsorted(distinct, w["text_keys"]), len(distinct) - 1)
-        hit = distinct[at] == w["text_keys"]
+        at, hit = find_keys(distinct, w["text_keys"])
         whole[hit] = first[at[hit]]
     found = np.flatnonzero(counts)
     tokens = int(sum(len(v) for v in split.values))
     return _ShardScan(found, holders[found], whole, len(split), tokens, stored is not None)
 
 
-def shard_text_keys(path: Path) -> np.ndarray | None:
-    """The text keys prepare kept in a shard, or None for a shard written before it kept them."""
-    import pyarrow as pa
-
-    table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
-    if "text_key" not in table.column_names:
-        return None
-    return table.column("text_key").to_numpy().astype(np.uint64)
-
-
-def training_shards(store: Store, sources: Iterable[str] | None = None) -> list[tuple[str, str]]:
+def training_shards(store: Store) -> list[tuple[str, str]]:
     """(source, shard path) of every training shard, in the manifest's order."""
-    names = list(sources) if sources is not None else list(store.manifest.sources)
     return [
         (name, str(store.folder.source_dir(name) / part.shards["train"].file))
-        for name in names
-        for part in store.manifest.sources[name].parts
+        for name, source in store.manifest.sources.items()
+        for part in source.parts
     ]
 
 

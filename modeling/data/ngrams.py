@@ -37,21 +37,41 @@ def finish(h):
 
 
 @numba.njit(cache=True)
+def _top(n):
+    """PRIME^(n-1): the weight of the id that leaves the window."""
+    top = np.uint64(1)
+    for _ in range(n - 1):
+        top *= PRIME
+    return top
+
+
+@numba.njit(cache=True)
+def _first(tokens, start, n):
+    """The polynomial hash of tokens[start : start + n] (ids + 1, so id 0 counts)."""
+    h = np.uint64(0)
+    for k in range(n):
+        h = h * PRIME + np.uint64(tokens[start + k]) + np.uint64(1)
+    return h
+
+
+@numba.njit(cache=True)
+def _roll(h, leaving, entering, top):
+    """The window's hash moved on by one id: `leaving` drops out of the front, `entering` joins at the back."""
+    return (h - (np.uint64(leaving) + np.uint64(1)) * top) * PRIME + np.uint64(entering) + np.uint64(1)
+
+
+@numba.njit(cache=True)
 def ngram_keys(tokens, n):
     """The key of every n-gram of `tokens`, in order (a rolling polynomial hash over the ids)."""
     count = tokens.shape[0] - n + 1
     keys = np.empty(max(count, 0), np.uint64)
     if count <= 0:
         return keys
-    top = np.uint64(1)
-    for _ in range(n - 1):
-        top *= PRIME
-    h = np.uint64(0)
-    for k in range(n):
-        h = h * PRIME + np.uint64(tokens[k]) + np.uint64(1)
+    top = _top(n)
+    h = _first(tokens, 0, n)
     keys[0] = finish(h)
     for i in range(1, count):
-        h = (h - (np.uint64(tokens[i - 1]) + np.uint64(1)) * top) * PRIME + np.uint64(tokens[i + n - 1]) + np.uint64(1)
+        h = _roll(h, tokens[i - 1], tokens[i + n - 1], top)
         keys[i] = finish(h)
     return keys
 
@@ -87,23 +107,15 @@ def scan_batch(values, offsets, first_document, n, slots, table, bitmap, counts,
     `holders[k]`: the first document (numbered from `first_document`) that holds it."""
     size = slots.shape[0]
     bits = bitmap.shape[0] * 64
-    top = np.uint64(1)
-    for _ in range(n - 1):
-        top *= PRIME
+    top = _top(n)
     for d in range(offsets.shape[0] - 1):
         start, end = offsets[d], offsets[d + 1]
         if end - start < n:
             continue
-        h = np.uint64(0)
-        for k in range(n):
-            h = h * PRIME + np.uint64(values[start + k]) + np.uint64(1)
+        h = _first(values, start, n)
         for i in range(start, end - n + 1):
             if i > start:
-                h = (
-                    (h - (np.uint64(values[i - 1]) + np.uint64(1)) * top) * PRIME
-                    + np.uint64(values[i + n - 1])
-                    + np.uint64(1)
-                )
+                h = _roll(h, values[i - 1], values[i + n - 1], top)
             key = finish(h)
             bit = (key >> np.uint64(20)) & np.uint64(bits - 1)
             if not (bitmap[bit >> np.uint64(6)] >> (bit & np.uint64(63))) & np.uint64(1):
@@ -141,8 +153,13 @@ class Exclusion:
         return digest.hexdigest()
 
 
-def _holds(sorted_keys: np.ndarray, keys: np.ndarray) -> bool:
-    if not len(sorted_keys) or not len(keys):
-        return False
+def find_keys(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position of each key in `sorted_keys`, whether it is there); positions of keys not there mean nothing."""
+    if not len(sorted_keys):
+        return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
     at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return bool((sorted_keys[at] == keys).any())
+    return at, sorted_keys[at] == keys
+
+
+def _holds(sorted_keys: np.ndarray, keys: np.ndarray) -> bool:
+    return bool(find_keys(sorted_keys, keys)[1].any())

@@ -457,13 +457,6 @@ def write_manifest(
     sources = {}
     for spec in specs:
         records = [PartRecord.load(store.part_json(spec.name, p.number)) for p in parts if p.source == spec.name]
-        wanted = exclusion.fingerprint if exclusion else None
-        for record in records:
-            if record.exclusion != wanted:  # a killed prepare continued with other evaluation sets left out
-                raise DataError(
-                    f"{store.part_json(spec.name, record.part)}: prepared leaving out other evaluation documents "
-                    f"than this prepare does; prepare the store again with --rebuild"
-                )
         skipped: dict[str, int] = {}
         for record in records:
             for reason, n in record.skipped.items():
@@ -505,6 +498,7 @@ class StoreSplit:
     def __init__(self, paths: list[Path]):
         self.values: list[np.ndarray] = []  # per record batch: every token id, documents one after another
         self.offsets: list[np.ndarray] = []  # per record batch: where each document starts (one more at the end)
+        self._keys: list | None = []  # memory-mapped text_key columns; None where a shard (version 1) lacks them
         for path in paths:
             try:
                 table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
@@ -513,11 +507,22 @@ class StoreSplit:
             for chunk in table.column("input_ids").chunks:
                 self.values.append(chunk.values.to_numpy(zero_copy_only=True))
                 self.offsets.append(chunk.offsets.to_numpy(zero_copy_only=True))
+            if self._keys is not None and "text_key" in table.column_names:
+                self._keys.append(table.column("text_key"))
+            else:
+                self._keys = None
         counts = [len(offsets) - 1 for offsets in self.offsets]
         self.first = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])  # first document of each batch
 
     def __len__(self) -> int:
         return int(self.first[-1])
+
+    def text_keys(self) -> np.ndarray | None:
+        """Every document's text key (modeling.data.ngrams.text_key), in order; None where a shard lacks them.
+        Read when asked: training never needs them."""
+        if self._keys is None:
+            return None
+        return np.concatenate([np.zeros(0, np.uint64), *(column.to_numpy() for column in self._keys)])
 
     def lengths(self) -> np.ndarray:
         """Tokens of every document, in order."""

@@ -18,7 +18,14 @@ from tqdm.auto import tqdm
 from modeling.common import run_files
 from modeling.common.errors import ConfigError, DataError
 from modeling.common.loading import load_tokenizer
-from modeling.data.contamination import DEFAULT_NGRAM, ContaminationReport, EvalDocument, EvalNgrams, scan_store
+from modeling.data.contamination import (
+    DEFAULT_NGRAM,
+    ContaminationReport,
+    EvalDocument,
+    EvalNgrams,
+    scan_store,
+    training_shards,
+)
 from modeling.data.store import Store
 from modeling.pretrain.recipe import Recipe
 
@@ -36,8 +43,7 @@ def check_contamination(
     store = Store(recipe.store_dir())
     tokenizer = load_tokenizer(store.folder.tokenizer_dir)
     evaluation = EvalNgrams.tokenized(documents, tokenizer, n=ngram)
-    shards = sum(len(source.parts) for source in store.manifest.sources.values())
-    with tqdm(total=shards, desc="scanning the store", unit="shard") as bar:
+    with tqdm(total=len(training_shards(store)), desc="scanning the store", unit="shard") as bar:
         report = scan_store(store, evaluation, num_proc=num_proc, progress=bar.update)
     if not report.text_keys:
         log.warning(

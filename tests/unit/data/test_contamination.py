@@ -122,7 +122,6 @@ def test_the_scan_counts_what_a_brute_force_reference_counts(planted):
 
 
 def test_the_store_documents_named_hold_what_they_are_named_for(planted):
-    from modeling.data.contamination import shard_text_keys
     from modeling.data.ngrams import text_key
     from modeling.data.store import StoreSplit
 
@@ -139,7 +138,7 @@ def test_the_store_documents_named_hold_what_they_are_named_for(planted):
             shard, row = name.split("#")
             path = store.folder.folder / shard
             if k == 0 and document.whole:
-                assert shard_text_keys(path)[int(row)] == text_key(texts[document.id]), name
+                assert StoreSplit([path]).text_keys()[int(row)] == text_key(texts[document.id]), name
                 continue
             held = StoreSplit([path]).tokens(int(row)).tolist()
             assert any(tuple(held[i : i + N]) in grams for i in range(len(held) - N + 1)), name
@@ -166,8 +165,8 @@ def test_ngram_keys_roll_as_they_would_be_computed_from_scratch():
 
 
 def test_a_clean_store_leaves_out_exactly_the_documents_sharing_a_run_with_the_evaluation(tmp_path, tiny_tokenizer):
-    from modeling.data.contamination import shard_text_keys
     from modeling.data.ngrams import text_key
+    from modeling.data.store import StoreSplit
 
     rng = random.Random(9)
     corpus = [_random_text(rng) for _ in range(200)]
@@ -200,7 +199,7 @@ def test_a_clean_store_leaves_out_exactly_the_documents_sharing_a_run_with_the_e
     kept = set()
     for part in manifest.sources["notes"].parts:
         for shard in part.shards.values():
-            kept |= set(shard_text_keys(tmp_path / "store" / "notes" / shard.file).tolist())
+            kept |= set(StoreSplit([tmp_path / "store" / "notes" / shard.file]).text_keys().tolist())
     left_out = {i for i, text in enumerate(corpus) if text_key(text) not in kept}
     assert left_out == expected
     skipped = manifest.sources["notes"].skipped
