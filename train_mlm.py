@@ -130,6 +130,7 @@ def train(argv: list[str]) -> int:
     # heavy imports only once the recipe is known to be good (and publishing only when the recipe pushes)
     from modeling.finetune.dataset import evaluation_documents
     from modeling.pretrain.runner import run
+    from modeling.pretrain.summary import source_losses_table
 
     pusher = _pusher(recipe)
     try:
@@ -149,6 +150,9 @@ def train(argv: list[str]) -> int:
                 f"{phase.phase:<12}{phase.tokens:>14,}{held.loss_start:>11.3f} -> {held.loss_end:<7.3f}"
                 f"{entropy:>17}{phase.wall_time_s:>10.0f}{phase.tokens_per_second:>10.0f}"
             )
+        per_source = source_losses_table(summary.phases)
+        if per_source:
+            print("\n" + per_source)
         print(f"\nsummary: {recipe.output_dir}/training_summary.json   plot: {recipe.output_dir}/{summary.plot}")
         run = PretrainingRun(recipe.output_dir)
         print("models:  " + "  ".join(run.resolve(phase.model_dir) for phase in summary.phases))

@@ -133,6 +133,12 @@ def held_out_rows(
     return [build_row(index, r, splits, packing, r) for r in range(len(index))]
 
 
+def source_held_out_rows(store: Store, source: str, seed: int, max_documents: int, packing: Packing) -> list[PackedRow]:
+    """A source's own held-out slice: `max_documents` of its held-out documents, drawn by the seed and the source
+    alone (not the phase), so every phase of a run measures the same text."""
+    return held_out_rows(store, [source], seed, f"source/{source}", max_documents, packing)
+
+
 def unigram_entropy(rows: list[PackedRow], special_ids) -> float:
     """Entropy (nats) of the token frequencies of `rows`, special tokens left out: the held-out MLM loss of a
     model that knows only which tokens are common and nothing of context. Measured on the rows themselves

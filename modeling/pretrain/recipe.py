@@ -219,12 +219,19 @@ class PhaseConfig:
 @dataclass
 class HoldoutConfig:
     fraction: float = option("Share of documents (chosen by a hash of their text) kept out of training", 0.002)
-    max_documents: int = option("Held-out documents used to measure the loss at the start and end of each phase", 200)
+    max_documents: int = option(
+        "Held-out documents used to measure the loss at the start and end of each phase (the phase's slice, and "
+        "each source's own)",
+        200,
+    )
+    every_steps: int = option("Also measure each source's held-out loss every N optimizer steps (0: never)", 0)
 
     def validate(self, key: str):
         if not 0 < self.fraction < 0.5:
             raise ConfigError(f"{key}.fraction={self.fraction}: must be in (0, 0.5)")
         positive(f"{key}.max_documents", self.max_documents)
+        if isinstance(self.every_steps, bool) or not isinstance(self.every_steps, int) or self.every_steps < 0:
+            raise ConfigError(f"{key}.every_steps={self.every_steps!r}: give a whole number of steps >= 0 (0: never)")
 
 
 @dataclass

@@ -28,7 +28,7 @@ from modeling.common.loading import load_tokenizer
 from modeling.common.runtime import check_shared_folder, join_processes, processes_without
 from modeling.data.index import PhaseIndex
 from modeling.data.packing import PackedRow, Packing
-from modeling.data.rows import build_phase_data, unigram_entropy
+from modeling.data.rows import build_phase_data, source_held_out_rows, unigram_entropy
 from modeling.data.store import Store, StoreFolder
 from modeling.pretrain.masking import MLMCollator
 from modeling.pretrain.model import build_model, check_model_config, reload_phase_model
@@ -36,17 +36,19 @@ from modeling.pretrain.plot import plot_training
 from modeling.pretrain.prepare import EvaluationReader, open_store, prepare
 from modeling.pretrain.recipe import Recipe, recipe_from_dict
 from modeling.pretrain.run_folder import PhaseFolder, PretrainingRun
-from modeling.pretrain.schedules import PhasePlan, held_out_masking, plan_phase
+from modeling.pretrain.schedules import MaskingSchedule, PhasePlan, held_out_masking, plan_phase
 from modeling.pretrain.summary import (
     HeldOutRecord,
     LearningRateRecord,
     MaskingRecord,
     PhaseSummary,
+    SourceHeldOutRecord,
     SourceReport,
     TrainingSummary,
 )
 from modeling.pretrain.trainer import (
     CheckpointMarker,
+    HeldOutSlice,
     PhaseState,
     PretrainingTrainer,
     checkpoint_problem,
@@ -259,18 +261,21 @@ def run_phase(
     )
     checkpoint = last_complete_checkpoint(folder, trainer.engine, processes) if resume else None
     if checkpoint and folder.state_json.exists():
-        held_out_start = PhaseState.load(folder.state_json).held_out_loss_start
+        state = PhaseState.load(folder.state_json)
+        held_out_start, sources_start = state.held_out_loss_start, state.source_losses_start
         trainer.restore_progress(checkpoint)
         log.info("phase %s: resuming from %s", phase.name, checkpoint)
     else:
         if folder.checkpoints_dir.exists() and PartialState().is_main_process:
             shutil.rmtree(folder.checkpoints_dir)  # a phase killed before its first checkpoint starts over
-        checkpoint, held_out_start = None, None
+        checkpoint, held_out_start, sources_start = None, None, {}
     trainer.session_start = time.monotonic()
-    trainer.train(resume_from_checkpoint=checkpoint)  # a fresh phase measures its held-out loss first
-    held_out_start = trainer.held_out_start if held_out_start is None else held_out_start
+    trainer.train(resume_from_checkpoint=checkpoint)  # a fresh phase measures its held-out losses first
+    if held_out_start is None:
+        held_out_start, sources_start = trainer.held_out_start, trainer.source_losses_start
     wall = trainer.wall_time()
-    held_out_end = trainer.evaluate(metric_key_prefix="held_out")["held_out_loss"]
+    held_out_end = trainer.measure(trainer.held_out)
+    sources_end = trainer.measure_sources()
 
     # decided once, by the main process: under ZeRO it says where the weights are read from, and every process
     # must take the same path through the collectives that follow
@@ -285,6 +290,7 @@ def run_phase(
     save_for_transformers(trainer, tokenizer, folder.folder, final_checkpoint)
     reports = _source_reports(store, names, rows, plan.steps * plan.rows_per_step)
     summary = _phase_summary(recipe, plan, trainer, reports, eval_rows, held_out_start, held_out_end, wall)
+    summary.held_out_sources = _source_held_out(trainer, names, sources_start, sources_end)
     run_folder = PretrainingRun(recipe.output_dir)  # recorded relative to it: a moved run still resumes
     summary.final_checkpoint, summary.model_dir = (
         run_folder.relative(final_checkpoint),
@@ -352,19 +358,41 @@ def set_up_phase(
         model=model,
         args=training_arguments(recipe, plan, folder, accumulation),
         train_dataset=train_rows,
-        eval_dataset=eval_rows,
         data_collator=MLMCollator(tokenizer, packing, plan.masking, recipe.seed, f"train/{phase.name}", len(names)),
-        held_out_collator=MLMCollator(
-            tokenizer, packing, eval_masking, recipe.seed, f"held-out/{phase.name}", len(names)
+        held_out=HeldOutSlice(
+            "held_out",
+            eval_rows,
+            MLMCollator(tokenizer, packing, eval_masking, recipe.seed, f"held-out/{phase.name}", len(names)),
         ),
+        source_held_out=source_slices(recipe, store, tokenizer, packing),
         processing_class=tokenizer,
         callbacks=trainer_callbacks(recipe, PretrainingRun(recipe.output_dir).tensorboard_dir(phase.name)),
         source_names=names,
         phase=phase.name,
         phase_state_json=folder.state_json,
         carry_optimizer_from=None if phase.reset_optimizer else previous_checkpoint,
+        curve_every=recipe.holdout.every_steps,
     )
     return PhaseSetup(trainer, plan, data.index, eval_rows, folder)
+
+
+def source_slices(recipe: Recipe, store: Store, tokenizer, packing: Packing) -> list[HeldOutSlice]:
+    """Each source's own held-out slice, for every source some phase of the recipe trains on, whichever phase this
+    is: the same documents, masked at the same positions and at one rate (the last phase's final rate), in every
+    phase, so the losses of one source compare across the whole run. A source with no held-out document has no
+    slice (logged)."""
+    masking = recipe.phases[-1].masking_range()[1]
+    slices = []
+    for name in [spec.name for spec in recipe.used_sources()]:
+        rows = source_held_out_rows(store, name, recipe.seed, recipe.holdout.max_documents, packing)
+        if not rows:
+            log.warning("source %s: no held-out documents, so no loss of its own (raise holdout.fraction)", name)
+            continue
+        collator = MLMCollator(
+            tokenizer, packing, MaskingSchedule(masking, masking, len(rows)), recipe.seed, f"held-out/source/{name}"
+        )
+        slices.append(HeldOutSlice.of_source(name, rows, collator))
+    return slices
 
 
 def index_cache(store: Store, folder: PhaseFolder) -> Path:
@@ -435,9 +463,29 @@ def _phase_summary(
         wall_time_s=wall,
         tokens_per_second=tokens / wall if wall else None,
         sources=reports,
-        log_history=[entry for entry in trainer.state.log_history if "loss" in entry or "held_out_loss" in entry],
+        log_history=[entry for entry in trainer.state.log_history if any(key.endswith("loss") for key in entry)],
         model_states=trainer.state_bytes,
     )
+
+
+def _source_held_out(
+    trainer: PretrainingTrainer, trained: list[str], start: dict[str, float], end: dict[str, float]
+) -> dict[str, SourceHeldOutRecord]:
+    records = {}
+    for held_out in trainer.source_held_out:
+        name = held_out.source
+        if name not in start:  # a phase resumed from a run recorded before sources were measured
+            log.warning("phase %s: no held-out loss of source %s from the phase's start", trainer.phase, name)
+        records[name] = SourceHeldOutRecord(
+            documents=sum(sum(row.doc_starts) for row in held_out.rows),
+            rows=len(held_out.rows),
+            masking=held_out.collator.schedule.end,
+            loss_start=start.get(name),
+            loss_end=end[name],
+            unigram_entropy=unigram_entropy(held_out.rows, trainer.processing_class.all_special_ids),
+            trained=name in trained,
+        )
+    return records
 
 
 def _source_reports(store: Store, names: list[str], rows: PhaseIndex, trained_rows: int) -> dict[str, SourceReport]:

@@ -60,6 +60,21 @@ class HeldOutRecord(Record):
 
 
 @dataclass
+class SourceHeldOutRecord(Record):
+    """One source's own held-out slice before and after a phase: the same documents, masked at the same
+    positions and rate, in every phase of the run (whether the phase trains on the source or not), so a phase
+    that makes the model forget a source shows as its loss rising."""
+
+    documents: int
+    rows: int
+    masking: float
+    loss_start: float | None  # None: a phase resumed from a run recorded before sources were measured
+    loss_end: float
+    unigram_entropy: float
+    trained: bool  # the phase trains on this source
+
+
+@dataclass
 class PhaseSummary(Record):
     phase: str
     index: int
@@ -80,11 +95,18 @@ class PhaseSummary(Record):
     final_checkpoint: str | None = None  # the next phase carries its optimizer state from here
     model_dir: str | None = None
     model_states: StateBytes | None = None  # bytes of parameters, gradients and optimizer state per process
+    # each source's own held-out slice, for every source the recipe trains on (None: recorded before they were)
+    held_out_sources: dict[str, SourceHeldOutRecord] | None = None
 
     # Runs recorded before documents were counted per source, and before per-source reading reports, lack
     # these: they read back empty.
     OLDER_FILES_LACK = {"documents_trained": dict, "sources": dict}
-    OMITTED_WHEN_NONE = ("model_states",)
+    OMITTED_WHEN_NONE = ("model_states", "held_out_sources")
+
+    def source_curve(self, source: str) -> list[tuple[float, float]]:
+        """(tokens seen in the phase, loss) of every measurement of the source's own held-out slice."""
+        key = f"held_out/{source}_loss"
+        return [(e.get("tokens_seen", 0.0), e[key]) for e in self.log_history if key in e]
 
 
 @dataclass
@@ -132,3 +154,54 @@ class TrainingSummary(Record):
         for phase in data["phases"]:
             phase.pop("log_history", None)
         return data
+
+
+@dataclass
+class SourceLosses:
+    """One source's own held-out loss across phases: before the first, then at the end of each (what the
+    printed table and the model card show)."""
+
+    source: str
+    unigram_entropy: float
+    masking: float
+    before: float | None
+    after: list[float]
+    trained: list[bool]  # per phase: did it train on the source
+
+
+def source_losses(phases: list[PhaseSummary]) -> list[SourceLosses]:
+    """Every source measured in all of `phases` (none where a phase was recorded before sources were measured)."""
+    if not phases or not all(p.held_out_sources for p in phases):
+        return []
+    names = [name for name in phases[0].held_out_sources if all(name in p.held_out_sources for p in phases)]
+    table = []
+    for name in names:
+        records = [p.held_out_sources[name] for p in phases]
+        table.append(
+            SourceLosses(
+                source=name,
+                unigram_entropy=records[0].unigram_entropy,
+                masking=records[0].masking,
+                before=records[0].loss_start,
+                after=[r.loss_end for r in records],
+                trained=[r.trained for r in records],
+            )
+        )
+    return table
+
+
+def source_losses_table(phases: list[PhaseSummary]) -> str:
+    """The per-source held-out losses as printed after a run ('' when none were measured)."""
+    table = source_losses(phases)
+    if not table:
+        return ""
+    lines = [
+        f"held-out loss per source (each source's own documents, masked at {table[0].masking:.2f}; "
+        "* the phase trained on it)",
+        f"{'source':<20}{'unigram entropy':>16}{'before':>10}" + "".join(f"{p.phase:>12}" for p in phases),
+    ]
+    for row in table:
+        before = f"{row.before:.3f}" if row.before is not None else "-"
+        after = "".join(f"{loss:>11.3f}{'*' if t else ' '}" for loss, t in zip(row.after, row.trained, strict=True))
+        lines.append(f"{row.source:<20}{row.unigram_entropy:>16.3f}{before:>10}{after}")
+    return "\n".join(lines)

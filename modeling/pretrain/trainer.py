@@ -5,7 +5,8 @@
   processes, logged, and kept in each checkpoint's completion marker so a resumed phase counts on;
 - at the phase's start, once the engine (DDP, FSDP2, ZeRO; modeling.common.engines) has prepared the model
   and optimizer: the previous phase's optimizer state carried over (its moments, with this phase's
-  hyperparameters) and the held-out loss measured;
+  hyperparameters) and the held-out losses measured: the phase's slice, and each source's own slice (every
+  source some phase trains on, trained in this phase or not), again every `holdout.every_steps` when the recipe asks;
 - a checkpoint at the phase's last step (the next phase carries its optimizer from there).
 """
 
@@ -15,6 +16,7 @@ import logging
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from modeling.common.engines import (
 from modeling.common.errors import ConfigError, DataError
 from modeling.common.records import Record
 from modeling.common.runtime import resolve_precision, use_cpu
+from modeling.data.packing import PackedRow
 from modeling.pretrain.recipe import Recipe
 from modeling.pretrain.run_folder import PhaseFolder
 from modeling.pretrain.schedules import PhasePlan
@@ -113,6 +116,31 @@ class PhaseState(Record):
     """phase_state.json: what a resumed phase needs from before its first step."""
 
     held_out_loss_start: float
+    source_losses_start: dict[str, float] = field(default_factory=dict)  # source -> its own slice's loss
+
+
+@dataclass
+class HeldOutSlice:
+    """Held-out rows, the collator that masks them (the same positions at every measurement) and the prefix their
+    loss is logged under: `held_out` for the phase's slice, `held_out/SOURCE` for a source's own."""
+
+    prefix: str
+    rows: list[PackedRow]
+    collator: Callable
+
+    SOURCE_PREFIX = "held_out/"
+
+    @classmethod
+    def of_source(cls, source: str, rows: list[PackedRow], collator: Callable) -> HeldOutSlice:
+        return cls(cls.SOURCE_PREFIX + source, rows, collator)
+
+    @property
+    def source(self) -> str:
+        return self.prefix.removeprefix(self.SOURCE_PREFIX)
+
+    @property
+    def loss_key(self) -> str:
+        return f"{self.prefix}_loss"
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -148,23 +176,30 @@ class PretrainingTrainer(Trainer):
     def __init__(
         self,
         *args,
-        held_out_collator,
+        held_out: HeldOutSlice,
+        source_held_out: list[HeldOutSlice],
         source_names: list[str],
         phase: str,
         phase_state_json: Path,
         carry_optimizer_from: str | None = None,
+        curve_every: int = 0,
         **kwargs,
     ):
-        super().__init__(*args, **kwargs)
-        self.held_out_collator, self.source_names, self.phase = held_out_collator, source_names, phase
+        super().__init__(*args, eval_dataset=held_out.rows, **kwargs)
+        self.held_out, self.source_held_out = held_out, source_held_out
+        self.source_names, self.phase = source_names, phase
         self.carry_optimizer_from, self.phase_state_json = carry_optimizer_from, phase_state_json
         self.engine = engine_of(self.accelerator)
         self.held_out_start: float | None = None
+        self.source_losses_start: dict[str, float] = {}
+        self._measuring = held_out
         self.state_bytes: StateBytes | None = None
         self.counters = TokenCounters.zeros(len(source_names))
         self._last_log = (time.monotonic(), TokenCounters.zeros(len(source_names)))
         self.wall_time_before, self.session_start = 0.0, time.monotonic()
         self.add_callback(PhaseStart(self))
+        if curve_every:
+            self.add_callback(HeldOutCurve(self, curve_every))
 
     def wall_time(self) -> float:
         """Training time of the phase, across interruptions."""
@@ -172,11 +207,23 @@ class PretrainingTrainer(Trainer):
 
     def get_eval_dataloader(self, eval_dataset=None):
         # Held-out rows are masked from their own stream, at a fixed rate, so start and end compare.
-        train_collator, self.data_collator = self.data_collator, self.held_out_collator
+        train_collator, self.data_collator = self.data_collator, self._measuring.collator
         try:
             return super().get_eval_dataloader(eval_dataset)
         finally:
             self.data_collator = train_collator
+
+    def measure(self, held_out: HeldOutSlice) -> float:
+        """The model's loss on a held-out slice, logged under the slice's prefix (every process takes part)."""
+        self._measuring = held_out
+        try:
+            return self.evaluate(held_out.rows, metric_key_prefix=held_out.prefix)[held_out.loss_key]
+        finally:
+            self._measuring = self.held_out
+
+    def measure_sources(self) -> dict[str, float]:
+        """The loss on each source's own slice: source -> loss."""
+        return {held_out.source: self.measure(held_out) for held_out in self.source_held_out}
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         # We give transformers' warmup-stable-decay schedule its stable length explicitly; Trainer also passes
@@ -221,9 +268,11 @@ class PretrainingTrainer(Trainer):
                 )
             load_optimizer_state(self, self.carry_optimizer_from, self.engine)
             log.info("phase %s: optimizer state carried over from %s", self.phase, self.carry_optimizer_from)
-        self.held_out_start = self.evaluate(metric_key_prefix="held_out")["held_out_loss"]
+        self.held_out_start = self.measure(self.held_out)
+        self.source_losses_start = self.measure_sources()
         if self.args.should_save:
-            run_files.write_json(self.phase_state_json, PhaseState(self.held_out_start).to_dict())
+            state = PhaseState(self.held_out_start, self.source_losses_start)
+            run_files.write_json(self.phase_state_json, state.to_dict())
         self.session_start = time.monotonic()  # the wall time of the phase is its training
         self._last_log = (self.session_start, self._last_log[1])
 
@@ -249,6 +298,8 @@ class PretrainingTrainer(Trainer):
         return TokenCounters.from_flat(flat.cpu(), len(self.source_names))
 
     def log(self, logs, start_time=None):
+        if any(key.startswith("held_out") for key in logs):  # where the measurement falls on the tokens axis
+            logs["tokens_seen"] = self.global_counters().total_tokens()
         if "loss" in logs:
             counters, now = self.global_counters(), time.monotonic()
             then, counters_then = self._last_log
@@ -302,6 +353,18 @@ class PhaseStart(TrainerCallback):
         if not self.measured:
             self.trainer().record_state_bytes()
             self.measured = True
+
+
+class HeldOutCurve(TrainerCallback):
+    """Every source's own held-out loss every `every` optimizer steps (the phase's start and end are measured
+    anyway): a curve of what the phase teaches and makes the model forget, source by source."""
+
+    def __init__(self, trainer: PretrainingTrainer, every: int):
+        self.trainer, self.every = weakref.ref(trainer), every  # weak: see PhaseStart
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            self.trainer().measure_sources()
 
 
 class SaveAtPhaseEnd(TrainerCallback):

@@ -38,7 +38,7 @@ from modeling.finetune.run_folder import TaskResults, TaskRun
 from modeling.pretrain.contamination import REPORT_NAME as CONTAMINATION_REPORT
 from modeling.pretrain.recipe import Recipe, recipe_from_dict
 from modeling.pretrain.run_folder import PretrainingRun
-from modeling.pretrain.summary import PhaseSummary, TrainingSummary
+from modeling.pretrain.summary import PhaseSummary, SourceLosses, TrainingSummary, source_losses
 
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "model_card"
 PIPELINE_TAGS = {
@@ -211,6 +211,7 @@ class EncoderCard:
     evaluation: EncoderEvaluation | None
     task_type_names: dict[str, str]
     contamination: ContaminationReport | None  # the store's contamination check, where one was run
+    source_losses: list[SourceLosses]  # each source's own held-out loss across the phases (empty in older runs)
 
     @property
     def clinical(self) -> list[SourceUse]:
@@ -277,6 +278,7 @@ def encoder_card(folder: Path, repo_id: str, results: list, revision: str, licen
         evaluation=evaluation,
         task_type_names=TASK_TYPE_NAMES,
         contamination=_contamination(recipe),
+        source_losses=source_losses(phases),
     )
     card = render("encoder.md", data, context)
     files, left_out = _model_files(folder)

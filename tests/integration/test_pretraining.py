@@ -18,8 +18,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("run")
-    train(tmp_path, write_recipe(tmp_path, **{"logging.report_to": ["tensorboard"]}))
+    recipe = write_recipe(tmp_path, **{"logging.report_to": ["tensorboard"], "holdout.every_steps": CURVE_EVERY})
+    (tmp_path / "stdout.txt").write_text(train(tmp_path, recipe).stdout)
     return tmp_path / "out"
+
+
+CURVE_EVERY = 4  # steps between measurements of each source's held-out loss in finished_run
 
 
 def test_each_phase_leaves_a_folder_stock_transformers_loads(finished_run):
@@ -149,6 +153,63 @@ def test_summary_counts_tokens_and_loss_falls_in_both_phases(finished_run):
     assert logged[0]["masking_rate"] > logged[-1]["masking_rate"]
     assert logged[-1]["learning_rate"] < logged[0]["learning_rate"]
     assert (finished_run / "training_curves.png").stat().st_size > 10_000
+
+
+def test_each_sources_held_out_loss_is_the_saved_models_loss_on_that_sources_own_slice(finished_run):
+    """Every source the recipe trains on is measured in every phase, trained in it or not: the recorded loss equals
+    the saved phase model's loss on the source's slice, built and masked here from the store; a phase starts where
+    the one before it ended, and the curve has a point every `holdout.every_steps`."""
+    import statistics
+
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from modeling.common.attention import packed_model_inputs
+    from modeling.data.packing import Packing
+    from modeling.data.rows import source_held_out_rows
+    from modeling.data.store import Store
+    from modeling.pretrain.masking import MLMCollator
+    from modeling.pretrain.schedules import MaskingSchedule
+    from modeling.pretrain.summary import PhaseSummary
+
+    store = Store(finished_run.parent / "stores" / "tiny")
+    phases = [PhaseSummary.load(finished_run / name / "phase_summary.json") for name in ("phase1", "phase2")]
+    for phase in phases:
+        assert set(phase.held_out_sources) == {"notes", "abstracts"}
+        assert phase.held_out_sources["notes"].trained
+        assert phase.held_out_sources["abstracts"].trained == (phase.phase == "phase1")
+        model = AutoModelForMaskedLM.from_pretrained(finished_run / phase.phase).eval()
+        tokenizer = AutoTokenizer.from_pretrained(finished_run / phase.phase)
+        packing = Packing.of(tokenizer, 128)
+        for name, record in phase.held_out_sources.items():
+            rows = source_held_out_rows(store, name, 7, 20, packing)  # holdout.max_documents of the recipe
+            assert record.rows == len(rows)
+            assert record.masking == 0.15  # the last phase's final rate, in every phase
+            collator = MLMCollator(
+                tokenizer, packing, MaskingSchedule(0.15, 0.15, len(rows)), 7, f"held-out/source/{name}"
+            )
+            losses = []
+            for first in range(0, len(rows), 4):  # the Trainer's evaluation: batches of 4, mean over rows
+                batch = packed_model_inputs(collator(rows[first : first + 4]), model.config, model.dtype)
+                with torch.no_grad():
+                    losses += [model(**batch).loss.item()] * len(rows[first : first + 4])
+            assert record.loss_end == pytest.approx(statistics.fmean(losses), abs=1e-4)
+            curve = phase.source_curve(name)
+            assert curve[0][1] == record.loss_start
+            assert curve[-1][1] == record.loss_end
+            assert len(curve) == 2 + len(range(CURVE_EVERY, phase.steps, CURVE_EVERY))
+            assert [tokens for tokens, _ in curve] == sorted(tokens for tokens, _ in curve)
+            assert curve[-1][0] == phase.tokens
+    for name in ("notes", "abstracts"):
+        after_phase1 = phases[0].held_out_sources[name].loss_end
+        assert phases[1].held_out_sources[name].loss_start == pytest.approx(after_phase1, abs=1e-6)
+    printed = (finished_run.parent / "stdout.txt").read_text()
+    assert "held-out loss per source" in printed
+    abstracts = next(line for line in printed.splitlines() if line.startswith("abstracts "))
+    first, second = (phase.held_out_sources["abstracts"] for phase in phases)
+    assert f"{first.loss_end:.3f}*" in abstracts  # trained in phase 1
+    assert f"{second.loss_end:.3f} " in abstracts + " "  # not in phase 2
+    assert f"{first.loss_start:.3f}" in abstracts
 
 
 def test_tensorboard_gets_loss_lr_masking_rate_and_tokens(finished_run):

@@ -149,6 +149,12 @@ def test_card_is_filled_from_the_run_and_parses_back(run, tmp_path):
     tokens = summary["total"]["tokens_per_source"]
     assert f"{tokens['notes']:,}" in card.text
     assert f"{tokens['abstracts']:,}" in card.text
+    # each source's own held-out loss, before and after each phase; phase 2 trains on notes only
+    phase2 = summary["phases"][1]["held_out_sources"]
+    for name, record in phase2.items():
+        assert f"`{name}` from {record['loss_start']:.3f} to {record['loss_end']:.3f}" in card.text
+    assert f"to {phase2['abstracts']['loss_end']:.3f} (not trained on)" in card.text
+    assert f"| **{phase2['notes']['loss_end']:.3f}** |" in card.text
     share = tokens["notes"] / sum(tokens.values())
     assert f"({share:.1%}) are clinical notes" in card.text
     assert "PHI" in card.text

@@ -211,6 +211,8 @@ def test_overrides_reach_nested_fields_list_items_and_sources(tmp_path):
         (["--max_seq_length", "many"], "max_seq_length='many': must be an integer"),
         (["--phases.nope.masking", "0.2"], "--phases.nope: no entry named 'nope'"),
         (["--distributed.timeout_minutes", "0"], "distributed.timeout_minutes"),
+        (["--holdout.every_steps", "-5"], "holdout.every_steps=-5: give a whole number of steps >= 0"),
+        (["--holdout.every_steps", "2.5"], "holdout.every_steps=2.5: must be an integer"),
     ],
 )
 def test_bad_values_stop_with_the_key(tmp_path, override, expected):

@@ -49,6 +49,7 @@ def test_encoder_card_from_a_run_recorded_before(old_run):
         assert f"| {phase['phase']} |" in text
         assert f"{held['loss_start']:.3f} -> {held['loss_end']:.3f}" in text
     assert f"Held-out MLM loss ended at {phase2['held_out']['loss_end']:.3f}" in text
+    assert "Held-out MLM loss per source" not in text  # recorded before sources were measured
     assert "**Clinical text.**" in text
     assert "`notes` 100.0%" in text  # the recipe marks notes clinical
     record = old_run["record"]
