@@ -4,6 +4,7 @@
     accelerate launch finetune.py eval_configs/deid.yaml --model out/demo/phase2 --seeds 42 43 44 45 46
     python finetune.py demo_mesh                          # offline, on the demo checkpoint
     python finetune.py aggregate results/chemprot         # mean/std/min/max over the seeds found there
+    python finetune.py demo_mesh --max_length_grid '[64, 128, 256, 512]'   # the protocol at each context length
 
 Any task-config key can be overridden with --dotted.key VALUE (values are read as YAML), e.g.
 --training.lr 3e-5 --max_length 4096 --peft '{r: 16}'.
@@ -62,6 +63,14 @@ def finetune(argv: list[str]) -> int:
     from modeling.finetune.results import markdown_summary
     from modeling.finetune.runner import run
 
+    if task.max_length_grid:
+        from modeling.finetune.sweep import run_sweep, sweep_table
+
+        sweep = run_sweep(task, run)
+        if is_main_process():
+            print("\n" + sweep_table(sweep))
+            print(f"results: {task.results_dir()}/ context_sweep.json, context_sweep.md, context_sweep.png")
+        return 0
     aggregate = run(task)
     if is_main_process():
         print("\n" + markdown_summary(aggregate))

@@ -131,6 +131,11 @@ class TaskConfig:
     data: DataSpec = option("Where and how to read the examples", factory=DataSpec)
     split: SplitConfig = option("Split rule", factory=SplitConfig)
     max_length: int | None = option("Tokens per window (default: the model's maximum, 8192 for ModernBERT)", None)
+    max_length_grid: list | None = option(
+        "Context-length sweep: the whole protocol at each of these maximum lengths (context_sweep.md / .json / .png "
+        "in output_dir); a window_stride that does not fit a length becomes a quarter of it",
+        None,
+    )
     window_stride: int = option("Tokens shared by consecutive windows of a longer document", 128)
     window_aggregation: str = option(
         "Classification of a multi-window document: mean or max of the window logits", "mean"
@@ -172,6 +177,13 @@ class TaskConfig:
         self.split.validate("split")
         if self.max_length is not None and self.max_length < 16:
             raise ConfigError(f"max_length={self.max_length}: must be >= 16")
+        if self.max_length_grid is not None:
+            grid = self.max_length_grid
+            whole = isinstance(grid, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in grid)
+            if not whole or not grid:
+                raise ConfigError(f"max_length_grid={grid!r}: give a list of whole numbers of tokens, e.g. [512, 1024]")
+            if min(grid) < 16 or len(set(grid)) != len(grid):
+                raise ConfigError(f"max_length_grid={grid}: each length must be >= 16, and listed once")
         if self.window_stride < 0 or (self.max_length and self.window_stride >= self.max_length // 2):
             raise ConfigError(f"window_stride={self.window_stride}: must be >= 0 and below half of max_length")
         choice("window_aggregation", self.window_aggregation, ("mean", "max"))

@@ -10,6 +10,7 @@ predicted from the window where it has the most context on both sides.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,10 @@ class EncodedSplit:
 
     def windows_per_example(self) -> float:
         return len(self.features) / max(1, len(self.examples))
+
+    def examples_of_several_windows(self) -> int:
+        """Examples longer than one window: those the maximum length cuts."""
+        return sum(1 for windows in Counter(self.window_example).values() if windows > 1)
 
 
 def encode_split(

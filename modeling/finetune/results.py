@@ -39,6 +39,7 @@ class RunRecord(Record):
     steps_per_epoch: int = 1
     examples: dict[str, int] = field(default_factory=dict)  # split -> examples
     windows: dict[str, int] = field(default_factory=dict)  # split -> windows of at most max_length tokens
+    longer_than_max_length: dict[str, int] | None = None  # split -> examples of several windows (None: not recorded)
     label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     skipped_or_repaired: dict[str, int] = field(default_factory=dict)
     max_length: int | None = None
@@ -48,7 +49,7 @@ class RunRecord(Record):
     wall_time_s: float | None = None
     batching: str | None = None  # packed | random | length_grouped as run (None: written before it was recorded)
 
-    OMITTED_WHEN_NONE = ("batching",)
+    OMITTED_WHEN_NONE = ("batching", "longer_than_max_length")
 
     def to_dict(self) -> dict:
         data = super().to_dict()
@@ -234,9 +235,12 @@ def aggregate_folder(folder: str | Path) -> TaskAggregate:
     runs = read_runs(folder)
     if not runs:
         raise DataError(f"{folder}: no results.json found below it")
-    kinds = {(r.task, r.model, r.random_init) for r in runs}
+    kinds = {(r.task, r.model, r.random_init, r.max_length) for r in runs}
     if len(kinds) > 1:
-        raise DataError(f"{folder}: results of several tasks or models {sorted(kinds)}; aggregate one at a time")
+        raise DataError(
+            f"{folder}: results of several tasks, models or maximum lengths {sorted(kinds, key=str)}; aggregate "
+            "one at a time (a context-length sweep keeps each length in its own max_length-N folder)"
+        )
     aggregate = aggregate_runs(runs, runs[0].selection_metric)
     write_aggregate(aggregate, TaskResults(folder), runs)
     return aggregate

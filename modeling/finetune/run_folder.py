@@ -3,6 +3,9 @@
 aggregate.json, aggregate.md    mean, std, min, max over seeds of every metric
 curves.png                      training loss and validation score per epoch of every run
 seedN/ (lrX-seedN/ with a grid) one run: results.json, predictions_test.jsonl, model/ or adapter/
+
+A context-length sweep (`max_length_grid`) keeps one such folder per length, max_length-N/, and beside them
+context_sweep.json, context_sweep.md and context_sweep.png.
 """
 
 from __future__ import annotations
@@ -33,3 +36,14 @@ class TaskRun(Folder):
     model_dir = File("model")
     adapter_dir = File("adapter")
     checkpoints_dir = File("checkpoints")
+
+
+class SweepResults(Folder):
+    """The folder of a context-length sweep (see the module docstring)."""
+
+    sweep_json = File("context_sweep.json")
+    sweep_md = File("context_sweep.md")
+    plot_png = File("context_sweep.png")
+
+    def length(self, max_length: int) -> Path:
+        return self.folder / f"max_length-{max_length}"

@@ -41,6 +41,7 @@ class DataSummary:
 
     examples: dict[str, int]
     windows: dict[str, int]
+    longer_than_max_length: dict[str, int]
     label_counts: dict[str, dict[str, int]]
     skipped_or_repaired: dict[str, int]
     max_length: int
@@ -72,6 +73,7 @@ def run(task: TaskConfig) -> TaskAggregate:
     data = DataSummary(
         examples={n: len(s.examples) for n, s in encoded.items()},
         windows={n: len(s.features) for n, s in encoded.items()},
+        longer_than_max_length={n: s.examples_of_several_windows() for n, s in encoded.items()},
         label_counts={n: label_counts(s.examples, task.task) for n, s in encoded.items()},
         skipped_or_repaired=skips.as_dict().get(task.name, {}),
         max_length=max_length,
@@ -92,6 +94,7 @@ def _comparable(config: dict) -> dict:
     `training.batching` existed were trained on length-grouped batches."""
     config = json.loads(json.dumps(config))
     config.get("training", {}).setdefault("batching", "length_grouped")
+    config.setdefault("max_length_grid", None)  # runs recorded before sweeps existed
     return {k: v for k, v in config.items() if k not in ("seeds", "output_dir")}
 
 

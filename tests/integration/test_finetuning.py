@@ -287,3 +287,46 @@ def test_shipped_chemprot_config_runs_from_the_command_line(tmp_path, modernbert
     assert record["max_length"] == 512  # the model's maximum when the config leaves it open
     assert {"positive_micro_f1", "micro_f1", "weighted_f1"} <= set(record["metrics"]["test"])
     assert "| positive_micro_f1 |" in result.stdout
+
+
+def test_context_length_sweep_runs_the_protocol_at_every_length_and_seed(tmp_path, modernbert_dir):
+    """`--max_length_grid`: every length's runs in their own folder, and a table, record and plot holding every
+    length and seed, with the share of test documents each length cuts (counted here with the tokenizer)."""
+    import dataclasses
+    import statistics
+
+    import yaml
+
+    from modeling.finetune.results import RunRecord
+
+    task = make_task(tmp_path, modernbert_dir, "single_label", seeds=[3, 4], save_model=False)
+    config = tmp_path / "task.yaml"
+    config.write_text(yaml.safe_dump(dataclasses.asdict(task)))
+    grid = [16, 24, 64]
+    command = [sys.executable, "finetune.py", str(config), "--max_length_grid", str(grid), "--training.epochs", "1"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "results"
+    sweep = json.loads((out / "context_sweep.json").read_text())
+    assert [row["max_length"] for row in sweep["lengths"]] == grid
+    splits, _ = load_task_examples(task)
+    tokenizer = load_task_tokenizer(task.model, task.task)
+    lengths = [len(tokenizer(example.text)["input_ids"]) for example in splits["test"]]
+    table = (out / "context_sweep.md").read_text()
+    for row in sweep["lengths"]:
+        length = row["max_length"]
+        assert row["window_stride"] < length // 2
+        assert row["seeds"] == [3, 4]
+        runs = {seed: RunRecord.load(out / f"max_length-{length}" / f"seed{seed}" / "results.json") for seed in (3, 4)}
+        assert all(run.max_length == length for run in runs.values())
+        scores = [runs[seed].score("test", "weighted_f1") for seed in (3, 4)]
+        assert row["test_by_seed"] == scores
+        assert row["test"]["mean"] == pytest.approx(statistics.fmean(scores))
+        assert row["test_documents"] == len(lengths)
+        assert row["test_longer"] == sum(n > length for n in lengths)
+        assert f"| {length} | {row['window_stride']} |" in table
+        assert ", ".join(f"{s:.4f}" for s in scores) in table
+    assert sweep["lengths"][0]["test_longer"] > 0  # the shortest length cuts some documents
+    assert sweep["lengths"][-1]["test_longer"] == 0
+    assert table.strip() in result.stdout
+    assert (out / "context_sweep.png").stat().st_size > 10_000

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -73,10 +75,14 @@ def test_ner_tags_derived_from_entity_types():
         ({"split.test": 0.6, "split.validation": 0.5}, "leaves nothing to train on"),
         ({"max_length": 512, "window_stride": 300}, "window_stride=300"),
         ({"seeds": "42"}, "seeds"),
+        ({"max_length_grid": [512, "1k"]}, "max_length_grid=[512, '1k']: give a list of whole numbers"),
+        ({"max_length_grid": []}, "max_length_grid=[]: give a list of whole numbers"),
+        ({"max_length_grid": [8, 512]}, "max_length_grid=[8, 512]: each length must be >= 16, and listed once"),
+        ({"max_length_grid": [64, 64]}, "max_length_grid=[64, 64]: each length must be >= 16, and listed once"),
     ],
 )
 def test_bad_values_stop_with_the_key(changes, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         task_from_dict(minimal(**changes))
 
 
@@ -98,3 +104,16 @@ def test_overrides_apply_before_validation(tmp_path):
     assert config.peft.alpha == 16
     with pytest.raises(ConfigError, match="peft.rank"):
         load_task_config(path, [("peft", {"rank": 4})])
+
+
+def test_each_length_of_a_sweep_is_the_task_in_its_own_folder_with_a_stride_that_fits(tmp_path):
+    from modeling.finetune.sweep import task_at_length
+
+    task = task_from_dict(minimal(max_length=512, max_length_grid=[64, 256, 1024], output_dir=str(tmp_path)))
+    short, middle, long = (task_at_length(task, n) for n in (64, 256, 1024))
+    assert (short.max_length, short.window_stride) == (64, 16)  # 128 is not below half of 64: a quarter of it
+    assert (middle.max_length, middle.window_stride) == (256, 64)  # 128 is half of 256: not below it
+    assert (long.max_length, long.window_stride) == (1024, 128)  # as configured
+    assert long.results_dir() == tmp_path / "max_length-1024"
+    assert long.max_length_grid is None
+    assert task.max_length == 512  # the sweep's task is left as it was
