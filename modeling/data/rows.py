@@ -114,16 +114,16 @@ def build_row(index: RowIndex, local: int, splits, packing: Packing, row_index: 
 
 
 def held_out_rows(
-    store: Store, sources: list[str], seed: int, phase: str, max_documents: int, packing: Packing
+    store: Store, sources: list[str], seed: int, stream: str, max_documents: int, packing: Packing
 ) -> list[PackedRow]:
-    """The phase's held-out slice: `max_documents` documents drawn uniformly from the held-out documents of
-    all its sources (fixed by the seed and the phase), packed as training packs."""
+    """A held-out slice: `max_documents` documents drawn uniformly from the held-out documents of all `sources`
+    (fixed by the seed and `stream`: the phase's name for a phase's slice), packed as training packs."""
     documents = PhaseDocuments(store, sources, split="held_out")
     counts = documents.counts()
     total = int(counts.sum())
     if total == 0:
         return []
-    chosen = np.sort(seeded(seed, phase, "held-out").choice(total, size=min(max_documents, total), replace=False))
+    chosen = np.sort(seeded(seed, stream, "held-out").choice(total, size=min(max_documents, total), replace=False))
     bounds = np.cumsum(counts)
     source = np.searchsorted(bounds, chosen, side="right")
     document = chosen - (bounds - counts)[source]

@@ -184,7 +184,9 @@ class TaskConfig:
                 raise ConfigError(f"max_length_grid={grid!r}: give a list of whole numbers of tokens, e.g. [512, 1024]")
             if min(grid) < 16 or len(set(grid)) != len(grid):
                 raise ConfigError(f"max_length_grid={grid}: each length must be >= 16, and listed once")
-        if self.window_stride < 0 or (self.max_length and self.window_stride >= self.max_length // 2):
+        # a sweep replaces max_length, and fits the stride to each of its lengths (modeling.finetune.sweep)
+        fixed_length = self.max_length if not self.max_length_grid else None
+        if self.window_stride < 0 or (fixed_length and self.window_stride >= fixed_length // 2):
             raise ConfigError(f"window_stride={self.window_stride}: must be >= 0 and below half of max_length")
         choice("window_aggregation", self.window_aggregation, ("mean", "max"))
         if self.classifier_pooling is not None:

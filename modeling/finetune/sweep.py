@@ -19,7 +19,8 @@ from pathlib import Path
 from accelerate import PartialState
 
 from modeling.common import run_files
-from modeling.common.errors import DataError
+from modeling.common.errors import ConfigError, DataError
+from modeling.common.loading import load_config
 from modeling.common.plotting import pyplot, save_figure
 from modeling.common.records import Record
 from modeling.finetune.config import TaskConfig
@@ -79,6 +80,10 @@ def run_sweep(task: TaskConfig, run_task: Callable[[TaskConfig], TaskAggregate])
     """`run_task` (modeling.finetune.runner.run) at each length of the grid, shortest first; the sweep's record,
     table and plot are written by the main process."""
     results = SweepResults(task.results_dir())
+    positions = load_config(task.model).max_position_embeddings
+    too_long = [n for n in task.max_length_grid if n > positions]
+    if too_long:  # said before the shorter lengths run, not after
+        raise ConfigError(f"max_length_grid: {too_long} above the model's {positions} positions")
     if task.max_length is not None:
         log.info("max_length_grid %s replaces max_length %d", task.max_length_grid, task.max_length)
     lengths = []
@@ -86,6 +91,7 @@ def run_sweep(task: TaskConfig, run_task: Callable[[TaskConfig], TaskAggregate])
         at_length = task_at_length(task, max_length)
         log.info("context-length sweep: max_length %d (%s)", max_length, at_length.results_dir())
         aggregate = run_task(at_length)
+        PartialState().wait_for_everyone()  # the main process has written every run's results.json, read below
         lengths.append(_length_result(at_length, aggregate, results.folder))
     sweep = ContextSweep(task.name, task.model, task.random_init, task.metric_for_selection, lengths)
     if PartialState().is_main_process:

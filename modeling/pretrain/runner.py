@@ -169,6 +169,7 @@ RESUMABLE_CHANGES = (
     "output_dir",
     "logging.",
     "checkpoint.keep",
+    "holdout.every_steps",
     "hub.",
     "data.workers",
     "store.path",
@@ -463,7 +464,7 @@ def _phase_summary(
         wall_time_s=wall,
         tokens_per_second=tokens / wall if wall else None,
         sources=reports,
-        log_history=[entry for entry in trainer.state.log_history if any(key.endswith("loss") for key in entry)],
+        log_history=[e for e in trainer.state.log_history if "loss" in e or any(k.startswith("held_out") for k in e)],
         model_states=trainer.state_bytes,
     )
 

@@ -59,6 +59,14 @@ class HeldOutRecord(Record):
     OMITTED_WHEN_NONE = ("unigram_entropy",)
 
 
+SOURCE_HELD_OUT_PREFIX = "held_out/"  # a source's own slice is logged as held_out/SOURCE_loss
+
+
+def source_loss_key(source: str) -> str:
+    """The key of a source's own held-out loss in the Trainer's log history."""
+    return f"{SOURCE_HELD_OUT_PREFIX}{source}_loss"
+
+
 @dataclass
 class SourceHeldOutRecord(Record):
     """One source's own held-out slice before and after a phase: the same documents, masked at the same
@@ -105,7 +113,7 @@ class PhaseSummary(Record):
 
     def source_curve(self, source: str) -> list[tuple[float, float]]:
         """(tokens seen in the phase, loss) of every measurement of the source's own held-out slice."""
-        key = f"held_out/{source}_loss"
+        key = source_loss_key(source)
         return [(e.get("tokens_seen", 0.0), e[key]) for e in self.log_history if key in e]
 
 

@@ -42,6 +42,7 @@ from modeling.data.packing import PackedRow
 from modeling.pretrain.recipe import Recipe
 from modeling.pretrain.run_folder import PhaseFolder
 from modeling.pretrain.schedules import PhasePlan
+from modeling.pretrain.summary import SOURCE_HELD_OUT_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +129,15 @@ class HeldOutSlice:
     rows: list[PackedRow]
     collator: Callable
 
-    SOURCE_PREFIX = "held_out/"
-
     @classmethod
     def of_source(cls, source: str, rows: list[PackedRow], collator: Callable) -> HeldOutSlice:
-        return cls(cls.SOURCE_PREFIX + source, rows, collator)
+        return cls(SOURCE_HELD_OUT_PREFIX + source, rows, collator)
 
     @property
-    def source(self) -> str:
-        return self.prefix.removeprefix(self.SOURCE_PREFIX)
+    def source(self) -> str | None:
+        """The source of a source's own slice (None for the phase's slice)."""
+        own = self.prefix.startswith(SOURCE_HELD_OUT_PREFIX)
+        return self.prefix.removeprefix(SOURCE_HELD_OUT_PREFIX) if own else None
 
     @property
     def loss_key(self) -> str:
@@ -216,8 +217,11 @@ class PretrainingTrainer(Trainer):
     def measure(self, held_out: HeldOutSlice) -> float:
         """The model's loss on a held-out slice, logged under the slice's prefix (every process takes part)."""
         self._measuring = held_out
+        # An evaluation's data loader draws its base seed from the global generator: forked, so that measuring
+        # leaves the random state training reads (dropout on CPU, say) where it was.
         try:
-            return self.evaluate(held_out.rows, metric_key_prefix=held_out.prefix)[held_out.loss_key]
+            with torch.random.fork_rng(devices=[]):
+                return self.evaluate(held_out.rows, metric_key_prefix=held_out.prefix)[held_out.loss_key]
         finally:
             self._measuring = self.held_out
 
@@ -247,7 +251,8 @@ class PretrainingTrainer(Trainer):
 
     def start_phase(self):
         """Before the first step of a phase started afresh (not resumed): the previous phase's optimizer state
-        carried over, then the held-out loss measured and kept in phase_state.json. Both need the model and
+        carried over, then the held-out losses (the phase's slice and each source's) measured and kept in
+        phase_state.json. Both need the model and
         optimizer as the engine prepared them: FSDP2 cannot evaluate a model it has not sharded with its
         optimizer, ZeRO-2 cannot evaluate outside training, and a sharded optimizer loads sharded state only."""
         if self.carry_optimizer_from:
@@ -364,7 +369,11 @@ class HeldOutCurve(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            # Measured before this step's checkpoint is saved (it then holds the point, and a resume does not
+            # measure it twice). The evaluation's own log clears the flag that logs this step's training loss.
+            should_log = control.should_log
             self.trainer().measure_sources()
+            control.should_log = should_log
 
 
 class SaveAtPhaseEnd(TrainerCallback):

@@ -330,3 +330,12 @@ def test_context_length_sweep_runs_the_protocol_at_every_length_and_seed(tmp_pat
     assert sweep["lengths"][-1]["test_longer"] == 0
     assert table.strip() in result.stdout
     assert (out / "context_sweep.png").stat().st_size > 10_000
+
+
+def test_a_sweep_length_above_the_models_positions_is_refused_before_any_length_runs(tmp_path, modernbert_dir):
+    from modeling.common.errors import ConfigError
+    from modeling.finetune.sweep import run_sweep
+
+    task = make_task(tmp_path, modernbert_dir, "single_label", max_length_grid=[16, 4096])
+    with pytest.raises(ConfigError, match=r"max_length_grid: \[4096\] above the model's \d+ positions"):
+        run_sweep(task, lambda at_length: pytest.fail(f"max_length {at_length.max_length} ran"))

@@ -200,6 +200,9 @@ def test_each_sources_held_out_loss_is_the_saved_models_loss_on_that_sources_own
             assert len(curve) == 2 + len(range(CURVE_EVERY, phase.steps, CURVE_EVERY))
             assert [tokens for tokens, _ in curve] == sorted(tokens for tokens, _ in curve)
             assert curve[-1][0] == phase.tokens
+        # measuring mid-phase leaves the training log whole: an entry every logging.steps (2), first step included
+        logged = [e["step"] for e in phase.log_history if "loss" in e]
+        assert logged == [1, *range(2, phase.steps + 1, 2)]
     for name in ("notes", "abstracts"):
         after_phase1 = phases[0].held_out_sources[name].loss_end
         assert phases[1].held_out_sources[name].loss_start == pytest.approx(after_phase1, abs=1e-6)
@@ -232,7 +235,8 @@ def test_tensorboard_gets_loss_lr_masking_rate_and_tokens(finished_run):
 
 
 def test_resume_after_a_kill_ends_with_the_same_parameters(tmp_path, finished_run):
-    """Kill the run (SIGKILL) as soon as a mid-phase checkpoint exists, resume, compare every parameter."""
+    """Kill the run (SIGKILL) as soon as a mid-phase checkpoint exists, resume, compare every parameter. The
+    uninterrupted run also measured each source's held-out loss every few steps: measuring changes nothing trained."""
     recipe = write_recipe(tmp_path)
     process = subprocess.Popen(
         [sys.executable, SCRIPT, str(recipe)],
@@ -264,6 +268,10 @@ def test_resume_after_a_kill_ends_with_the_same_parameters(tmp_path, finished_ru
     ]
     assert summaries[0]["tokens_per_source"] == summaries[1]["tokens_per_source"]
     assert summaries[0]["held_out"]["loss_end"] == pytest.approx(summaries[1]["held_out"]["loss_end"], abs=1e-6)
+    for name in ("notes", "abstracts"):  # the start, measured before the kill, is read back from phase_state.json
+        resumed, uninterrupted = (summary["held_out_sources"][name] for summary in summaries)
+        assert resumed["loss_start"] == pytest.approx(uninterrupted["loss_start"], abs=1e-6)
+        assert resumed["loss_end"] == pytest.approx(uninterrupted["loss_end"], abs=1e-6)
 
 
 def test_dataloader_workers_train_exactly_as_the_main_process(tmp_path):
