@@ -172,5 +172,7 @@ def plot_sweep(sweep: ContextSweep, path: Path) -> Path:
     score_ax.legend(fontsize=8)
     share_ax.bar(x, [100 * row.longer_share for row in sweep.lengths], width=[0.3 * n for n in x], color="C1")
     share_ax.set(xscale="log", xlabel="maximum length (tokens)", ylabel="test docs longer (%)")
+    for ax in (score_ax, share_ax):
+        ax.minorticks_off()  # the log scale's own labels (2 x 10^2) would sit between the lengths
     share_ax.set_xticks(x, [str(n) for n in x])
     return save_figure(fig, (score_ax, share_ax), path)
