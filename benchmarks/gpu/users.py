@@ -359,7 +359,6 @@ def write_task(work: Path, chosen: Size, task: str, corpus: Path, lora: bool) ->
     config["attn_implementation"] = "varlen"  # per example on packed rows; document_sdpa on a CPU
     config["data"].update(path=str(corpus), max_examples=chosen.task_examples)
     config["max_length"] = chosen.task_max_length
-    config["window_stride"] = min(128, chosen.task_max_length // 4)  # the default (128) needs max_length > 256
     config["training"]["epochs"] = chosen.task_epochs
     config["seeds"] = [42]
     if lora:

@@ -31,6 +31,9 @@ PAPER_SEEDS = [42, 43, 44, 45, 46]
 BATCHINGS = ("packed", "random", "length_grouped")
 
 
+DEFAULT_STRIDE = 128  # the most tokens consecutive windows share by default (from max_length 512 up; once fixed)
+
+
 @dataclass
 class SplitConfig:
     official: bool = option("Use the splits the files define when they define them", True)
@@ -133,10 +136,13 @@ class TaskConfig:
     max_length: int | None = option("Tokens per window (default: the model's maximum, 8192 for ModernBERT)", None)
     max_length_grid: list | None = option(
         "Context-length sweep: the whole protocol at each of these maximum lengths (context_sweep.md / .json / .png "
-        "in output_dir); a window_stride that does not fit a length becomes a quarter of it",
+        "in output_dir); a window_stride given that does not fit a length becomes a quarter of it",
         None,
     )
-    window_stride: int = option("Tokens shared by consecutive windows of a longer document", 128)
+    window_stride: int | None = option(
+        "Tokens shared by consecutive windows of a longer document (default: a quarter of max_length, at most 128)",
+        None,
+    )
     window_aggregation: str = option(
         "Classification of a multi-window document: mean or max of the window logits", "mean"
     )
@@ -186,8 +192,9 @@ class TaskConfig:
                 raise ConfigError(f"max_length_grid={grid}: each length must be >= 16, and listed once")
         # a sweep replaces max_length, and fits the stride to each of its lengths (modeling.finetune.sweep)
         fixed_length = self.max_length if not self.max_length_grid else None
-        if self.window_stride < 0 or (fixed_length and self.window_stride >= fixed_length // 2):
-            raise ConfigError(f"window_stride={self.window_stride}: must be >= 0 and below half of max_length")
+        stride = self.window_stride
+        if stride is not None and (stride < 0 or (fixed_length and stride >= fixed_length // 2)):
+            raise ConfigError(f"window_stride={stride}: must be >= 0 and below half of max_length")
         choice("window_aggregation", self.window_aggregation, ("mean", "max"))
         if self.classifier_pooling is not None:
             choice("classifier_pooling", self.classifier_pooling, ("cls", "mean"))
@@ -201,6 +208,11 @@ class TaskConfig:
         if self.peft is not None:
             self.peft.validate("peft")
         return self
+
+    def stride_for(self, max_length: int) -> int:
+        """Tokens consecutive windows share: window_stride as given, else a quarter of the window, at most 128 (a
+        fixed default would not fit short windows: it must stay below half of them)."""
+        return self.window_stride if self.window_stride is not None else min(DEFAULT_STRIDE, max_length // 4)
 
     @property
     def metric_for_selection(self) -> str:

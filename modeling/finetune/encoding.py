@@ -73,7 +73,8 @@ def encode_split(
     windows of similar length (less padding), and the window -> example map keeps the order recoverable."""
     labels = config.tag_names
     label_id = {name: i for i, name in enumerate(labels)}
-    common = dict(truncation=True, max_length=max_length, stride=config.window_stride, return_overflowing_tokens=True)
+    stride = config.stride_for(max_length)
+    common = dict(truncation=True, max_length=max_length, stride=stride, return_overflowing_tokens=True)
     if config.task == "ner":
         encoded = tokenizer(
             [e.word_texts() for e in examples], is_split_into_words=True, return_offsets_mapping=True, **common

@@ -92,7 +92,7 @@ def max_length_for(task: TaskConfig, tokenizer) -> int:
     if task.max_length and task.max_length > positions:
         raise ConfigError(f"max_length={task.max_length}: above the model's {positions} positions")
     length = task.max_length or limit
-    if task.window_stride >= length // 2:
+    if task.window_stride is not None and task.window_stride >= length // 2:
         raise ConfigError(f"window_stride={task.window_stride}: must be below half of the max length ({length})")
     return length
 

@@ -64,10 +64,11 @@ class ContextSweep(Record):
 
 
 def task_at_length(task: TaskConfig, max_length: int) -> TaskConfig:
-    """The task at one length of its sweep, in its own folder; a window stride that does not fit the length (it
-    must stay below half of it) becomes a quarter of the length."""
-    stride = task.window_stride if task.window_stride < max_length // 2 else max_length // 4
-    if stride != task.window_stride:
+    """The task at one length of its sweep, in its own folder; a window stride given that does not fit the length
+    (it must stay below half of it) becomes a quarter of the length (the default follows each length anyway)."""
+    stride = task.window_stride
+    if stride is not None and stride >= max_length // 2:
+        stride = max_length // 4
         log.info("max_length %d: window_stride %d -> %d (below half of it)", max_length, task.window_stride, stride)
     folder = SweepResults(task.results_dir()).length(max_length)
     changed = dataclasses.replace(
@@ -113,7 +114,7 @@ def _length_result(task: TaskConfig, aggregate: TaskAggregate, sweep_folder: Pat
         )
     return LengthResult(
         max_length=task.max_length,
-        window_stride=task.window_stride,
+        window_stride=task.stride_for(task.max_length),
         test_documents=first.examples["test"],
         test_longer=first.longer_than_max_length["test"],
         test_windows=first.windows["test"],

@@ -109,11 +109,40 @@ def test_overrides_apply_before_validation(tmp_path):
 def test_each_length_of_a_sweep_is_the_task_in_its_own_folder_with_a_stride_that_fits(tmp_path):
     from modeling.finetune.sweep import task_at_length
 
-    task = task_from_dict(minimal(max_length=512, max_length_grid=[64, 256, 1024], output_dir=str(tmp_path)))
-    short, middle, long = (task_at_length(task, n) for n in (64, 256, 1024))
+    grid = [64, 256, 1024]
+    task = task_from_dict(minimal(max_length=512, window_stride=128, max_length_grid=grid, output_dir=str(tmp_path)))
+    short, middle, long = (task_at_length(task, n) for n in grid)
     assert (short.max_length, short.window_stride) == (64, 16)  # 128 is not below half of 64: a quarter of it
     assert (middle.max_length, middle.window_stride) == (256, 64)  # 128 is half of 256: not below it
     assert (long.max_length, long.window_stride) == (1024, 128)  # as configured
+    default = task_from_dict(minimal(max_length_grid=grid, output_dir=str(tmp_path)))
+    assert [task_at_length(default, n).stride_for(n) for n in grid] == [16, 64, 128]  # the default follows
     assert long.results_dir() == tmp_path / "max_length-1024"
     assert long.max_length_grid is None
     assert task.max_length == 512  # the sweep's task is left as it was
+
+
+@pytest.mark.parametrize("max_length, stride", [(64, 16), (256, 64), (512, 128), (8192, 128)])
+def test_window_stride_defaults_to_a_quarter_of_the_window_at_most_128(max_length, stride):
+    """A short max_length is valid without naming a stride (a fixed 128 is not below half of 64 or 256)."""
+    task = task_from_dict(minimal(max_length=max_length))
+    assert task.window_stride is None
+    assert task.stride_for(max_length) == stride
+    assert task_from_dict(minimal(max_length=max_length, window_stride=5)).stride_for(max_length) == 5
+    with pytest.raises(ConfigError, match=f"window_stride={max_length // 2}: must be >= 0 and below half"):
+        task_from_dict(minimal(max_length=max_length, window_stride=max_length // 2))  # given, still checked
+
+
+def test_runs_recorded_with_the_once_fixed_stride_are_still_reused():
+    """Finished runs recorded window_stride 128 when it was the fixed default: the same settings now leave it unset,
+    and such a run is still the same run (finetune.py reuses it rather than refusing its folder)."""
+    import dataclasses
+
+    from modeling.finetune.runner import _comparable
+
+    task = task_from_dict(minimal(max_length=512))
+    recorded = {**dataclasses.asdict(task), "window_stride": 128}
+    del recorded["max_length_grid"]  # nor did sweeps exist
+    assert _comparable(recorded) == _comparable(dataclasses.asdict(task))
+    other = task_from_dict(minimal(max_length=512, window_stride=64))
+    assert _comparable(recorded) != _comparable(dataclasses.asdict(other))
