@@ -34,6 +34,12 @@ BATCHINGS = ("packed", "random", "length_grouped")
 DEFAULT_STRIDE = 128  # the most tokens consecutive windows share by default (from max_length 512 up; once fixed)
 
 
+def default_stride(max_length: int | None) -> int:
+    """A quarter of the window, at most DEFAULT_STRIDE; DEFAULT_STRIDE where max_length is left open (the model's
+    maximum: 8,192 for ModernBERT)."""
+    return min(DEFAULT_STRIDE, max_length // 4) if max_length else DEFAULT_STRIDE
+
+
 @dataclass
 class SplitConfig:
     official: bool = option("Use the splits the files define when they define them", True)
@@ -212,7 +218,7 @@ class TaskConfig:
     def stride_for(self, max_length: int) -> int:
         """Tokens consecutive windows share: window_stride as given, else a quarter of the window, at most 128 (a
         fixed default would not fit short windows: it must stay below half of them)."""
-        return self.window_stride if self.window_stride is not None else min(DEFAULT_STRIDE, max_length // 4)
+        return self.window_stride if self.window_stride is not None else default_stride(max_length)
 
     @property
     def metric_for_selection(self) -> str:

@@ -22,7 +22,7 @@ from modeling.common.engines import engine_of, full_state_dict
 from modeling.common.errors import ConfigError
 from modeling.common.run_files import not_a_file
 from modeling.common.runtime import check_shared_folder, join_processes
-from modeling.finetune.config import DEFAULT_STRIDE, TaskConfig
+from modeling.finetune.config import TaskConfig, default_stride
 from modeling.finetune.dataset import label_counts, load_task_examples
 from modeling.finetune.encoding import EncodedSplit, encode_split, load_task_tokenizer
 from modeling.finetune.metrics import DESCRIPTIONS
@@ -96,7 +96,7 @@ def _comparable(config: dict) -> dict:
     config.get("training", {}).setdefault("batching", "length_grouped")
     config.setdefault("max_length_grid", None)  # runs recorded before sweeps existed
     if config.get("window_stride") is None:  # the default, as the run resolved it (earlier runs recorded 128)
-        config["window_stride"] = min(DEFAULT_STRIDE, config["max_length"] // 4) if config.get("max_length") else 128
+        config["window_stride"] = default_stride(config.get("max_length"))
     return {k: v for k, v in config.items() if k not in ("seeds", "output_dir")}
 
 

@@ -361,7 +361,6 @@ def set_up_phase(
         train_dataset=train_rows,
         data_collator=MLMCollator(tokenizer, packing, plan.masking, recipe.seed, f"train/{phase.name}", len(names)),
         held_out=HeldOutSlice(
-            "held_out",
             eval_rows,
             MLMCollator(tokenizer, packing, eval_masking, recipe.seed, f"held-out/{phase.name}", len(names)),
         ),
@@ -392,7 +391,7 @@ def source_slices(recipe: Recipe, store: Store, tokenizer, packing: Packing) -> 
         collator = MLMCollator(
             tokenizer, packing, MaskingSchedule(masking, masking, len(rows)), recipe.seed, f"held-out/source/{name}"
         )
-        slices.append(HeldOutSlice.of_source(name, rows, collator))
+        slices.append(HeldOutSlice(rows, collator, source=name))
     return slices
 
 

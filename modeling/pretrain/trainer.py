@@ -122,22 +122,16 @@ class PhaseState(Record):
 
 @dataclass
 class HeldOutSlice:
-    """Held-out rows, the collator that masks them (the same positions at every measurement) and the prefix their
-    loss is logged under: `held_out` for the phase's slice, `held_out/SOURCE` for a source's own."""
+    """Held-out rows and the collator that masks them (the same positions at every measurement): the phase's
+    slice, or with `source` a source's own, logged as `held_out_loss` or `held_out/SOURCE_loss`."""
 
-    prefix: str
     rows: list[PackedRow]
     collator: Callable
-
-    @classmethod
-    def of_source(cls, source: str, rows: list[PackedRow], collator: Callable) -> HeldOutSlice:
-        return cls(SOURCE_HELD_OUT_PREFIX + source, rows, collator)
+    source: str | None = None
 
     @property
-    def source(self) -> str | None:
-        """The source of a source's own slice (None for the phase's slice)."""
-        own = self.prefix.startswith(SOURCE_HELD_OUT_PREFIX)
-        return self.prefix.removeprefix(SOURCE_HELD_OUT_PREFIX) if own else None
+    def prefix(self) -> str:
+        return "held_out" if self.source is None else SOURCE_HELD_OUT_PREFIX + self.source
 
     @property
     def loss_key(self) -> str:
