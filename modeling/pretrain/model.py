@@ -12,6 +12,7 @@ from pathlib import Path
 from transformers import AutoModelForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
 
 from modeling.common.attention import known_attention
+from modeling.common.composer import import_checkpoint, imported_model
 from modeling.common.errors import ConfigError
 from modeling.common.loading import load_config, load_pretrained
 from modeling.pretrain.recipe import Recipe
@@ -72,14 +73,23 @@ def modernbert_config(tokenizer, **fields) -> ModernBertConfig:
 
 
 def build_model(recipe: Recipe, tokenizer) -> ModernBertForMaskedLM:
-    """`model.init` alone: its weights. `model.config` (with or without init): a fresh model."""
+    """`model.init` alone: its weights (a transformers checkpoint, or a Composer one renamed onto ModernBERT).
+    `model.config` (with or without init): a fresh model."""
     spec = recipe.model
-    if spec.config is None:
+    imported = None
+    if spec.init_is_composer():  # read without running anything in it (modeling.common.safe_pickle)
+        imported = import_checkpoint(spec.init, spec.composer_config, tokenizer=tokenizer)
+    if spec.config is None and imported is not None:
+        model = imported_model(imported, spec.attn_implementation)
+    elif spec.config is None:
         model = load_pretrained(
             AutoModelForMaskedLM, spec.init, spec.allow_pickle, attn_implementation=spec.attn_implementation
         )
     else:
-        base = load_config(spec.init).to_dict() if spec.init else {}
+        if imported is not None:
+            base = imported.config.to_dict()
+        else:
+            base = load_config(spec.init).to_dict() if spec.init else {}
         try:
             config = modernbert_config(tokenizer, **{**base, **spec.config})
         except (TypeError, ValueError) as e:

@@ -33,7 +33,14 @@ DEFAULT_RECIPE = RECIPES_DIR / "demo.yaml"
 @dataclass
 class ModelConfig:
     init: str | None = option(
-        "Hub id or local folder of the checkpoint to continue from; null = a fresh model from `config`", None
+        "Hub id or local folder of the checkpoint to continue from, or a Composer checkpoint (.pt) of ModernBERT's "
+        "training code, read without running anything in it; null = a fresh model from `config`",
+        None,
+    )
+    composer_config: str | None = option(
+        "The run YAML (ModernBERT repository format, its model.model_config block) of a Composer .pt `init`; "
+        "null = the copy of the model config the checkpoint keeps",
+        None,
     )
     config: dict | None = option(
         "ModernBertConfig fields: a fresh model (on top of init's config when both are given)", None
@@ -53,7 +60,15 @@ class ModelConfig:
         choice(f"{key}.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         if self.init is None and self.config is None:
             raise ConfigError(f"{key}: give `init` (a Hub id or folder) or `config` (a fresh model), or both")
+        if self.composer_config is not None and not self.init_is_composer():
+            raise ConfigError(f"{key}.composer_config: only for a Composer checkpoint (.pt) as {key}.init")
 
+    def init_is_composer(self) -> bool:
+        """`init` names a Composer training checkpoint rather than a transformers folder or Hub id."""
+        return self.init is not None and self.init.endswith(COMPOSER_SUFFIXES)
+
+
+COMPOSER_SUFFIXES = (".pt", ".pth")  # Composer names its checkpoints ep{E}-ba{B}-rank{R}.pt
 
 # document_sdpa and varlen are this project's (modeling.common.attention, not imported here: recipes load before
 # torch); the others are transformers'.
@@ -369,6 +384,11 @@ class Recipe:
         folder_name("name", self.name)
         self.model.validate("model")
         self.tokenizer.validate("tokenizer")
+        if self.model.init_is_composer() and not (self.tokenizer.path or self.tokenizer.train_vocab_size):
+            raise ConfigError(
+                f"tokenizer.path: model.init {self.model.init} is a Composer checkpoint, which is not a tokenizer; "
+                "give the tokenizer's Hub id or folder (ModernBERT's: answerdotai/ModernBERT-base)"
+            )
         positive("max_seq_length", self.max_seq_length)
         if self.max_seq_length < 8:
             raise ConfigError(f"max_seq_length={self.max_seq_length}: must be >= 8")

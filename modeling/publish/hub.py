@@ -3,6 +3,7 @@
     python -m modeling.publish card out/demo/phase2 --results out/finetune    # write and list the staged folder
     python -m modeling.publish push out/demo/phase2 --repo my-org/demo --results out/finetune [--private]
     python -m modeling.publish push out/demo --repo my-org/demo   # a run: each phase to its branch, the last to main
+    python -m modeling.publish import-composer ep0-ba272000-rank0.pt --config RUN.yaml --out FOLDER
 
 Staging copies (hard-links where it can) the model's safetensors, config and tokenizer, writes the card,
 and adds plots and results; nothing is written into the model folder. Pickle files are never published.
@@ -394,11 +395,36 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         sub.add_argument(
             "--retry-wait", type=float, default=2.0, help="seconds before the first retry (doubling after)"
         )
+    text = (
+        "a Composer checkpoint of ModernBERT's training code (FlexBert) as a stock transformers ModernBERT folder; "
+        "nothing in the checkpoint is run"
+    )
+    sub = commands.add_parser("import-composer", help=text, description=text)
+    sub.add_argument("checkpoint", help="the Composer .pt file (e.g. ep0-ba272000-rank0.pt)")
+    sub.add_argument(
+        "--config",
+        default=None,
+        help="the run's training YAML in ModernBERT's repository format (its model.model_config block); "
+        "default: the copy of the model config Composer keeps in the checkpoint",
+    )
+    sub.add_argument("--out", required=True, help="new folder to write (model.safetensors, config.json, tokenizer)")
+    sub.add_argument(
+        "--tokenizer", default=None, help="tokenizer folder to add (default: the copy Composer keeps, if any)"
+    )
+    sub.add_argument(
+        "--max_position_embeddings", type=int, default=8192, help="longest input the folder's config allows"
+    )
     return parser.parse_args(argv)
 
 
 def publish(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.command == "import-composer":
+        from modeling.publish.composer_import import import_composer, report
+
+        record = import_composer(args.checkpoint, args.out, args.config, args.tokenizer, args.max_position_embeddings)
+        print(report(record, Path(args.out)))
+        return 0
     folder = Path(args.folder)
     options = dict(results=args.results, base_model=args.base_model, license=args.license)
     try:
