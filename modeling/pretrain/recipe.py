@@ -289,7 +289,8 @@ class StoreConfig:
         "Folder of the token store that `train_mlm.py prepare` writes and training reads; null = stores/NAME", None
     )
     part_mb: int = option(
-        "Input files per unit of preparation work, in MB (gzip counts 4x); parts are what processes share", 256
+        "Input files per unit of preparation work, in MB (compressed files count 4x); parts are what processes share",
+        256,
     )
     exclude_tasks: list = option(
         "Task configs (eval_configs/*.yaml, or {config: PATH, data_dir: DIR}) whose validation and test documents "

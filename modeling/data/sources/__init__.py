@@ -20,6 +20,7 @@ from modeling.data.sources.delimited import csv_records, csv_rows
 from modeling.data.sources.files import format_of, require_content, resolve_files
 from modeling.data.sources.hub import hf_records
 from modeling.data.sources.jsonl import jsonl_objects, jsonl_records
+from modeling.data.sources.mds import TokenIds, mds_records
 from modeling.data.sources.mimic import mimic3_records, mimic4_records
 from modeling.data.sources.parquet import parquet_records
 from modeling.data.sources.pubmed import pmc_records, pubmed_records
@@ -32,6 +33,7 @@ __all__ = [
     "FORMATS",
     "READERS",
     "SourceSpec",
+    "TokenIds",
     "csv_rows",
     "iter_documents",
     "iter_file_records",
@@ -52,6 +54,7 @@ READERS = {
     "mimic3": mimic3_records,
     "mimic4": mimic4_records,
     "codes": code_records,
+    "mds": mds_records,
 }
 
 
@@ -61,21 +64,30 @@ def iter_documents(spec: SourceSpec, skips: SkipLog) -> Iterator[str]:
     return (text for _, text in iter_records(spec, skips))
 
 
-def iter_records(spec: SourceSpec, skips: SkipLog) -> Iterator[tuple[str, str]]:
-    """(where, text) of each non-empty document; `where` ("file:line", ...) names it for outputs and reports."""
+def iter_records(spec: SourceSpec, skips: SkipLog, token_ids: bool = False) -> Iterator[tuple[str, str]]:
+    """(where, text) of each non-empty document; `where` ("file:line", ...) names it for outputs and reports.
+    With `token_ids`, a document that arrives as ids (an MDS id column) comes as `TokenIds`; without, it is
+    refused: it has no text to tokenize or show."""
     if spec.format == "hf":
-        return _nonempty_documents(spec, hf_records(spec, skips), skips)
-    return iter_file_records(spec, resolve_files(spec), skips)
+        return _nonempty_documents(spec, hf_records(spec, skips), skips, token_ids)
+    return iter_file_records(spec, resolve_files(spec), skips, token_ids)
 
 
-def iter_file_records(spec: SourceSpec, files: list[str], skips: SkipLog) -> Iterator[tuple[str, str]]:
+def iter_file_records(
+    spec: SourceSpec, files: list[str], skips: SkipLog, token_ids: bool = False
+) -> Iterator[tuple[str, str]]:
     """iter_records over some of the source's files (a share of the work of preparing a store)."""
     chosen = [(path, format_of(spec, path)) for path in files]
-    return _nonempty_documents(spec, _records_from_files(spec, chosen, skips), skips)
+    return _nonempty_documents(spec, _records_from_files(spec, chosen, skips), skips, token_ids)
 
 
-def _nonempty_documents(spec: SourceSpec, records, skips: SkipLog) -> Iterator[tuple[str, str]]:
+def _nonempty_documents(spec: SourceSpec, records, skips: SkipLog, token_ids: bool) -> Iterator[tuple[str, str]]:
     for where, text in records:
+        if isinstance(text, TokenIds) and not token_ids:
+            raise DataError(
+                f"{where}: source '{spec.name}' holds token ids, not text; it can be prepared into a token store "
+                "(whose tokenizer must be the one that wrote them), not read as text here"
+            )
         if _is_blank(text):
             skips.add(spec.name, "empty document", where)
             continue
@@ -85,6 +97,8 @@ def _nonempty_documents(spec: SourceSpec, records, skips: SkipLog) -> Iterator[t
 def _is_blank(text) -> bool:
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return True
+    if isinstance(text, TokenIds):
+        return not len(text)
     return not text.strip()
 
 

@@ -9,6 +9,7 @@ import importlib.metadata
 import os
 
 from modeling.common.errors import DataError
+from modeling.data.sources.mds_index import mds_shard_files
 from modeling.data.sources.spec import (
     FORMAT_BY_EXTENSION,
     FORMATS,
@@ -27,6 +28,9 @@ def resolve_files(spec: SourceSpec) -> list[str]:
     for pattern in patterns:
         if pattern.startswith(PACKAGE_PREFIX):
             matches = _package_files(spec, pattern)
+        elif spec.format == "mds":  # the shards the folders' index.json files list, in their order
+            matches = _filesystem_matches(pattern)
+            matches = mds_shard_files(spec, matches, pattern) if matches else []
         else:
             matches = _filesystem_files(pattern)
         if not matches:
@@ -35,12 +39,15 @@ def resolve_files(spec: SourceSpec) -> list[str]:
     return list(files)
 
 
-def _filesystem_files(pattern: str) -> list[str]:
+def _filesystem_matches(pattern: str) -> list[str]:
     pattern = os.path.expanduser(pattern)
     # An existing literal path may contain glob characters such as "[".
-    matches = [pattern] if os.path.exists(pattern) else glob.glob(pattern, recursive=True)
+    return [pattern] if os.path.exists(pattern) else sorted(glob.glob(pattern, recursive=True))
+
+
+def _filesystem_files(pattern: str) -> list[str]:
     found = []
-    for match in matches:
+    for match in _filesystem_matches(pattern):
         if os.path.isdir(match):
             found.extend(_files_under(match))
         elif os.path.isfile(match):

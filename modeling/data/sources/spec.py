@@ -19,6 +19,7 @@ FORMATS = (
     "mimic3",
     "mimic4",
     "codes",
+    "mds",
 )
 BAD_RECORD_POLICIES = ("raise", "skip")
 # What kind of text a source is, for the model card; "clinical" = patient records, which can contain PHI.
