@@ -5,6 +5,7 @@
     accelerate launch --num_processes 8 train_mlm.py RECIPE --sources.clinical /data/NOTEEVENTS.csv.gz
     accelerate launch train_mlm.py RECIPE --resume         # continue a killed run
     python train_mlm.py contamination RECIPE --task eval_configs/demo_mesh.yaml   # evaluation text in the store?
+    python train_mlm.py data-order out/demo --phase phase1 --step 500   # the documents step 500 trained on
 
 Any recipe key can be overridden with --dotted.key VALUE (values are read as YAML); give training the
 same overrides as prepare.
@@ -34,6 +35,10 @@ contamination flags:
   --data_dir DIR                       the task's data (its data.path): once for every task, or once per --task
   --ngram N                            n-gram length in tokens (default: 13)
   --num_proc N                         processes scanning the store (default: every core)
+data-order flags (python train_mlm.py data-order RUN_DIR ...):
+  --phase NAME                         the phase
+  --step K                             its optimizer step (from 1, as revisions count them)
+  --json FILE                          also write every piece as JSON
 """
 
 
@@ -119,7 +124,29 @@ def contamination_command(argv: list[str]) -> int:
     return 0
 
 
+def data_order_command(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        parse_args(argv)  # prints the help and exits
+    rest = list(argv)
+    phase, step, out = _take(rest, "--phase"), _take(rest, "--step"), _take(rest, "--json")
+    if len(rest) != 1 or rest[0].startswith("-"):
+        raise ConfigError("data-order: give the run folder, e.g. python train_mlm.py data-order out/demo --phase ...")
+    if len(phase) != 1 or len(step) != 1 or not step[0].isdigit() or len(out) > 1:
+        raise ConfigError("data-order: give --phase NAME and --step K once each (K a whole number from 1)")
+    from modeling.common import run_files
+    from modeling.pretrain.data_order import step_pieces, step_table
+
+    pieces = step_pieces(rest[0], phase[0], int(step[0]))
+    print(step_table(pieces, phase[0], int(step[0])))
+    if out:
+        run_files.write_json(out[0], [p.to_dict() for p in pieces])
+        print(f"\nwritten: {out[0]}")
+    return 0
+
+
 def train(argv: list[str]) -> int:
+    if argv and argv[0] == "data-order":
+        return data_order_command(argv[1:])
     if argv and argv[0] == "prepare":
         return prepare_command(argv[1:])
     if argv and argv[0] == "contamination":
@@ -134,7 +161,13 @@ def train(argv: list[str]) -> int:
 
     pusher = _pusher(recipe)
     try:
-        summary = run(recipe, resume=resume, on_phase_end=pusher, evaluation_documents=evaluation_documents)
+        summary = run(
+            recipe,
+            resume=resume,
+            on_phase_end=pusher,
+            evaluation_documents=evaluation_documents,
+            on_revision=pusher.revision if pusher is not None else None,
+        )
     finally:
         if pusher is not None:
             pusher.wait()  # a push in flight finishes before the process ends
@@ -160,8 +193,8 @@ def train(argv: list[str]) -> int:
 
 
 def _pusher(recipe):
-    """With hub.repo_id, each phase is pushed when it ends (branch = phase; the last also to main), in the
-    background while training goes on."""
+    """With hub.repo_id, each phase is pushed when it ends (branch = phase; the last also to main), and each
+    revision of hub.push_every when it is taken (branch = its name), in the background while training goes on."""
     if not recipe.hub.repo_id:
         return None
     from modeling.publish.hub import PhasePusher

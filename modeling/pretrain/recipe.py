@@ -348,8 +348,15 @@ class HubConfig:
         "Hub dataset ids of the training corpora, where they are public (model card)", factory=list
     )
     tags: list[str] = option("Extra tags for the model card", factory=list)
+    push_every: int = option(
+        "Also keep the model every N optimizer steps of a phase as a revision (PHASE/revisions/step-NNNNNNN, "
+        "NNNNNNN counted over the whole run), pushed to the branch of that name when repo_id is set; 0: phases only",
+        0,
+    )
 
     def validate(self, key: str):
+        if self.push_every < 0:  # (the type is checked when the recipe is built)
+            raise ConfigError(f"{key}.push_every={self.push_every!r}: give a whole number of steps >= 0 (0: never)")
         if self.repo_id is not None and (self.repo_id.count("/") != 1 or not all(self.repo_id.split("/"))):
             raise ConfigError(f"{key}.repo_id={self.repo_id!r}: must be 'namespace/name'")
         if self.repo_id is not None and self.license is None:

@@ -11,6 +11,8 @@ PHASE/index/                    the phase's row indexes (epoch-NNNNN-KEY.npz, we
                                 and documents they were built from), only where the store is read-only: they are
                                 kept in the store (STORE/row_indexes/), shared by runs; rebuilt if missing
 PHASE/phase_summary.json        written when the phase is done; its presence marks the phase complete
+PHASE/revisions/step-NNNNNNN/   intermediate checkpoints as stock transformers folders, with revision.json (recipe
+                                hub.push_every; NNNNNNN: the step over the whole run); pushed ones keep revision.json
 PHASE/checkpoints/checkpoint-N/ resumable Trainer checkpoint; complete once checkpoint_complete.json is in it
                                 and the Trainer's state and the engine's files read back (DDP: model.safetensors,
                                 optimizer.pt; FSDP2: pytorch_model_fsdp_0/, optimizer_0/; ZeRO: latest,
@@ -83,6 +85,7 @@ class PhaseFolder(Folder):
     index_dir = File("index")
     summary_json = File("phase_summary.json")
     checkpoints_dir = File("checkpoints")
+    revisions_dir = File("revisions")
 
     def checkpoints(self) -> list[Path]:
         """checkpoint-N folders (the Trainer names them so), newest first."""

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
-from transformers import Trainer, set_seed
+from transformers import set_seed
 
 from modeling.common import run_files
-from modeling.common.engines import full_state_dict, save_whole, weights_problem
+from modeling.common.engines import weights_problem
 from modeling.common.errors import ConfigError, DataError
 from modeling.common.loading import load_tokenizer
 from modeling.common.runtime import check_shared_folder, join_processes, processes_without
@@ -42,6 +42,7 @@ from modeling.pretrain.summary import (
     LearningRateRecord,
     MaskingRecord,
     PhaseSummary,
+    RevisionRecord,
     SourceHeldOutRecord,
     SourceReport,
     TrainingSummary,
@@ -51,6 +52,7 @@ from modeling.pretrain.trainer import (
     HeldOutSlice,
     PhaseState,
     PretrainingTrainer,
+    RevisionSnapshots,
     checkpoint_problem,
     trainer_callbacks,
     training_arguments,
@@ -60,6 +62,8 @@ log = logging.getLogger(__name__)
 
 # Called on the main process when a phase has been trained and recorded: (run folder, phase name, is the last).
 PhaseEndHook = Callable[[Path, str, bool], None]
+# Called on the main process when a revision has been written (hub.push_every): (its folder, its record).
+RevisionHook = Callable[[Path, RevisionRecord], None]
 
 
 def run(
@@ -67,6 +71,7 @@ def run(
     resume: bool = False,
     on_phase_end: PhaseEndHook | None = None,
     evaluation_documents: EvaluationReader | None = None,
+    on_revision: RevisionHook | None = None,
 ) -> TrainingSummary:
     """Train every phase of the recipe; returns the training summary. `evaluation_documents` reads the tasks a
     store the run prepares itself leaves out (store.exclude_tasks)."""
@@ -82,7 +87,7 @@ def run(
         raise ConfigError(problem)
     try:
         check_shared_folder(state, run_folder.folder, "output_dir")
-        return _run(recipe, resume, on_phase_end, state, run_folder, evaluation_documents)
+        return _run(recipe, resume, on_phase_end, state, run_folder, evaluation_documents, on_revision)
     finally:
         if state.is_main_process:
             lock.release()
@@ -114,6 +119,7 @@ def _run(
     state: PartialState,
     run_folder: PretrainingRun,
     evaluation_documents: EvaluationReader | None,
+    on_revision: RevisionHook | None = None,
 ):
     store = _store(recipe, state, evaluation_documents)
     set_seed(recipe.seed)
@@ -147,7 +153,10 @@ def _run(
         else:
             if index > 0:  # a fresh model from the previous phase's folder: the engine prepares each phase's own
                 model = reload_phase_model(run_folder.phase(recipe.phases[index - 1].name).folder, recipe)
-            summary = run_phase(recipe, index, model, tokenizer, store, previous_checkpoint, resume)
+            steps_before = sum(p.steps for p in phases)
+            summary = run_phase(
+                recipe, index, model, tokenizer, store, previous_checkpoint, resume, steps_before, on_revision
+            )
             model = None  # the finished phase's model and optimizer go before the next phase builds its own
             gc.collect()
         previous_checkpoint = run_folder.resolve(summary.final_checkpoint)
@@ -244,11 +253,25 @@ class PhaseSetup:
 
 
 def run_phase(
-    recipe: Recipe, index: int, model, tokenizer, store: Store, previous_checkpoint: str | None, resume: bool
+    recipe: Recipe,
+    index: int,
+    model,
+    tokenizer,
+    store: Store,
+    previous_checkpoint: str | None,
+    resume: bool,
+    steps_before: int = 0,
+    on_revision: RevisionHook | None = None,
 ) -> PhaseSummary:
     setup = set_up_phase(recipe, index, model, tokenizer, store, previous_checkpoint)
     trainer, plan, rows, eval_rows, folder = setup.trainer, setup.plan, setup.rows, setup.eval_rows, setup.folder
     phase, names = recipe.phases[index], recipe.phases[index].source_names()
+    if recipe.hub.push_every:
+        trainer.add_callback(
+            RevisionSnapshots(
+                trainer, recipe.hub.push_every, folder.revisions_dir, steps_before, plan.rows_per_step, on_revision
+            )
+        )
 
     processes = trainer.accelerator.num_processes
     log.info(
@@ -288,10 +311,11 @@ def run_phase(
             f"{folder.checkpoints_dir}: the checkpoint of the phase's last step ({trainer.state.global_step}) is "
             f"missing or incomplete (newest complete: {final_checkpoint}); the next phase starts from its state"
         )
-    save_for_transformers(trainer, tokenizer, folder.folder, final_checkpoint)
+    trainer.save_transformers_folder(folder.folder, final_checkpoint)
     reports = _source_reports(store, names, rows, plan.steps * plan.rows_per_step)
     summary = _phase_summary(recipe, plan, trainer, reports, eval_rows, held_out_start, held_out_end, wall)
     summary.held_out_sources = _source_held_out(trainer, names, sources_start, sources_end)
+    summary.revisions = _revisions(folder) if recipe.hub.push_every else None
     run_folder = PretrainingRun(recipe.output_dir)  # recorded relative to it: a moved run still resumes
     summary.final_checkpoint, summary.model_dir = (
         run_folder.relative(final_checkpoint),
@@ -488,6 +512,13 @@ def _source_held_out(
     return records
 
 
+def _revisions(folder: PhaseFolder) -> list[RevisionRecord]:
+    """The phase's revisions, in step order (their weights may be gone once pushed; the records stay)."""
+    found = folder.revisions_dir.glob(f"step-*/{RevisionRecord.FILE}")
+    records = [RevisionRecord.load(p) for p in found if p.parent.name.split("-")[1].isdigit()]  # not *.tmp
+    return sorted(records, key=lambda r: r.step)
+
+
 def _source_reports(store: Store, names: list[str], rows: PhaseIndex, trained_rows: int) -> dict[str, SourceReport]:
     """What the store holds of each of the phase's sources, and how many passes over it the phase started."""
     reports = {}
@@ -501,18 +532,3 @@ def _source_reports(store: Store, names: list[str], rows: PhaseIndex, trained_ro
             passes_started=rows.passes_started(source, trained_rows),
         )
     return reports
-
-
-def save_for_transformers(trainer: Trainer, tokenizer, folder: Path, final_checkpoint: str):
-    """model.safetensors + config + tokenizer: loads with AutoModelForMaskedLM / pipeline('fill-mask').
-    The weights are gathered whole whatever the engine sharded (every process takes part)."""
-    state_dict = full_state_dict(trainer, trainer.engine, final_checkpoint)
-    if not trainer.args.should_save:
-        return
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    model.config.sparse_prediction = False  # saved config: downstream users get logits for every position
-    try:
-        save_whole(model, folder, state_dict)
-    finally:
-        model.config.sparse_prediction = True
-    tokenizer.save_pretrained(str(folder))

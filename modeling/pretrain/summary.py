@@ -83,6 +83,26 @@ class SourceHeldOutRecord(Record):
 
 
 @dataclass
+class RevisionRecord(Record):
+    """An intermediate checkpoint kept as a stock transformers folder (PHASE/revisions/REVISION/) and pushed as
+    a Hub branch of that name (recipe hub.push_every): where in the run it was taken and what it had seen."""
+
+    revision: str  # step-NNNNNNN: the optimizer step counted over the whole run, so names sort in run order
+    phase: str
+    step: int  # optimizer step within the phase
+    run_step: int
+    tokens_seen: float  # real tokens the phase had trained on
+    held_out_loss: float  # the phase's held-out slice, at its final masking rate
+    rows_trained: int  # the phase's rows 0 .. rows_trained - 1 of its row index: `train_mlm.py data-order`
+
+    FILE = "revision.json"
+
+
+def revision_name(run_step: int) -> str:
+    return f"step-{run_step:07d}"
+
+
+@dataclass
 class PhaseSummary(Record):
     phase: str
     index: int
@@ -105,11 +125,12 @@ class PhaseSummary(Record):
     model_states: StateBytes | None = None  # bytes of parameters, gradients and optimizer state per process
     # each source's own held-out slice, for every source the recipe trains on (None: recorded before they were)
     held_out_sources: dict[str, SourceHeldOutRecord] | None = None
+    revisions: list[RevisionRecord] | None = None  # hub.push_every's intermediate checkpoints (None: none taken)
 
     # Runs recorded before documents were counted per source, and before per-source reading reports, lack
     # these: they read back empty.
     OLDER_FILES_LACK = {"documents_trained": dict, "sources": dict}
-    OMITTED_WHEN_NONE = ("model_states", "held_out_sources")
+    OMITTED_WHEN_NONE = ("model_states", "held_out_sources", "revisions")
 
     def source_curve(self, source: str) -> list[tuple[float, float]]:
         """(tokens seen in the phase, loss) of every measurement of the source's own held-out slice."""

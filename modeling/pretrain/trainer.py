@@ -7,11 +7,14 @@
   and optimizer: the previous phase's optimizer state carried over (its moments, with this phase's
   hyperparameters) and the held-out losses measured: the phase's slice, and each source's own slice (every
   source some phase trains on, trained in this phase or not), again every `holdout.every_steps` when the recipe asks;
-- a checkpoint at the phase's last step (the next phase carries its optimizer from there).
+- a checkpoint at the phase's last step (the next phase carries its optimizer from there);
+- with `hub.push_every`, every N steps a checkpoint and a revision: the whole weights as a stock transformers
+  folder with its step, tokens and held-out loss (`RevisionSnapshots`), handed to the Hub push.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -32,7 +35,9 @@ from modeling.common.engines import (
     StateBytes,
     checkpoint_files_problem,
     engine_of,
+    full_state_dict,
     load_optimizer_state,
+    save_whole,
     state_bytes,
 )
 from modeling.common.errors import ConfigError, DataError
@@ -42,7 +47,7 @@ from modeling.data.packing import PackedRow
 from modeling.pretrain.recipe import Recipe
 from modeling.pretrain.run_folder import PhaseFolder
 from modeling.pretrain.schedules import PhasePlan
-from modeling.pretrain.summary import SOURCE_HELD_OUT_PREFIX
+from modeling.pretrain.summary import SOURCE_HELD_OUT_PREFIX, RevisionRecord, revision_name
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +292,55 @@ class PretrainingTrainer(Trainer):
             values = every[every.sum(dim=1).argmax()]
         self.state_bytes = StateBytes(self.engine, *(int(v) for v in values.tolist()))
 
+    # -- whole models: the phase's end, and revisions on the way
+
+    def save_transformers_folder(self, folder: Path, checkpoint: str) -> None:
+        """model.safetensors + config + tokenizer: loads with AutoModelForMaskedLM / pipeline('fill-mask').
+        The weights are gathered whole whatever the engine sharded (every process takes part)."""
+        state_dict = full_state_dict(self, self.engine, checkpoint)
+        if not self.args.should_save:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        model.config.sparse_prediction = False  # saved config: downstream users get logits for every position
+        try:
+            save_whole(model, folder, state_dict)
+        finally:
+            model.config.sparse_prediction = True
+        self.processing_class.save_pretrained(str(folder))
+
+    def take_revision(self, revisions_dir: Path, steps_before: int, rows_per_step: int) -> RevisionRecord | None:
+        """The model at this step, just checkpointed, as PHASE/revisions/step-N (every process takes part);
+        returns its record on the main process."""
+        step = self.state.global_step
+        checkpoint = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+        loss = self.measure(self.held_out)
+        record = RevisionRecord(
+            revision=revision_name(steps_before + step),
+            phase=self.phase,
+            step=step,
+            run_step=steps_before + step,
+            tokens_seen=self.global_counters().total_tokens(),
+            held_out_loss=loss,
+            rows_trained=step * rows_per_step,
+        )
+        target = revisions_dir / record.revision
+        if self.args.should_save:
+            revisions_dir.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        with run_files.atomic_folder(target) if self.args.should_save else _nothing() as tmp:
+            self.save_transformers_folder(tmp, str(checkpoint))
+            if self.args.should_save:
+                run_files.write_json(tmp / RevisionRecord.FILE, record.to_dict())
+        log.info(
+            "phase %s step %d: revision %s (held-out loss %.4f, %.0f tokens)",
+            self.phase,
+            step,
+            record.revision,
+            loss,
+            record.tokens_seen,
+        )
+        return record if self.args.should_save else None
+
     # -- logging and checkpoints
 
     def global_counters(self) -> TokenCounters:
@@ -370,6 +424,46 @@ class HeldOutCurve(TrainerCallback):
             control.should_log = should_log
 
 
+class RevisionSnapshots(TrainerCallback):
+    """Every `every` optimizer steps (the phase's last excepted: the phase itself is its model): a checkpoint at
+    that step, then a revision from it (PretrainingTrainer.take_revision), handed to `on_revision` on the main
+    process. A phase resumed at such a step whose revision was never written takes it first."""
+
+    def __init__(
+        self,
+        trainer: PretrainingTrainer,
+        every: int,
+        revisions_dir: Path,
+        steps_before: int,
+        rows_per_step: int,
+        on_revision,
+    ):
+        self.trainer, self.every = weakref.ref(trainer), every  # weak: see PhaseStart
+        self.revisions_dir, self.steps_before, self.rows_per_step = revisions_dir, steps_before, rows_per_step
+        self.on_revision = on_revision
+
+    def _due(self, state) -> bool:
+        return state.global_step > 0 and state.global_step % self.every == 0 and state.global_step < state.max_steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._due(state):
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if self._due(state):
+            self._take()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        name = revision_name(self.steps_before + state.global_step)
+        if self._due(state) and not (self.revisions_dir / name / RevisionRecord.FILE).exists():
+            self._take()
+
+    def _take(self):
+        record = self.trainer().take_revision(self.revisions_dir, self.steps_before, self.rows_per_step)
+        if record is not None and self.on_revision is not None:
+            self.on_revision(self.revisions_dir / record.revision, record)
+
+
 class SaveAtPhaseEnd(TrainerCallback):
     """The last step of a phase always leaves a checkpoint: the next phase carries its optimizer over."""
 
@@ -394,6 +488,11 @@ class StopWhenInterrupted(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if interrupted():
             raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield None
 
 
 def trainer_callbacks(recipe: Recipe, tensorboard_dir: Path) -> list[TrainerCallback]:

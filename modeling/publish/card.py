@@ -38,7 +38,13 @@ from modeling.finetune.run_folder import TaskResults, TaskRun
 from modeling.pretrain.contamination import REPORT_NAME as CONTAMINATION_REPORT
 from modeling.pretrain.recipe import Recipe, recipe_from_dict
 from modeling.pretrain.run_folder import PretrainingRun
-from modeling.pretrain.summary import PhaseSummary, SourceLosses, TrainingSummary, source_losses
+from modeling.pretrain.summary import (
+    PhaseSummary,
+    RevisionRecord,
+    SourceLosses,
+    TrainingSummary,
+    source_losses,
+)
 
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "model_card"
 PIPELINE_TAGS = {
@@ -73,7 +79,7 @@ CLINICAL_TASK_LOADERS = ("phenotype", "deid", "brat")  # tasks whose texts are p
 
 @dataclass
 class Card:
-    kind: str  # encoder | task_model | adapter
+    kind: str  # encoder | task_model | adapter | revision
     card: ModelCard
     files: dict[str, Path | bytes]  # path in the repo -> local file, or generated content
     left_out: dict[str, str] = field(default_factory=dict)  # file in the model folder -> why it is not pushed
@@ -107,6 +113,8 @@ def build_card(
     license: str | None = None,
 ) -> Card:
     folder = Path(folder)
+    if (folder / RevisionRecord.FILE).exists():  # an intermediate checkpoint of a run (hub.push_every)
+        return revision_card(folder, repo_id, license)
     kind = folder_kind(folder)
     if kind == "encoder":
         return encoder_card(folder, repo_id, results, revision, license)
@@ -293,6 +301,44 @@ def encoder_card(folder: Path, repo_id: str, results: list, revision: str, licen
     if not base and init:
         notes.append(f"base_model left out of the metadata: model.init `{init}` is a local folder, not a Hub id")
     return Card("encoder", card, files, left_out, notes, [s.name for s in context.clinical])
+
+
+# ------------------------------------------------------------------------------------ revision
+
+
+@dataclass
+class RevisionCard:
+    """An intermediate checkpoint's card, for model_card/revision.md."""
+
+    repo_id: str
+    model_name: str
+    recipe_name: str
+    record: RevisionRecord
+
+
+def revision_card(folder: Path, repo_id: str, license: str | None = None) -> Card:
+    """The card and files of a revision folder (PHASE/revisions/step-N of a run, hub.push_every)."""
+    record = RevisionRecord.load(folder / RevisionRecord.FILE)
+    run = PretrainingRun(folder.parent.parent.parent)
+    recipe = recipe_from_dict(run_files.read_json(run.recipe_json), validate=False)
+    license = license or recipe.hub.license
+    if not license:
+        raise ConfigError(f"license: the card of {folder} needs the license of the weights (hub.license)")
+    data = ModelCardData(
+        license=license,
+        language=recipe.hub.language or ["en"],
+        library_name="transformers",
+        pipeline_tag="fill-mask",
+        tags=list(dict.fromkeys(["modernbert", "fill-mask", "intermediate-checkpoint", *recipe.hub.tags])),
+    )
+    context = RevisionCard(repo_id, repo_id.split("/")[-1], recipe.name, record)
+    card = render("revision.md", data, context)
+    files, left_out = _model_files(folder)
+    files[RevisionRecord.FILE] = folder / RevisionRecord.FILE
+    left_out.pop(RevisionRecord.FILE, None)
+    files["README.md"] = str(card).encode()
+    clinical = [name for name, spec in recipe.sources.items() if spec.domain == "clinical"]
+    return Card("revision", card, files, left_out, [], clinical)
 
 
 def _contamination(recipe: Recipe) -> ContaminationReport | None:

@@ -28,8 +28,8 @@ from pathlib import Path
 from modeling.common.cli import run_command
 from modeling.common.errors import ConfigError
 from modeling.pretrain.run_folder import PretrainingRun
-from modeling.pretrain.summary import TrainingSummary
-from modeling.publish.card import Card, build_card
+from modeling.pretrain.summary import RevisionRecord, TrainingSummary
+from modeling.publish.card import Card, build_card, revision_card
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +265,7 @@ class PhasePusher:
         self.hub = hub
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-push")
         self.pending: list[Future] = []
+        self.pushed: list[str] = []  # revisions pushed, in order
 
     def __call__(self, run_dir: Path, phase: str, last: bool) -> None:
         for revision in (phase, "main") if last else (phase,):
@@ -277,6 +278,39 @@ class PhasePusher:
                 continue
             log.info("phase %s: pushing to %s (%s) in the background", phase, self.hub.repo_id, revision)
             self.pending.append(self.pool.submit(self._upload, run_dir, phase, revision, staged, card))
+
+    def revision(self, folder: Path, record) -> None:
+        """An intermediate checkpoint (hub.push_every) to the branch named after it, in the background; once
+        pushed, its weights are removed locally (revision.json stays: the card lists it)."""
+        staged = Path(tempfile.mkdtemp(prefix="hub-stage-")) / "repo"
+        try:
+            stage(revision_card(folder, self.hub.repo_id), staged)
+        except Exception as error:  # a card that cannot be built must not end the training
+            self._revision_failed(folder, record.revision, error)
+            shutil.rmtree(staged.parent, ignore_errors=True)
+            return
+        log.info("revision %s: pushing to %s in the background", record.revision, self.hub.repo_id)
+        self.pending.append(self.pool.submit(self._upload_revision, folder, record.revision, staged))
+
+    def _upload_revision(self, folder: Path, revision: str, staged: Path) -> None:
+        try:
+            push_folder(
+                staged,
+                self.hub.repo_id,
+                revision=revision,
+                private=self.hub.private,
+                resume=resume_command(folder, self.hub.repo_id, revision=revision, private=self.hub.private),
+                message=f"Upload intermediate checkpoint {revision}",
+            )
+            self.pushed.append(revision)
+            log.info("revision %s pushed to %s", revision, self.hub.repo_id)
+            for path in folder.iterdir():  # the Hub holds it now; the record stays for the card
+                if path.name != RevisionRecord.FILE:
+                    path.unlink()
+        except Exception as error:  # logged with the command that redoes it; the revision is safe on disk
+            self._revision_failed(folder, revision, error)
+        finally:
+            shutil.rmtree(staged.parent, ignore_errors=True)
 
     def _upload(self, run_dir: Path, phase: str, revision: str, staged: Path, card: Card) -> None:
         try:
@@ -306,6 +340,17 @@ class PhasePusher:
             error,
             run_dir / phase,
             getattr(error, "resume", "") or self._resume(run_dir, phase, revision),
+        )
+
+    def _revision_failed(self, folder: Path, revision: str, error: Exception) -> None:
+        log.error(
+            "revision %s: push to %s failed: %s; it is safe in %s; push it with:\n  %s",
+            revision,
+            self.hub.repo_id,
+            error,
+            folder,
+            getattr(error, "resume", "")
+            or resume_command(folder, self.hub.repo_id, revision=revision, private=self.hub.private),
         )
 
     def wait(self) -> None:

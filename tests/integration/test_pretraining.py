@@ -3,12 +3,14 @@ two processes under accelerate, and bad input stopping with one line."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
 from helpers import SCRIPT, TWO_PROCESSES, phase_weights, script_env, synthetic_documents, train, write_recipe
 
 # End-to-end runs of training or of several processes: the fast tier (-m "not slow") leaves them out.
@@ -272,6 +274,47 @@ def test_resume_after_a_kill_ends_with_the_same_parameters(tmp_path, finished_ru
         resumed, uninterrupted = (summary["held_out_sources"][name] for summary in summaries)
         assert resumed["loss_start"] == pytest.approx(uninterrupted["loss_start"], abs=1e-6)
         assert resumed["loss_end"] == pytest.approx(uninterrupted["loss_end"], abs=1e-6)
+
+
+def test_a_revision_lost_to_a_kill_is_taken_again_on_resume(tmp_path):
+    """hub.push_every without a repo keeps revisions locally. Killed once phase 1's step-3 checkpoint exists and
+    its revision removed (as a kill between the two leaves it), --resume takes the revision from that checkpoint
+    before training on; every revision holds its checkpoint's weights and is listed once."""
+    from safetensors.torch import load_file
+
+    recipe = write_recipe(tmp_path, **{"hub.push_every": 3, "checkpoint.keep": 20})
+    process = subprocess.Popen(
+        [sys.executable, SCRIPT, str(recipe)],
+        env=script_env(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    phase1 = tmp_path / "out" / "phase1"
+    marker = phase1 / "checkpoints" / "checkpoint-3" / "checkpoint_complete.json"
+    deadline = time.time() + 240
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert marker.exists() and not (phase1 / "checkpoints" / "checkpoint-6").exists(), "killed after step 3"
+    shutil.rmtree(phase1 / "revisions" / "step-0000003", ignore_errors=True)
+    train(tmp_path, recipe, "--resume")
+    summaries = json.loads((tmp_path / "out" / "training_summary.json").read_text())["phases"]
+    steps = [(r["phase"], r["step"]) for s in summaries for r in s["revisions"]]
+    phase1_steps = summaries[0]["steps"]
+    assert steps == [("phase1", s) for s in range(3, phase1_steps, 3)] + [
+        ("phase2", s) for s in range(3, summaries[1]["steps"], 3)
+    ]
+    for s in summaries:
+        for r in s["revisions"]:
+            folder = tmp_path / "out" / r["phase"] / "revisions" / r["revision"]
+            weights = load_file(folder / "model.safetensors")
+            checkpoint = load_file(
+                tmp_path / "out" / r["phase"] / "checkpoints" / f"checkpoint-{r['step']}" / "model.safetensors"
+            )
+            assert all(torch.equal(weights[k], checkpoint[k]) for k in weights), r["revision"]
+            assert json.loads((folder / "config.json").read_text())["sparse_prediction"] is False
 
 
 def test_dataloader_workers_train_exactly_as_the_main_process(tmp_path):

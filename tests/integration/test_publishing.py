@@ -50,7 +50,14 @@ def run(tmp_path_factory, fake_hub):
     tmp = tmp_path_factory.mktemp("publish")
     recipe = write_recipe(
         tmp,
-        **{"hub.repo_id": REPO, "hub.license": "apache-2.0", "hub.private": True, "sources.notes.domain": "clinical"},
+        **{
+            "hub.repo_id": REPO,
+            "hub.license": "apache-2.0",
+            "hub.private": True,
+            "hub.push_every": 3,  # revisions step-0000003, step-0000006 in phase 1, then phase 2's
+            "checkpoint.keep": 20,  # every checkpoint stays, to compare the revisions with
+            "sources.notes.domain": "clinical",
+        },
     )
     env = {
         **os.environ,
@@ -106,6 +113,95 @@ def test_training_pushed_each_phase_to_its_branch_and_the_last_to_main(run, fake
         assert ModelCard(arrived["README.md"].decode()).data.pipeline_tag == "fill-mask"
     assert 'revision="phase1"' in fake_hub.files(REPO, "phase1")["README.md"].decode()
     assert TOKEN not in run["log"]
+
+
+def test_revisions_are_pushed_as_sorting_branches_with_the_checkpoints_weights(run, fake_hub, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForMaskedLM
+
+    out = run["out"]
+    phases = [json.loads((out / p / "phase_summary.json").read_text()) for p in ("phase1", "phase2")]
+    expected = []
+    for before, phase in zip((0, phases[0]["steps"]), phases, strict=True):
+        expected += [(phase["phase"], s, before + s) for s in range(3, phase["steps"], 3)]
+    assert len(expected) >= 3
+    records = [r for phase in phases for r in phase["revisions"]]
+    assert [(r["phase"], r["step"], r["run_step"]) for r in records] == expected
+    assert [r["revision"] for r in records] == sorted(r["revision"] for r in records)  # names sort in run order
+    branches = set(fake_hub.repos[REPO]["branches"])
+    assert {r["revision"] for r in records} <= branches
+    for record in records:
+        assert record["revision"] == f"step-{record['run_step']:07d}"
+        assert record["rows_trained"] == record["step"] * 8  # global_sequences
+        arrived = fake_hub.files(REPO, record["revision"])
+        assert json.loads(arrived["revision.json"]) == record
+        card = arrived["README.md"].decode()
+        assert f'revision="{record["revision"]}"' in card and "data-order" in card
+        # the weights are the checkpoint's at that step
+        checkpoint = load_file(
+            out / record["phase"] / "checkpoints" / f"checkpoint-{record['step']}" / "model.safetensors"
+        )
+        pushed = load_file(
+            fake_hub.write_out(REPO, record["revision"], tmp_path / record["revision"]) / "model.safetensors"
+        )
+        assert pushed.keys() <= checkpoint.keys()
+        assert all(torch.equal(pushed[k], checkpoint[k]) for k in pushed)
+        # its held-out loss is the one logged at that step
+        history = phases[[p["phase"] for p in phases].index(record["phase"])]["log_history"]
+        logged = [e["held_out_loss"] for e in history if e.get("step") == record["step"] and "held_out_loss" in e]
+        assert logged == [record["held_out_loss"]]
+        # pushed: only the record stays on disk
+        assert sorted(p.name for p in (out / record["phase"] / "revisions" / record["revision"]).iterdir()) == [
+            "revision.json"
+        ]
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / records[0]["revision"])
+    assert loaded.config.model_type == "modernbert"
+    main_card = fake_hub.files(REPO, "main")["README.md"].decode()
+    for record in records:
+        assert f"[`{record['revision']}`](https://huggingface.co/{REPO}/tree/{record['revision']})" in main_card
+
+
+def test_data_order_lists_the_rows_the_trainer_fed_at_a_step(run, capsys, monkeypatch):
+    """The documents `train_mlm.py data-order` names for phase1 step 2 rebuild, row for row, the batches the
+    phase's Trainer reads for its second optimizer step (4 rows per device x 2 accumulation steps)."""
+    import numpy as np
+
+    import train_mlm
+    from modeling.common.loading import load_tokenizer
+    from modeling.data.store import Store
+    from modeling.pretrain.model import build_model
+    from modeling.pretrain.prepare import open_store
+    from modeling.pretrain.recipe import recipe_from_dict
+    from modeling.pretrain.runner import set_up_phase
+
+    monkeypatch.chdir(run["tmp"])  # where the run was started: its store is stores/NAME there
+    answer = run["tmp"] / "order.json"
+    argv = ["data-order", str(run["out"]), "--phase", "phase1", "--step", "2", "--json", str(answer)]
+    assert train_mlm.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "phase phase1, step 2: rows 8 to 15" in printed
+    pieces = json.loads(answer.read_text())
+    assert sorted({p["row"] for p in pieces}) == list(range(8, 16))
+
+    recipe = recipe_from_dict(json.loads((run["out"] / "recipe.json").read_text()))
+    store = open_store(recipe)
+    tokenizer = load_tokenizer(store.folder.tokenizer_dir)
+    setup = set_up_phase(recipe, 0, build_model(recipe, tokenizer), tokenizer, store, None)
+    batches = iter(setup.trainer.get_train_dataloader())
+    fed = [next(batches) for _ in range(4)][2:]  # step 2: the third and fourth batches
+    fed_rows = []
+    for batch in fed:
+        original = torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"])  # masking undone
+        fed_rows += [ids[ids != tokenizer.pad_token_id].tolist() for ids in original]
+    shards = Store(recipe.store_dir())
+    rebuilt = []
+    for row in range(8, 16):
+        ids = []
+        for p in (p for p in pieces if p["row"] == row):
+            tokens = shards.split(p["source"]).tokens(p["document"], p["start"], p["tokens"])
+            ids += [tokenizer.cls_token_id, *np.asarray(tokens).tolist(), tokenizer.sep_token_id]
+        rebuilt.append(ids)
+    assert rebuilt == fed_rows
 
 
 def test_card_is_filled_from_the_run_and_parses_back(run, tmp_path):

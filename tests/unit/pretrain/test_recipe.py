@@ -213,6 +213,8 @@ def test_overrides_reach_nested_fields_list_items_and_sources(tmp_path):
         (["--distributed.timeout_minutes", "0"], "distributed.timeout_minutes"),
         (["--holdout.every_steps", "-5"], "holdout.every_steps=-5: give a whole number of steps >= 0"),
         (["--holdout.every_steps", "2.5"], "holdout.every_steps=2.5: must be an integer"),
+        (["--hub.push_every", "-3"], "hub.push_every=-3: give a whole number of steps >= 0"),
+        (["--hub.push_every", "true"], "hub.push_every=True: must be an integer"),
     ],
 )
 def test_bad_values_stop_with_the_key(tmp_path, override, expected):
