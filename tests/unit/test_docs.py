@@ -92,7 +92,8 @@ def truth() -> dict:
             "train_mlm": set(FLAG.findall(train_mlm.FLAGS)),
             "finetune": _argparse_flags(_help(finetune.parse_args, ["CONFIG", "--help"])),
             "publish": _argparse_flags(_help(publish_args, ["card", "--help"]))
-            | _argparse_flags(_help(publish_args, ["push", "--help"])),
+            | _argparse_flags(_help(publish_args, ["push", "--help"]))
+            | _argparse_flags(_help(publish_args, ["import-composer", "--help"])),
             "inference": _argparse_flags(_help(infer, ["--help"])),
         },
     }

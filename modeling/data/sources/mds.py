@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import math
 import os
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,19 +37,22 @@ from modeling.data.sources.spec import SourceSpec
 TEXT_COLUMNS = ("text", "input_ids", "tokens")
 # dtype codes of the `ndarray` encoding when the dtype is not in the encoding string
 NDARRAY_DTYPES = {
-    8: "uint8",
-    9: "int8",
-    16: "uint16",
-    17: "int16",
-    18: "float16",
-    32: "uint32",
-    33: "int32",
-    34: "float32",
-    64: "uint64",
-    65: "int64",
-    66: "float64",
+    code: np.dtype(name).newbyteorder("<")
+    for code, name in (
+        (8, "uint8"),
+        (9, "int8"),
+        (16, "uint16"),
+        (17, "int16"),
+        (18, "float16"),
+        (32, "uint32"),
+        (33, "int32"),
+        (34, "float32"),
+        (64, "uint64"),
+        (65, "int64"),
+        (66, "float64"),
+    )
 }
-SHAPE_DTYPES = ("<u1", "<u2", "<u4", "<u8")
+SHAPE_WIDTHS = "BHIQ"  # struct codes of the shape's uint8 / 16 / 32 / 64
 INTEGER_KINDS = "iu"
 # how many levels above a shard its index.json may be (a merged index names shards as SUBFOLDER/shard...)
 INDEX_LEVELS = 3
@@ -95,24 +100,24 @@ def mds_records(spec: SourceSpec, path: str, skips: SkipLog):
     if count and (offsets[-1] != len(data) or np.any(np.diff(offsets) < 0) or offsets[0] < 4 * (count + 2)):
         raise DataError(f"{path}: its sample offsets do not fit the file's {len(data):,} bytes (damaged)")
     decode = _decoder(encodings[position], column, path)
+    header = struct.Struct(f"<{len(variable)}I")  # the sizes of the variable-size columns, first in each sample
+    before = range(position)  # the columns stored ahead of ours
+    offsets = offsets.tolist()
     for sample in range(count):
-        where = f"{path}#sample {sample}"
-        begin, end = int(offsets[sample]), int(offsets[sample + 1])
-        header = 4 * len(variable)
-        if end - begin < header:
-            bad_record(spec, skips, where, "shorter than its column sizes")
+        begin, end = offsets[sample], offsets[sample + 1]
+        if end - begin < header.size:
+            bad_record(spec, skips, f"{path}#sample {sample}", "shorter than its column sizes")
             continue
-        lengths = np.frombuffer(data, "<u4", count=len(variable), offset=begin) if variable else ()
-        size_of = dict(zip(variable, (int(n) for n in lengths), strict=True))
-        start = begin + header + sum(size_of.get(j, sizes[j]) for j in range(position))
+        size_of = dict(zip(variable, header.unpack_from(data, begin), strict=True))
+        start = begin + header.size + sum(size_of.get(j, sizes[j]) for j in before)
         stop = start + size_of.get(position, sizes[position])
         if stop > end:
-            bad_record(spec, skips, where, f"column '{column}' runs past the sample's end")
+            bad_record(spec, skips, f"{path}#sample {sample}", f"column '{column}' runs past the sample's end")
             continue
         try:
-            yield where, decode(data[start:stop])
+            yield f"{path}#sample {sample}", decode(data[start:stop])
         except ValueError as error:
-            bad_record(spec, skips, where, f"column '{column}': {error}")
+            bad_record(spec, skips, f"{path}#sample {sample}", f"column '{column}': {error}")
 
 
 def _shard_bytes(path: str, shard: dict) -> bytes:
@@ -208,16 +213,16 @@ def _ndarray_ids(value: bytes, dtype, shape) -> TokenIds:
         code = value[0]
         if code not in NDARRAY_DTYPES:
             raise ValueError(f"unknown array dtype code {code}")
-        dtype, at = np.dtype(NDARRAY_DTYPES[code]).newbyteorder("<"), 1
+        dtype, at = NDARRAY_DTYPES[code], 1
         if dtype.kind not in INTEGER_KINDS:
             raise ValueError(f"{dtype} array, not token ids")
     if shape is None:
         if len(value) <= at:
             raise ValueError("no array header")
-        ndim, width = value[at] >> 2, SHAPE_DTYPES[value[at] & 3]
-        shape = tuple(int(d) for d in np.frombuffer(value, width, count=ndim, offset=at + 1))
-        at += 1 + ndim * np.dtype(width).itemsize
-    count = int(np.prod(shape)) if shape else 0
+        ndim, width = value[at] >> 2, SHAPE_WIDTHS[value[at] & 3]
+        shape = struct.unpack_from(f"<{ndim}{width}", value, at + 1)
+        at += 1 + ndim * struct.calcsize(width)
+    count = math.prod(shape)
     if len(value) - at != count * dtype.itemsize:
         raise ValueError(f"an array of shape {shape} needs {count * dtype.itemsize} bytes, {len(value) - at} found")
-    return TokenIds(np.frombuffer(value, dtype, count=count, offset=at).reshape(-1))
+    return TokenIds(np.frombuffer(value, dtype, count=count, offset=at))
