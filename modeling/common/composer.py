@@ -83,10 +83,23 @@ REQUIRED = {
     "embed_norm": True,
     "final_norm": True,
     "head_pred_norm": True,
+    "skip_first_prenorm": True,  # transformers' layer 0 has no attention norm
     "rotary_emb_interleaved": False,
     "rotary_emb_scale_base": None,
 }
 MODEL_KEY_PREFIX = "model."  # Composer's HuggingFaceModel wrapper
+# The only files Composer's copy of a tokenizer may become
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "added_tokens.json",
+)
+# FlexBert activation names transformers spells otherwise
+ACTIVATION_NAMES = {"gelu_tanh": "gelu_pytorch_tanh"}
 
 
 @dataclass
@@ -102,6 +115,12 @@ class ImportedCheckpoint:
     run_name: str | None = None
     left_behind: dict[str, str] = field(default_factory=dict)  # part of the checkpoint -> why it is not carried
     tokenizer_files: dict[str, str] = field(default_factory=dict)  # name -> text, as Composer keeps them
+    flexbert: dict = field(default_factory=dict)  # the run's model_config the config was built from
+    where: str = ""  # where that model_config came from, for errors
+
+    def with_tokenizer(self, tokenizer, max_position_embeddings: int = 8192) -> None:
+        """The config again, its special token ids the tokenizer's (the weights do not change)."""
+        self.config = config_from_flexbert(self.flexbert, self.where, max_position_embeddings, tokenizer)
 
 
 def transformers_name(flexbert_name: str) -> str | None:
@@ -148,6 +167,7 @@ def _resolve_references(value, top: dict, path: Path):
 def config_from_flexbert(flexbert: dict, where: str, max_position_embeddings: int = 8192, tokenizer=None):
     """The ModernBertConfig a FlexBert `model_config` describes; a setting transformers cannot express is refused."""
     from transformers import ModernBertConfig
+    from transformers.activations import ACT2FN
 
     fb = {**FLEXBERT_DEFAULTS, **flexbert}
     for key, needed in REQUIRED.items():
@@ -165,23 +185,32 @@ def config_from_flexbert(flexbert: dict, where: str, max_position_embeddings: in
     if missing:
         raise ConfigError(f"{where}: model_config lacks {', '.join(missing)}")
     head_dim = fb["hidden_size"] // fb["num_attention_heads"]
-    if fb["rotary_emb_dim"] not in (None, head_dim):
+    for key in ("rotary_emb_dim", "local_attn_rotary_emb_dim"):
+        if fb.get(key) not in (None, head_dim):
+            raise ConfigError(f"{where}: model_config.{key}={fb[key]}: transformers rotates whole heads ({head_dim})")
+    window, every = fb["sliding_window"], fb["global_attn_every_n_layers"]
+    if window and window > 0 and every <= 0:
         raise ConfigError(
-            f"{where}: model_config.rotary_emb_dim={fb['rotary_emb_dim']}: transformers rotates whole heads"
+            f"{where}: model_config.sliding_window={window} with global_attn_every_n_layers={every}: every FlexBert "
+            "layer is local, which transformers' ModernBERT (layer 0 always global) cannot express"
         )
+    activations = {}
+    for key in ("hidden_act", "head_pred_act"):
+        activations[key] = ACTIVATION_NAMES.get(fb[key], fb[key])
+        if activations[key] not in ACT2FN:
+            raise ConfigError(f"{where}: model_config.{key}={fb[key]!r} is not an activation transformers knows")
     norm = fb["norm_kwargs"] or {}
     local_theta = fb["local_attn_rotary_emb_base"]
     if local_theta in (None, -1):  # FlexBert's "same as the global base" (written as -1 it gives NaN logits)
         local_theta = fb["rotary_emb_base"]
-    window = fb["sliding_window"]
     fields = dict(
         vocab_size=fb["vocab_size"],
         hidden_size=fb["hidden_size"],
         intermediate_size=fb.get("intermediate_size", 3072),
         num_hidden_layers=fb["num_hidden_layers"],
         num_attention_heads=fb["num_attention_heads"],
-        hidden_activation=fb["hidden_act"],
-        classifier_activation=fb["head_pred_act"],  # the MLM head's: FlexBert's head_pred_act
+        hidden_activation=activations["hidden_act"],
+        classifier_activation=activations["head_pred_act"],  # the MLM head's: FlexBert's head_pred_act
         classifier_bias=bool(fb["head_pred_bias"]),
         decoder_bias=bool(fb["decoder_bias"]),
         attention_bias=bool(fb["attn_qkv_bias"]),
@@ -190,7 +219,7 @@ def config_from_flexbert(flexbert: dict, where: str, max_position_embeddings: in
         norm_bias=bool(norm.get("bias", True)),
         # every layer global when FlexBert had no window
         local_attention=window if window and window > 0 else max_position_embeddings,
-        global_attn_every_n_layers=max(1, fb["global_attn_every_n_layers"]),
+        global_attn_every_n_layers=max(1, every),
         global_rope_theta=float(fb["rotary_emb_base"]),
         local_rope_theta=float(local_theta),
         attention_dropout=fb["attention_probs_dropout_prob"],
@@ -260,7 +289,9 @@ def import_checkpoint(
         timestamp=_timestamp(state.get("timestamp")),
         run_name=state.get("run_name") if isinstance(state.get("run_name"), str) else None,
         left_behind=_left_behind(state, checkpoint),
-        tokenizer_files=_embedded_tokenizer(state),
+        tokenizer_files=_embedded_tokenizer(state, path),
+        flexbert=flexbert,
+        where=where,
     )
 
 
@@ -340,17 +371,24 @@ def _embedded_config(state: dict) -> dict | None:
     return content if isinstance(content, dict) else None
 
 
-def _embedded_tokenizer(state: dict) -> dict[str, str]:
+def _embedded_tokenizer(state: dict, path) -> dict[str, str]:
+    """The tokenizer files Composer keeps, by file name; a name that is not a tokenizer file's is refused (it
+    becomes a path on this machine)."""
     try:
         files = state["integrations"]["huggingface"]["tokenizer"]
     except (KeyError, TypeError):
         return {}
     found = {}
-    for name, entry in (files or {}).items():
+    for name, entry in (files or {}).items() if isinstance(files, dict) else ():
         if not isinstance(entry, dict) or "content" not in entry:
             continue
         extension = entry.get("file_extension", "")
-        file_name = name if name.endswith(extension) else f"{name}{extension}"
+        file_name = f"{name}{extension}" if isinstance(name, str) and isinstance(extension, str) else None
+        if file_name not in TOKENIZER_FILES:
+            raise DataError(
+                f"{path}: integrations.huggingface.tokenizer holds {file_name or name!r}, not a tokenizer file "
+                f"({', '.join(TOKENIZER_FILES)}); refused"
+            )
         content = entry["content"]
         found[file_name] = content if isinstance(content, str) else json.dumps(content, indent=2)
     return found

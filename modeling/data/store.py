@@ -43,6 +43,7 @@ from modeling.common.errors import DataError
 from modeling.common.loading import load_tokenizer
 from modeling.common.records import Record
 from modeling.common.skips import SkipLog
+from modeling.data.given_ids import GivenIds
 from modeling.data.ngrams import Exclusion, text_key
 from modeling.data.sources import SourceSpec, TokenIds, iter_file_records, iter_records, resolve_files
 
@@ -287,7 +288,7 @@ def prepare_part(
                 if len(batch) == TOKENIZE_BATCH:
                     _write_batch(batch, backend, given, writers, holdout_fraction, exclusion, skips, spec.name)
                     batch = []
-            _write_batch(batch, backend, given, writers, holdout_fraction, exclusion, skips, spec.name)
+            _write_batch(batch, backend, given, writers, holdout_fraction, exclusion, skips, spec.name, last=True)
             shards = {split: writer.close() for split, writer in writers.items()}
         finally:
             for writer in writers.values():
@@ -318,76 +319,21 @@ def _write_batch(
     exclusion: Exclusion | None,
     skips: SkipLog,
     source: str,
+    last: bool = False,
 ):
-    """Texts are tokenized; documents that came as ids are checked and kept, their text decoded (what the
-    held-out split, the text key and the exclusion read)."""
-    if not batch:
-        return
+    """Texts are tokenized; samples that came as ids become documents by GivenIds, kept as they are, their text
+    decoded (what the held-out split, the text key and the exclusion read). `last`: the part's final batch."""
     texts = [(where, text) for where, text in batch if not isinstance(text, TokenIds)]
-    encoded = iter(backend.encode_batch([text for _, text in texts], add_special_tokens=False))
-    from_ids = iter(given.documents([(where, doc) for where, doc in batch if isinstance(doc, TokenIds)], backend))
-    for where, document in batch:
-        if isinstance(document, TokenIds):
-            ids, text = next(from_ids)
-            if not ids:  # nothing but [CLS], [SEP] and padding
-                skips.add(source, "empty document", where)
-                continue
-        else:
-            ids, text = next(encoded).ids, document
+    encoded = backend.encode_batch([text for _, text in texts], add_special_tokens=False) if texts else []
+    documents = [(where, e.ids, text) for (where, text), e in zip(texts, encoded, strict=True)]
+    samples = [(where, sample) for where, sample in batch if isinstance(sample, TokenIds)]
+    documents += given.documents(samples, backend, skips, last)
+    for where, ids, text in documents:
         reason = exclusion.reason(ids, text) if exclusion is not None else None
         if reason is not None:
             skips.add(source, reason, where, expected=True)  # asked for: counted in the manifest, not warned about
             continue
         writers["held_out" if is_held_out(text, holdout_fraction) else "train"].add(ids, text_key(text))
-
-
-class GivenIds:
-    """Documents that arrive as token ids (MDS id columns): the store keeps them as they are, so they must be the
-    store tokenizer's. Every id is checked against its vocabulary, and the first documents of a part must
-    survive a round trip (ids -> text -> the same ids): ids of another tokenizer decode to text that tokenizes
-    otherwise. A leading [CLS], trailing padding and a trailing [SEP] are dropped (the store keeps bare text)."""
-
-    ROUND_TRIP_DOCUMENTS = 16
-
-    def __init__(self, tokenizer, source: str):
-        self.vocabulary, self.source = len(tokenizer), source
-        self.cls, self.sep, self.pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
-        self.checked = self.matched = 0
-
-    def documents(self, batch: list[tuple[str, TokenIds]], backend) -> list[tuple[list[int], str]]:
-        if not batch:
-            return []
-        ids = [self._bare(where, document.ids) for where, document in batch]
-        texts = backend.decode_batch(ids, skip_special_tokens=False)
-        if self.checked < self.ROUND_TRIP_DOCUMENTS:
-            sample = range(min(len(ids), self.ROUND_TRIP_DOCUMENTS - self.checked))
-            again = backend.encode_batch([texts[i] for i in sample], add_special_tokens=False)
-            self.matched += sum(again[i].ids == ids[i] for i in sample)
-            self.checked += len(sample)
-            if self.matched * 2 < self.checked:
-                raise DataError(
-                    f"{batch[0][0]}: the token ids of source '{self.source}' do not look like the store "
-                    f"tokenizer's ({self.matched} of the first {self.checked} documents come back the same from "
-                    "ids -> text -> ids); prepare with the tokenizer that wrote them (tokenizer.path)"
-                )
-        return list(zip(ids, texts, strict=True))
-
-    def _bare(self, where: str, ids) -> list[int]:
-        ids = np.asarray(ids)
-        if len(ids) and (ids.min() < 0 or ids.max() >= self.vocabulary):
-            bad = int(ids.max()) if ids.max() >= self.vocabulary else int(ids.min())
-            raise DataError(
-                f"{where}: token id {bad} is outside the store tokenizer's {self.vocabulary} ids; these ids come "
-                "from another tokenizer"
-            )
-        ids = ids.tolist()
-        if ids and ids[0] == self.cls:
-            ids = ids[1:]
-        while ids and ids[-1] == self.pad:
-            ids.pop()
-        if ids and ids[-1] == self.sep:
-            ids.pop()
-        return ids
 
 
 class _ShardWriter:

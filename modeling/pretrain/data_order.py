@@ -69,6 +69,7 @@ def step_pieces(run_dir: str, phase: str, step: int) -> list[StepPiece]:
     plan = plan_phase(recipe, index, data.epoch_rows)
     if not 1 <= step <= plan.steps:
         raise ConfigError(f"--step {step}: phase {phase} has steps 1 to {plan.steps}")
+    data.index.ensure_rows(plan.steps * plan.rows_per_step)  # the index training built (PhaseRows), not a shorter one
     first = (step - 1) * plan.rows_per_step
     shard_of = {name: _shard_names(store, name) for name in data.sources}
     pieces = []

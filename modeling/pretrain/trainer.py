@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import broadcast_object_list
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -427,7 +428,9 @@ class HeldOutCurve(TrainerCallback):
 class RevisionSnapshots(TrainerCallback):
     """Every `every` optimizer steps (the phase's last excepted: the phase itself is its model): a checkpoint at
     that step, then a revision from it (PretrainingTrainer.take_revision), handed to `on_revision` on the main
-    process. A phase resumed at such a step whose revision was never written takes it first."""
+    process. A step whose revision exists already (a step trained again after a resume from an older checkpoint)
+    keeps it; a phase resumed at a due step whose revision a kill lost takes it first; and revisions that still
+    hold their weights when a phase (re)starts, which a push removes, are handed to `on_revision` again."""
 
     def __init__(
         self,
@@ -445,17 +448,31 @@ class RevisionSnapshots(TrainerCallback):
     def _due(self, state) -> bool:
         return state.global_step > 0 and state.global_step % self.every == 0 and state.global_step < state.max_steps
 
+    def _taken(self, step: int) -> bool:
+        """Decided by the main process for all: they must agree on whether the collectives of a revision run."""
+        trainer = self.trainer()
+        record = self.revisions_dir / revision_name(self.steps_before + step) / RevisionRecord.FILE
+        taken = record.exists() if trainer.accelerator.is_main_process else None
+        if trainer.accelerator.num_processes > 1:
+            taken = broadcast_object_list([taken])[0]
+        return taken
+
     def on_step_end(self, args, state, control, **kwargs):
         if self._due(state):
             control.should_save = True
 
     def on_save(self, args, state, control, **kwargs):
-        if self._due(state):
+        if self._due(state) and not self._taken(state.global_step):
             self._take()
 
     def on_train_begin(self, args, state, control, **kwargs):
-        name = revision_name(self.steps_before + state.global_step)
-        if self._due(state) and not (self.revisions_dir / name / RevisionRecord.FILE).exists():
+        if self.on_revision is not None and self.trainer().accelerator.is_main_process:
+            for folder in sorted(self.revisions_dir.glob("step-*")):
+                finished = folder.name.split("-")[1].isdigit() and (folder / RevisionRecord.FILE).exists()  # not *.tmp
+                if finished and any(folder.glob("*.safetensors")):
+                    log.info("revision %s was not pushed: pushing it now", folder.name)
+                    self.on_revision(folder, RevisionRecord.load(folder / RevisionRecord.FILE))
+        if self._due(state) and not self._taken(state.global_step):
             self._take()
 
     def _take(self):

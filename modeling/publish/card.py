@@ -36,7 +36,7 @@ from modeling.finetune.results import (
 )
 from modeling.finetune.run_folder import TaskResults, TaskRun
 from modeling.pretrain.contamination import REPORT_NAME as CONTAMINATION_REPORT
-from modeling.pretrain.recipe import Recipe, recipe_from_dict
+from modeling.pretrain.recipe import COMPOSER_SUFFIXES, Recipe, recipe_from_dict
 from modeling.pretrain.run_folder import PretrainingRun
 from modeling.pretrain.summary import (
     PhaseSummary,
@@ -299,7 +299,7 @@ def encoder_card(folder: Path, repo_id: str, results: list, revision: str, licen
         files.update({f"eval/{task}/{name}": _public_eval_file(path) for name, path in aggregate.items()})
     files["README.md"] = str(card).encode()
     if not base and init:
-        notes.append(f"base_model left out of the metadata: model.init `{init}` is a local folder, not a Hub id")
+        notes.append(f"base_model left out of the metadata: model.init `{init}` is a local path, not a Hub id")
     return Card("encoder", card, files, left_out, notes, [s.name for s in context.clinical])
 
 
@@ -659,4 +659,9 @@ def _parameter_count(folder: Path) -> int:
 
 
 def _is_hub_id(name: str) -> bool:
-    return not Path(name).exists() and name.count("/") == 1 and not name.startswith((".", "/"))
+    return (
+        not Path(name).exists()
+        and name.count("/") == 1
+        and not name.startswith((".", "/"))
+        and not name.endswith(COMPOSER_SUFFIXES)  # a Composer checkpoint file, not on this machine
+    )

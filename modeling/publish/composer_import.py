@@ -29,7 +29,7 @@ class ImportRecord(Record):
     run_name: str | None
     timestamp: dict  # the source run's batch, sample, token counts at the checkpoint
     tensors: int  # carried into the folder
-    renamed: dict[str, int]  # FlexBert pattern -> tensors renamed by it
+    renamed: dict[str, int]  # FlexBert pattern -> tensors renamed by it and written
     dropped: list[str]  # checkpoint tensors not written (the tied decoder weight)
     left_behind: dict[str, str] = field(default_factory=dict)
     tokenizer: str | None = None  # where the folder's tokenizer came from
@@ -43,18 +43,18 @@ def import_composer(
     max_position_embeddings: int = 8192,
 ) -> ImportRecord:
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out {out}: not empty; give a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out}: exists and is not an empty folder; give a new folder")
     with tempfile.TemporaryDirectory(prefix="composer-tokenizer-") as scratch:
         tokenizer, tokenizer_source = None, None
         if tokenizer_dir is not None:
             tokenizer, tokenizer_source = load_tokenizer(str(tokenizer_dir)), str(tokenizer_dir)
         imported = import_checkpoint(checkpoint, run_config, max_position_embeddings, tokenizer)
         if tokenizer is None and imported.tokenizer_files:  # Composer keeps the run's tokenizer files
-            for name, text in imported.tokenizer_files.items():
+            for name, text in imported.tokenizer_files.items():  # names checked: tokenizer files only
                 (Path(scratch) / name).write_text(text, encoding="utf-8")
             tokenizer, tokenizer_source = load_tokenizer(scratch), f"{checkpoint} (the copy Composer keeps)"
-            imported = import_checkpoint(checkpoint, run_config, max_position_embeddings, tokenizer)
+            imported.with_tokenizer(tokenizer, max_position_embeddings)
         if tokenizer is not None and len(tokenizer) > imported.config.vocab_size:
             raise ConfigError(
                 f"--tokenizer {tokenizer_source}: {len(tokenizer)} tokens do not fit the checkpoint's vocab_size "
@@ -68,7 +68,7 @@ def import_composer(
             run_name=imported.run_name,
             timestamp=imported.timestamp,
             tensors=len(imported.weights),
-            renamed=_counts(imported.renamed),
+            renamed=_counts([(a, b) for a, b in imported.renamed if a not in imported.dropped]),
             dropped=imported.dropped,
             left_behind=imported.left_behind,
             tokenizer=tokenizer_source,

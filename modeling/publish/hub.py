@@ -280,20 +280,16 @@ class PhasePusher:
             self.pending.append(self.pool.submit(self._upload, run_dir, phase, revision, staged, card))
 
     def revision(self, folder: Path, record) -> None:
-        """An intermediate checkpoint (hub.push_every) to the branch named after it, in the background; once
-        pushed, its weights are removed locally (revision.json stays: the card lists it)."""
-        staged = Path(tempfile.mkdtemp(prefix="hub-stage-")) / "repo"
+        """An intermediate checkpoint (hub.push_every) to the branch named after it, in the background (staged
+        there too, beside the revision, so the weights are hard-linked rather than copied); once pushed, its
+        weights are removed locally (revision.json stays: the card lists it)."""
+        log.info("revision %s: pushing to %s in the background", record.revision, self.hub.repo_id)
+        self.pending.append(self.pool.submit(self._upload_revision, folder, record.revision))
+
+    def _upload_revision(self, folder: Path, revision: str) -> None:
+        staged = folder.parent / f".stage-{revision}" / "repo"
         try:
             stage(revision_card(folder, self.hub.repo_id), staged)
-        except Exception as error:  # a card that cannot be built must not end the training
-            self._revision_failed(folder, record.revision, error)
-            shutil.rmtree(staged.parent, ignore_errors=True)
-            return
-        log.info("revision %s: pushing to %s in the background", record.revision, self.hub.repo_id)
-        self.pending.append(self.pool.submit(self._upload_revision, folder, record.revision, staged))
-
-    def _upload_revision(self, folder: Path, revision: str, staged: Path) -> None:
-        try:
             push_folder(
                 staged,
                 self.hub.repo_id,
@@ -306,7 +302,7 @@ class PhasePusher:
             log.info("revision %s pushed to %s", revision, self.hub.repo_id)
             for path in folder.iterdir():  # the Hub holds it now; the record stays for the card
                 if path.name != RevisionRecord.FILE:
-                    path.unlink()
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
         except Exception as error:  # logged with the command that redoes it; the revision is safe on disk
             self._revision_failed(folder, revision, error)
         finally:

@@ -276,45 +276,62 @@ def test_resume_after_a_kill_ends_with_the_same_parameters(tmp_path, finished_ru
         assert resumed["loss_end"] == pytest.approx(uninterrupted["loss_end"], abs=1e-6)
 
 
-def test_a_revision_lost_to_a_kill_is_taken_again_on_resume(tmp_path):
-    """hub.push_every without a repo keeps revisions locally. Killed once phase 1's step-3 checkpoint exists and
-    its revision removed (as a kill between the two leaves it), --resume takes the revision from that checkpoint
-    before training on; every revision holds its checkpoint's weights and is listed once."""
+def test_revisions_survive_kills_failed_pushes_and_steps_trained_again(tmp_path):
+    """hub.push_every against a local Hub whose first commit fails (403: not retried): the revision of step 3
+    stays on disk with its weights. Killed once step 6's checkpoint exists, with step 6's revision
+    removed (as a kill between the checkpoint and the revision leaves it), --resume pushes step 3's and takes
+    step 6's again before training on. Then phase 2 trained again from its step-3 checkpoint meets revisions
+    that exist and keeps them. Every revision holds its checkpoint's weights, on disk until pushed and on the
+    Hub after."""
+    from fake_hub import FakeHub
     from safetensors.torch import load_file
 
-    recipe = write_recipe(tmp_path, **{"hub.push_every": 3, "checkpoint.keep": 20})
-    process = subprocess.Popen(
-        [sys.executable, SCRIPT, str(recipe)],
-        env=script_env(tmp_path),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    phase1 = tmp_path / "out" / "phase1"
-    marker = phase1 / "checkpoints" / "checkpoint-3" / "checkpoint_complete.json"
-    deadline = time.time() + 240
-    while not marker.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert marker.exists() and not (phase1 / "checkpoints" / "checkpoint-6").exists(), "killed after step 3"
-    shutil.rmtree(phase1 / "revisions" / "step-0000003", ignore_errors=True)
-    train(tmp_path, recipe, "--resume")
-    summaries = json.loads((tmp_path / "out" / "training_summary.json").read_text())["phases"]
-    steps = [(r["phase"], r["step"]) for s in summaries for r in s["revisions"]]
-    phase1_steps = summaries[0]["steps"]
-    assert steps == [("phase1", s) for s in range(3, phase1_steps, 3)] + [
-        ("phase2", s) for s in range(3, summaries[1]["steps"], 3)
-    ]
-    for s in summaries:
-        for r in s["revisions"]:
-            folder = tmp_path / "out" / r["phase"] / "revisions" / r["revision"]
+    token, repo = "hf_TestSecretToken0123456789", "org/revisions"
+    settings = {"hub.push_every": 3, "checkpoint.keep": 20, "hub.repo_id": repo, "hub.license": "apache-2.0"}
+    recipe = write_recipe(tmp_path, **settings)
+    out, phase1 = tmp_path / "out", tmp_path / "out" / "phase1"
+    with FakeHub(token) as hub:
+        env = {**script_env(tmp_path), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": token}
+        hub.fail = {"commit": [403]}  # the first push, step 3's
+        process = subprocess.Popen(
+            [sys.executable, SCRIPT, str(recipe)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        marker = phase1 / "checkpoints" / "checkpoint-6" / "checkpoint_complete.json"
+        deadline = time.time() + 240
+        while not marker.exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert marker.exists() and not (phase1 / "phase_summary.json").exists(), "killed after step 6"
+        assert hub.fail == {"commit": []} and (phase1 / "revisions" / "step-0000003" / "model.safetensors").exists()
+        shutil.rmtree(phase1 / "revisions" / "step-0000006", ignore_errors=True)
+        again = [sys.executable, SCRIPT, str(recipe), "--resume"]
+        subprocess.run(again, env=env, cwd=tmp_path, check=True, capture_output=True)
+
+        phase2 = out / "phase2"
+        for path in phase2.glob("checkpoints/checkpoint-*"):  # phase 2 again, from its step-3 checkpoint
+            if path.name != "checkpoint-3":
+                shutil.rmtree(path)
+        (phase2 / "phase_summary.json").unlink()
+        result = subprocess.run(again, env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+        summaries = json.loads((out / "training_summary.json").read_text())["phases"]
+        records = [r for s in summaries for r in s["revisions"]]
+        expected = [("phase1", s) for s in range(3, summaries[0]["steps"], 3)]
+        expected += [("phase2", s) for s in range(3, summaries[1]["steps"], 3)]
+        assert [(r["phase"], r["step"]) for r in records] == expected
+        for r in records:
+            checkpoint = load_file(out / r["phase"] / "checkpoints" / f"checkpoint-{r['step']}" / "model.safetensors")
+            folder = hub.write_out(repo, r["revision"], tmp_path / "hub" / r["revision"])
             weights = load_file(folder / "model.safetensors")
-            checkpoint = load_file(
-                tmp_path / "out" / r["phase"] / "checkpoints" / f"checkpoint-{r['step']}" / "model.safetensors"
-            )
             assert all(torch.equal(weights[k], checkpoint[k]) for k in weights), r["revision"]
             assert json.loads((folder / "config.json").read_text())["sparse_prediction"] is False
+            assert [p.name for p in (out / r["phase"] / "revisions" / r["revision"]).iterdir()] == ["revision.json"]
 
 
 def test_dataloader_workers_train_exactly_as_the_main_process(tmp_path):

@@ -177,7 +177,10 @@ def test_data_order_lists_the_rows_the_trainer_fed_at_a_step(run, capsys, monkey
     monkeypatch.chdir(run["tmp"])  # where the run was started: its store is stores/NAME there
     answer = run["tmp"] / "order.json"
     argv = ["data-order", str(run["out"]), "--phase", "phase1", "--step", "2", "--json", str(answer)]
+    indexes = run["tmp"] / "stores" / "tiny" / "row_indexes"
+    built_by_training = sorted(p.name for p in indexes.iterdir())
     assert train_mlm.main(argv) == 0
+    assert sorted(p.name for p in indexes.iterdir()) == built_by_training  # it read the index training read
     printed = capsys.readouterr().out
     assert "phase phase1, step 2: rows 8 to 15" in printed
     pieces = json.loads(answer.read_text())

@@ -182,8 +182,13 @@ def _decoder(encoding: str, column: str, path: str):
         return _int64_ids
     if encoding == "ndarray" or encoding.startswith("ndarray:"):
         parts = encoding.split(":")
-        dtype = np.dtype(parts[1]).newbyteorder("<") if len(parts) > 1 and parts[1] else None
-        shape = tuple(int(d) for d in parts[2].split(",")) if len(parts) > 2 else None
+        try:
+            dtype = np.dtype(parts[1]).newbyteorder("<") if len(parts) > 1 and parts[1] else None
+            shape = tuple(int(d) for d in parts[2].split(",")) if len(parts) > 2 else None
+        except (TypeError, ValueError):
+            raise DataError(
+                f"{path}: column '{column}' has the encoding '{encoding}', which is not one MDS writes"
+            ) from None
         if dtype is not None and dtype.kind not in INTEGER_KINDS:
             raise DataError(f"{path}: column '{column}' holds {dtype} arrays, not token ids")
         return lambda value: _ndarray_ids(value, dtype, shape)

@@ -34,7 +34,7 @@ def mds_shard_files(spec: SourceSpec, matches: list[str], pattern: str) -> list[
         for number, shard in enumerate(read_index(index)):
             raw = os.path.join(folder, shard["raw_data"]["basename"])
             packed = os.path.join(folder, shard["zip_data"]["basename"]) if shard.get("zip_data") else None
-            chosen = packed if packed and os.path.isfile(packed) else raw
+            chosen = raw if os.path.isfile(raw) or not packed else packed  # raw: a reader decompressed it already
             if not os.path.isfile(chosen):
                 names = " or ".join(os.path.relpath(p, folder) for p in (packed, raw) if p)
                 raise DataError(f"{index}: shard {number} ({names}) is missing")

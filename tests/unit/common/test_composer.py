@@ -15,6 +15,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, ModernBertForMaske
 from modeling.common.composer import import_checkpoint
 from modeling.common.errors import ConfigError, DataError
 from modeling.common.safe_pickle import Inert, RefusedGlobal, load_checkpoint
+from modeling.publish.composer_import import import_composer
 from modeling.publish.hub import main as publish_main
 
 
@@ -181,9 +182,109 @@ def test_the_guarded_unpickler_builds_values_and_keeps_framework_objects_inert(t
     timestamp = load_checkpoint(ckpt)["state"]["timestamp"]
     assert isinstance(timestamp, Inert) and timestamp.state == {"batch": 5}
     assert "composer" not in __import__("sys").modules
-    (tmp_path / "junk.pt").write_bytes(b"\x80\x02not a checkpoint")
-    with pytest.raises(DataError, match="not a readable torch checkpoint"):
+    torch.save({"w": torch.ones(2)}, tmp_path / "junk.pt")
+    data = bytearray((tmp_path / "junk.pt").read_bytes())
+    (tmp_path / "junk.pt").write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(DataError, match="junk.pt: not a"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def with_pickle(path, raw: bytes):
+    """A real torch.save zip whose data.pkl is `raw`: what a hostile checkpoint looks like."""
+    import zipfile
+
+    torch.save({"x": 1}, path.with_suffix(".tmp"))
+    with zipfile.ZipFile(path.with_suffix(".tmp")) as source, zipfile.ZipFile(path, "w") as target:
+        for item in source.infolist():
+            content = raw if item.filename.endswith("data.pkl") else source.read(item)
+            target.writestr(item, content)
+    return path
+
+
+def short(text: str) -> bytes:  # SHORT_BINUNICODE, then MEMOIZE
+    return b"\x8c" + bytes([len(text)]) + text.encode() + b"\x94"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # protocol 4 looks up dotted names: a function of an allowed module, then its class (FunctionType)
+        b"\x80\x04" + short("numpy.dtypes") + short("_add_dtype_helper.__class__") + b"\x93.",
+        b"\x80\x04" + short("numpy.dtypes") + short("_add_dtype_helper") + b"\x93.",
+        b"\x80\x04" + short("torch._utils") + short("_rebuild_tensor_v2.__globals__") + b"\x93.",
+        b"\x80\x04" + short("torch") + short("_dynamo") + b"\x93.",
+    ],
+    ids=["dotted-name", "private-helper", "globals-of-an-allowed-function", "lazy-submodule"],
+)
+def test_names_outside_the_table_are_refused_before_anything_is_looked_up(tmp_path, raw):
+    import sys
+
+    had_dynamo = "torch._dynamo" in sys.modules
+    with pytest.raises(RefusedGlobal, match="refused: the pickle asks for"):
+        load_checkpoint(with_pickle(tmp_path / "hostile.pt", raw))
+    assert ("torch._dynamo" in sys.modules) == had_dynamo  # nothing imported
+
+
+def test_a_pickle_cannot_change_what_the_table_holds(tmp_path):
+    """BUILD on an allowed class or function sets its attributes (for the whole process) unless refused."""
+    version = torch.__version__
+    raw = b"\x80\x02ctorch.torch_version\nTorchVersion\nN}X\x06\x00\x00\x00__ge__c__builtin__\nset\ns\x86b."
+    with pytest.raises(DataError):
+        load_checkpoint(with_pickle(tmp_path / "build.pt", raw))
+    assert not (torch.__version__ >= "99.0") and torch.__version__ == version
+    raw = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}X\x0c\x00\x00\x00__defaults__)s\x86b."
+    with pytest.raises(DataError):
+        load_checkpoint(with_pickle(tmp_path / "defaults.pt", raw))
+    from torch._utils import _rebuild_tensor_v2
+
+    assert _rebuild_tensor_v2.__defaults__ == (None,)
+
+
+def test_torchscript_and_legacy_files_are_refused(tmp_path):
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    torch.jit.save(scripted, tmp_path / "scripted.pt")
+    with pytest.raises(DataError, match="a TorchScript archive, whose code would run when loaded"):
+        load_checkpoint(tmp_path / "scripted.pt")
+    torch.save({"w": torch.ones(2)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(DataError, match="not a zip-format torch.save file"):
+        load_checkpoint(tmp_path / "legacy.pt")
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/escaped_absolute", "sitecustomize"])
+def test_tokenizer_file_names_from_the_checkpoint_never_become_paths(tmp_path, tiny_tokenizer, name):
+    source = source_model(tiny_tokenizer)
+    checkpoint = composer_state(source, tiny_tokenizer)
+    entry = {"file_extension": ".py", "content": "raise SystemExit('ran')\n"}
+    checkpoint["state"]["integrations"]["huggingface"]["tokenizer"][name] = entry
+    ckpt = write_checkpoint(tmp_path / "named.pt", checkpoint)
+    out = tmp_path / "deep" / "er" / "out"
+    with pytest.raises(DataError, match="not a tokenizer file"):
+        import_composer(ckpt, out)
+    assert not list(tmp_path.rglob("*escaped*")) and not list(tmp_path.rglob("sitecustomize*"))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"global_attn_every_n_layers": -1}, "every FlexBert layer is local"),
+        ({"local_attn_rotary_emb_dim": 8}, "local_attn_rotary_emb_dim=8: transformers rotates whole heads"),
+        ({"hidden_act": "swishy"}, "hidden_act='swishy' is not an activation transformers knows"),
+        ({"skip_first_prenorm": False}, "skip_first_prenorm=False has no counterpart"),
+    ],
+)
+def test_flexbert_settings_transformers_cannot_express_are_refused(tiny_tokenizer, change, message):
+    from composer_checkpoint import flexbert_model_config
+
+    from modeling.common.composer import config_from_flexbert
+
+    block = {**flexbert_model_config(tiny_model_config(tiny_tokenizer)), **change}
+    with pytest.raises(ConfigError, match=message):
+        config_from_flexbert(block, "run.yaml")
+    tanh = config_from_flexbert(
+        {**flexbert_model_config(tiny_model_config(tiny_tokenizer)), "hidden_act": "gelu_tanh"}, "x"
+    )
+    assert tanh.hidden_activation == "gelu_pytorch_tanh"
 
 
 def test_a_recipe_continues_from_a_composer_checkpoint(tmp_path, tiny_tokenizer):

@@ -103,24 +103,42 @@ def test_token_id_shards_enter_the_store_as_the_same_ids_text_would_give(tmp_pat
     docs = synthetic_documents(300, seed=7)
     columns = {"id": "str", "input_ids": encoding, "attention_mask": "ndarray"}
     write_mds(tmp_path / "mds", _token_samples(tiny_tokenizer, docs, encoding), columns, "zstd", samples_per_shard=128)
+    assert_same_store_as_text(tmp_path, tiny_tokenizer, SourceSpec("notes", str(tmp_path / "mds"), format="mds"), docs)
+    with pytest.raises(DataError, match="holds token ids, not text"):
+        list(iter_documents(SourceSpec("notes", str(tmp_path / "mds"), format="mds"), SkipLog()))
+
+
+def assert_same_store_as_text(tmp_path, tokenizer, spec, docs):
+    """The store prepared from `spec` equals, shard for shard, the store from `docs` as JSONL text."""
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     stores = {}
-    for name, spec in (
-        ("mds", SourceSpec("notes", str(tmp_path / "mds"), format="mds")),
-        ("jsonl", SourceSpec("notes", str(tmp_path / "docs.jsonl"))),
-    ):
-        tiny_tokenizer.save_pretrained(tmp_path / name / "tokenizer")
-        prepare_store(tmp_path / name, [spec], FRACTION, part_bytes=1 << 30)
+    for name, source in (("mds", spec), ("jsonl", SourceSpec(spec.name, str(tmp_path / "docs.jsonl")))):
+        tokenizer.save_pretrained(tmp_path / name / "tokenizer")
+        prepare_store(tmp_path / name, [source], FRACTION, part_bytes=1 << 30)
         stores[name] = Store(tmp_path / name)
     for split in ("train", "held_out"):
-        mds, jsonl = stores["mds"].split("notes", split), stores["jsonl"].split("notes", split)
+        mds, jsonl = stores["mds"].split(spec.name, split), stores["jsonl"].split(spec.name, split)
         assert len(mds) == len(jsonl) > 0
         assert [mds.tokens(d).tolist() for d in range(len(mds))] == [
             jsonl.tokens(d).tolist() for d in range(len(jsonl))
         ]
         assert np.array_equal(mds.text_keys(), jsonl.text_keys())
-    with pytest.raises(DataError, match="holds token ids, not text"):
-        list(iter_documents(SourceSpec("notes", str(tmp_path / "mds"), format="mds"), SkipLog()))
+    return stores
+
+
+def test_concatenated_token_streams_become_whole_documents_again(tmp_path, tiny_tokenizer):
+    """ModernBERT's older converter (and llm-foundry's): every document's ids with [CLS] and [SEP], concatenated
+    and cut every 64 ids, int64 bytes in a `tokens` column; cuts fall inside documents and across shards."""
+    docs = synthetic_documents(200, seed=11)
+    stream = [i for d in docs for i in tiny_tokenizer(d)["input_ids"]]
+    chunks = [np.asarray(stream[i : i + 64], np.int64).tobytes() for i in range(0, len(stream), 64)]
+    write_mds(tmp_path / "mds", [{"tokens": c} for c in chunks], {"tokens": "bytes"}, "zstd", samples_per_shard=50)
+    assert len(chunks) > 100
+    spec = SourceSpec("notes", str(tmp_path / "mds"), format="mds")
+    stores = assert_same_store_as_text(tmp_path, tiny_tokenizer, spec, docs)
+    split = stores["mds"].split("notes")
+    specials = {tiny_tokenizer.cls_token_id, tiny_tokenizer.sep_token_id}
+    assert not any(specials & set(split.tokens(d).tolist()) for d in range(len(split)))
 
 
 def _prepare(tmp_path, tokenizer, spec):
