@@ -217,3 +217,18 @@ def test_contamination_benchmark_finds_exactly_the_planted_runs(tmp_path, tiny_t
     found = [int(d.id) for d in report.documents if d.ngrams_in_store]
     assert found  # the planted runs (every 100th document, 60 tokens of a store document)
     assert all(i % 100 == 0 for i in found)  # and nothing in random text
+
+
+def test_mds_benchmark_reads_every_input_to_the_same_store(tmp_path, tiny_tokenizer):
+    from helpers import synthetic_documents
+
+    from benchmarks.mds import corpora, read_once, store_once
+
+    documents = synthetic_documents(250, seed=5)
+    specs = corpora(tmp_path, documents, tiny_tokenizer)
+    assert len(specs) == 4
+    stored = set()
+    for spec in specs.values():
+        assert read_once(spec)[1] == len(documents)
+        stored.add(store_once(spec, tmp_path, tiny_tokenizer)[1])
+    assert len(stored) == 1 and stored.pop() > 0
