@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import glob
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,12 +84,28 @@ def checkpoint_files_problem(path: Path, engine: str, processes: int = 0) -> str
     if engine == "ddp":
         if not (path / "optimizer.pt").exists():
             return "no optimizer.pt"
-        return weights_problem(path / "model.safetensors")
+        return weights_problem(path / "model.safetensors") or torch_files_problem(path)
     if engine == "fsdp2":
-        return dcp_problem(path / FSDP_MODEL_FOLDER) or dcp_problem(path / FSDP_OPTIMIZER_FOLDER)
+        problem = dcp_problem(path / FSDP_MODEL_FOLDER) or dcp_problem(path / FSDP_OPTIMIZER_FOLDER)
+        return problem or torch_files_problem(path)
     if engine.startswith("zero"):
-        return deepspeed_problem(path, processes)
+        return deepspeed_problem(path, processes) or torch_files_problem(path)
     return f"written under an unknown engine '{engine}'"
+
+
+def torch_files_problem(folder: Path) -> str | None:
+    """Why one of the torch.save files a resume loads (optimizer.pt, scheduler.pt, rng_state*.pth, ZeRO's
+    states) cannot be, or None: each zip's directory must read and every record match its checksum (one read
+    of each file: cut short or damaged files are found here, not as a RuntimeError halfway into loading)."""
+    for path in sorted(p for pattern in ("*.pt", "*.pth") for p in folder.glob(pattern)):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+            return f"{path.name} cannot be read ({type(error).__name__}: {' '.join(str(error).split())[:80]})"
+        if damaged is not None:
+            return f"{path.name} is damaged (its record {damaged} fails its checksum)"
+    return None
 
 
 def weights_problem(path: Path) -> str | None:
@@ -138,7 +155,8 @@ def deepspeed_problem(path: Path, processes: int = 0) -> str | None:
     partitions = glob.glob(str(states / "*optim_states.pt"))
     if not partitions or (processes and len(partitions) != processes):
         return f"{len(partitions)} optimizer partitions in {tag}/" + (f", not {processes}" if processes else "")
-    return None
+    problem = torch_files_problem(states)
+    return f"{tag}/{problem}" if problem else None
 
 
 # ---------------------------------------------------------------- optimizer state carried over

@@ -10,6 +10,7 @@ Hub repository that needs custom code fails in transformers and is reported in o
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 from modeling.common.attention import known_attention
@@ -40,6 +41,15 @@ def refuse_remote_code(path: str | Path) -> None:
             )
 
 
+def require_local_folder(path: str | Path) -> None:
+    """A path that can only be a local one (absolute, ./ ../ ~, or deeper than a Hub id's namespace/name) and is
+    not there is named as a missing folder, not passed on for transformers to call it a bad Hub repo id."""
+    text = str(path)
+    local = text.startswith(("/", "./", "../", "~")) or text.count("/") >= 2 or "\\" in text
+    if local and not Path(text).expanduser().exists():
+        raise ConfigError(f"{text}: no such folder (a local path; a Hub id is namespace/name)")
+
+
 def _remote_code_error(path, error: Exception) -> Exception:
     text = str(error)
     if "trust_remote_code" in text:
@@ -50,6 +60,7 @@ def _remote_code_error(path, error: Exception) -> Exception:
 def load_config(path: str, **kwargs):
     from transformers import AutoConfig
 
+    require_local_folder(path)
     refuse_remote_code(path)
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=False, **kwargs)
@@ -60,6 +71,7 @@ def load_config(path: str, **kwargs):
 def load_tokenizer(path: str | Path, **kwargs):
     from transformers import AutoTokenizer
 
+    require_local_folder(path)
     refuse_remote_code(path)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
@@ -73,6 +85,7 @@ def load_pretrained(
     """`auto_class.from_pretrained` from safetensors only, unless `allow_pickle`: pickle weights
     (pytorch_model.bin, *.pt) can run arbitrary code while they are unpickled. `flag` is how the
     calling command lets a user allow them, for the error message."""
+    require_local_folder(path)
     refuse_remote_code(path)
     if not allow_pickle and Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
         pickles = sorted(p.name for pattern in PICKLE_PATTERNS for p in Path(path).glob(pattern))
@@ -100,5 +113,8 @@ def load_pretrained(
                 f"{path}: no safetensors weights ({error}); pickle weights are loaded only with {flag}"
             ) from None
         raise
+    except pickle.UnpicklingError as error:  # torch.load(weights_only=True) met something that is not weights
+        first = (str(error).strip().splitlines() or ["not weights"])[0]
+        raise ConfigError(f"{path}: its pickle weights hold more than weights, refused unread ({first})") from None
     except ValueError as error:
         raise _remote_code_error(path, error) from None

@@ -21,7 +21,8 @@ class SkipLog:
         self._counts: Counter[tuple[str, str]] = Counter()
         self.quiet = quiet  # a later pass over the same files would only repeat the same warnings
 
-    def add(self, source: str, reason: str, where: str = "", expected: bool = False) -> None:
+    def add(self, source: str, reason: str, where: str = "", expected: bool = False, changed: bool = False) -> None:
+        """`changed`: the record was kept, repaired or mapped (the reason says how), not left out."""
         key = (source, reason)
         self._counts[key] += 1
         count = self._counts[key]
@@ -31,7 +32,7 @@ class SkipLog:
         later = " (further ones are only counted)" if count == SKIP_WARNINGS_PER_REASON else ""
         # Filters and citations without abstracts are expected: counted and reported, not warned about.
         level = logging.DEBUG if expected or reason.startswith(EXPECTED_SKIPS) else logging.WARNING
-        log.log(level, "source '%s': skipped, %s%s%s", source, reason, place, later)
+        log.log(level, "source '%s': %s, %s%s%s", source, "changed" if changed else "skipped", reason, place, later)
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         summary: dict[str, dict[str, int]] = {}

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -283,7 +284,7 @@ class PhaseIndex:
         if path.exists():
             try:
                 return RowIndex.load(path)
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # cut short, emptied, foreign
                 log.warning("%s: unreadable, building the index again", path)
         index = build()
         self.cache_dir.mkdir(parents=True, exist_ok=True)

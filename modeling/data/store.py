@@ -557,6 +557,38 @@ class Store:
             raise DataError(f"{self.folder.folder}: no store there (no manifest.json); prepare it first")
         self.manifest = StoreManifest.load(self.folder.manifest_json)
         self._splits: dict[tuple[str, str], StoreSplit] = {}
+        self._check_manifest()
+
+    def _check_manifest(self) -> None:
+        """A manifest of a later format, or one naming a shard outside its source's folder, is refused."""
+        where = self.folder.manifest_json
+        if not isinstance(self.manifest.version, int) or self.manifest.version > STORE_VERSION:
+            raise DataError(
+                f"{where}: store version {self.manifest.version!r}, this code reads up to {STORE_VERSION}; update "
+                "the project or prepare the store again"
+            )
+        for name, source in self.manifest.sources.items():
+            for part in source.parts:
+                if part.source != name:
+                    raise DataError(f"{where}: source '{name}' lists a part of source '{part.source}'")
+                for split, shard in part.shards.items():
+                    expected = self.folder.shard(name, split, part.part).name
+                    if shard.file != expected:
+                        raise DataError(
+                            f"{where}: source '{name}', part {part.part}: shard '{shard.file}' is not its {split} "
+                            f"shard ({expected})"
+                        )
+
+    def tokenizer(self):
+        """The store's tokenizer, checked against the fingerprint in the manifest: ids trained with another
+        tokenizer would ship a model whose tokenizer does not match what it learned."""
+        tokenizer = load_tokenizer(self.folder.tokenizer_dir)
+        if tokenizer_fingerprint(tokenizer) != self.manifest.tokenizer_sha256:
+            raise DataError(
+                f"{self.folder.tokenizer_dir}: not the tokenizer the store's ids were made with (its fingerprint "
+                f"differs from {self.folder.manifest_json.name}'s); restore it, or prepare the store again"
+            )
+        return tokenizer
 
     def split(self, source: str, split: str = "train") -> StoreSplit:
         if source not in self.manifest.sources:

@@ -85,6 +85,8 @@ class TrainingConfig:
     def validate(self, key: str):
         for name in ("lr", "epochs", "batch_size", "eval_batch_size", "logging_steps"):
             positive(f"{key}.{name}", getattr(self, name))
+        if self.lr_grid is not None and not isinstance(self.lr_grid, list):  # "1e-3" would be a grid of characters
+            raise ConfigError(f"{key}.lr_grid={self.lr_grid!r}: give a list of learning rates, e.g. [3.0e-4, 1.0e-3]")
         for lr in self.lr_grid or []:
             positive(f"{key}.lr_grid", lr)
         if self.per_device_batch_size is not None:
@@ -209,7 +211,13 @@ class TaskConfig:
             if self.task != "single_label" or name not in self.labels:
                 raise ConfigError(f"negative_labels: '{name}' must be a label of a single_label task")
         choice("selection_metric", self.metric_for_selection, metric_names(self.task, self.negative_labels))
-        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+        if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):  # one seed written without brackets
+            self.seeds = [self.seeds]
+        if (
+            not isinstance(self.seeds, list)
+            or not self.seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds)
+        ):
             raise ConfigError(f"seeds={self.seeds!r}: give a list of integers")
         if self.peft is not None:
             self.peft.validate("peft")

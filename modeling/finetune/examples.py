@@ -89,7 +89,8 @@ def repair_bio(tags: list[str], strict: bool, skips: SkipLog, task: str, where: 
             previous = "start of text" if i == 0 else f"'{fixed[i - 1]}'"
             if strict:
                 raise DataError(f"{where}: word {i}: tag '{tag}' follows {previous} (data.strict_bio is on)")
-            skips.add(task, "I- tag not continuing an entity, repaired to B-", f"{where} word {i}")
+            # IOB1 starts every entity so: the tag is read as B-, nothing is lost
+            skips.add(task, "I- tag not continuing an entity, repaired to B-", f"{where} word {i}", changed=True)
             fixed[i] = "B-" + tag[2:]
     return fixed
 

@@ -67,6 +67,21 @@ def write_outputs(
     return [files.embeddings_safetensors, files.notes_jsonl]
 
 
+def whole_number(least: int):
+    """An argparse type: a whole number >= `least` (argparse names the flag in its one-line error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is below {least}")
+        return value
+
+    return parse
+
+
 def infer(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m modeling.inference", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -97,7 +112,7 @@ def infer(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--max_length",
-        type=int,
+        type=whole_number(3),  # [CLS], a token, [SEP]
         help="cut notes at this many tokens (default: the model's max positions); cut notes are counted",
     )
     parser.add_argument(
@@ -106,8 +121,8 @@ def infer(argv: list[str]) -> int:
         default="packed",
         help="packed: length-sorted, several notes per row (fast); padded: the usual way",
     )
-    parser.add_argument("--batch_tokens", type=int, default=16384, help="packed: positions per batch")
-    parser.add_argument("--notes_per_batch", type=int, default=16, help="padded: notes per batch")
+    parser.add_argument("--batch_tokens", type=whole_number(1), default=16384, help="packed: positions per batch")
+    parser.add_argument("--notes_per_batch", type=whole_number(1), default=16, help="padded: notes per batch")
     parser.add_argument(
         "--attn_implementation",
         default="sdpa" if torch.cuda.is_available() else DOCUMENT_SDPA,

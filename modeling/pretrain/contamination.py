@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 
 from modeling.common import run_files
 from modeling.common.errors import ConfigError, DataError
-from modeling.common.loading import load_tokenizer
 from modeling.data.contamination import (
     DEFAULT_NGRAM,
     ContaminationReport,
@@ -41,7 +40,7 @@ def check_contamination(
     if ngram < 1:
         raise ConfigError(f"--ngram {ngram}: must be >= 1")
     store = Store(recipe.store_dir())
-    tokenizer = load_tokenizer(store.folder.tokenizer_dir)
+    tokenizer = store.tokenizer()
     evaluation = EvalNgrams.tokenized(documents, tokenizer, n=ngram)
     with tqdm(total=len(training_shards(store)), desc="scanning the store", unit="shard") as bar:
         report = scan_store(store, evaluation, num_proc=num_proc, progress=bar.update)

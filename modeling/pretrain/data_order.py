@@ -15,7 +15,6 @@ import numpy as np
 
 from modeling.common import run_files
 from modeling.common.errors import ConfigError
-from modeling.common.loading import load_tokenizer
 from modeling.common.records import Record
 from modeling.data.packing import Packing
 from modeling.data.rows import build_phase_data
@@ -54,7 +53,7 @@ def step_pieces(run_dir: str, phase: str, step: int) -> list[StepPiece]:
     index = names.index(phase)
     spec = recipe.phases[index]
     store = open_store(recipe)
-    tokenizer = load_tokenizer(store.folder.tokenizer_dir)
+    tokenizer = store.tokenizer()
     packing = Packing.of(tokenizer, recipe.max_seq_length, recipe.data.pack_open_rows)
     data = build_phase_data(
         store,

@@ -35,6 +35,36 @@ def check_model_config(recipe: Recipe) -> None:
         close = sorted(k for k in known if k.split("_")[0] == str(key).split("_")[0])[:5]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"model.config.{key}: not a setting ModernBertConfig reads{hint}")
+    _check_model_values(recipe)
+
+
+def _check_model_values(recipe: Recipe) -> None:
+    """Types as ModernBertConfig's defaults have them (a "32" would fail deep inside the model), and heads that
+    divide the hidden size: found before any store is prepared."""
+    defaults = ModernBertConfig().to_dict()
+    config = recipe.model.config or {}
+    for key, value in config.items():
+        default = defaults.get(key)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            kind = {bool: "true or false", int: "whole number", float: "number", str: "string"}[type(default)]
+            raise ConfigError(f"model.config.{key}={value!r}: give a {kind} (the default is {default!r})")
+    if recipe.model.init is None or {"hidden_size", "num_attention_heads"} <= set(config):
+        hidden = config.get("hidden_size", defaults["hidden_size"])
+        heads = config.get("num_attention_heads", defaults["num_attention_heads"])
+        if heads <= 0 or hidden % heads:
+            raise ConfigError(
+                f"model.config.num_attention_heads={heads}: must divide hidden_size ({hidden}) into whole heads"
+            )
 
 
 def _changes_the_config(key: str, value) -> bool:

@@ -24,7 +24,6 @@ from transformers import set_seed
 from modeling.common import run_files
 from modeling.common.engines import weights_problem
 from modeling.common.errors import ConfigError, DataError
-from modeling.common.loading import load_tokenizer
 from modeling.common.runtime import check_shared_folder, join_processes, processes_without
 from modeling.data.index import PhaseIndex
 from modeling.data.packing import PackedRow, Packing
@@ -123,7 +122,7 @@ def _run(
 ):
     store = _store(recipe, state, evaluation_documents)
     set_seed(recipe.seed)
-    tokenizer = load_tokenizer(store.folder.tokenizer_dir)
+    tokenizer = store.tokenizer()
     model = build_model(recipe, tokenizer)  # a config error found here leaves nothing behind
     log.info(
         "model: %.2fM parameters, %s attention; tokenizer: %d tokens",

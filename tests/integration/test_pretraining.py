@@ -288,6 +288,7 @@ def test_revisions_survive_kills_failed_pushes_and_steps_trained_again(tmp_path)
 
     token, repo = "hf_TestSecretToken0123456789", "org/revisions"
     settings = {"hub.push_every": 3, "checkpoint.keep": 20, "hub.repo_id": repo, "hub.license": "apache-2.0"}
+    settings["phases.1.length"] = {"steps": 7}  # revisions at 3 and 6 in both phases
     recipe = write_recipe(tmp_path, **settings)
     out, phase1 = tmp_path / "out", tmp_path / "out" / "phase1"
     with FakeHub(token) as hub:
@@ -383,8 +384,20 @@ def test_incomplete_last_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     cut.write_bytes(cut.read_bytes()[:-40])
     checkpoint(ddp, 15, "ddp", marker="{}")
     checkpoint(ddp, 18, "ddp", trainer_step=17)
+    # the files Trainer loads after the weights: cut short, emptied, a flipped byte
+    optimizer = checkpoint(ddp, 21, "ddp") / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:-100])
+    scheduler = checkpoint(ddp, 24, "ddp") / "scheduler.pt"
+    torch.save({"last_epoch": 24, "lrs": torch.arange(512.0)}, scheduler)
+    damaged = bytearray(scheduler.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    scheduler.write_bytes(bytes(damaged))
+    (checkpoint(ddp, 27, "ddp") / "rng_state.pth").write_bytes(b"")
     with caplog.at_level("WARNING"):
         assert last_complete_checkpoint(PhaseFolder(ddp), "ddp") == str(ddp / "checkpoints" / "checkpoint-6")
+    assert "checkpoint-27 is incomplete (rng_state.pth cannot be read (BadZipFile" in caplog.text
+    assert "checkpoint-24 is incomplete (scheduler.pt is damaged (its record" in caplog.text
+    assert "checkpoint-21 is incomplete (optimizer.pt cannot be read (BadZipFile" in caplog.text
     assert "checkpoint-18 is incomplete (trainer_state.json is at step 17, the marker at 18)" in caplog.text
     assert "checkpoint-15 is incomplete (checkpoint_complete.json cannot be read)" in caplog.text
     assert "checkpoint-12 is incomplete (model.safetensors cannot be read" in caplog.text
@@ -410,7 +423,7 @@ def test_incomplete_last_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
         for name in ["mp_rank_00_model_states.pt"] + [
             f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(partitions)
         ]:
-            (folder / f"global_step{step}" / name).write_bytes(b"states")
+            torch.save({"states": torch.ones(4)}, folder / f"global_step{step}" / name)
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
         marker = CheckpointMarker(step=step, engine="zero2", processes=2)
         (folder / PhaseFolder.CHECKPOINT_MARKER).write_text(json.dumps(marker.to_dict()))

@@ -34,7 +34,23 @@ OTHER_TOOLS = {"--config_file", "--num_processes", "--multi_gpu", "--main_proces
 OTHER_TOOLS |= {"--no-build-isolation"}
 PLACEHOLDER_KEYS = {"dotted.key"}  # `--dotted.key VALUE`: any key
 # A dotted name whose first part is one of these is a config key (`store.path`), unless it ends like a file.
-FILE_ENDINGS = {"json", "jsonl", "md", "py", "yaml", "png", "safetensors", "bin", "csv", "gz", "txt", "tsv", "parquet"}
+FILE_ENDINGS = {
+    "json",
+    "jsonl",
+    "md",
+    "py",
+    "yaml",
+    "png",
+    "safetensors",
+    "bin",
+    "pt",
+    "pth",
+    "csv",
+    "gz",
+    "txt",
+    "tsv",
+    "parquet",
+}
 REPO_PATH = re.compile(
     r"(?<![\w./-])((?:recipes|eval_configs|accelerate_configs|benchmarks|modeling|tests|docs|model_card)/[\w./*-]*)"
 )

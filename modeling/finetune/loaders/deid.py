@@ -80,7 +80,7 @@ def load_deid(spec: DataSpec, task: TaskLabels, skips: SkipLog) -> list[Example]
         for start, end, masks in phi:
             kind = phi_kind(masks[0])
             if kind is None:
-                skips.add(task.name, "unrecognised PHI mask mapped to other", f"{where} [**{masks[0]}**]")
+                skips.add(task.name, "unrecognised PHI mask mapped to other", f"{where} [**{masks[0]}**]", changed=True)
                 kind = "other"
             if len(masks) > 1:
                 skips.add(task.name, "adjacent PHI masks tagged as one entity", f"{where} character {start}")

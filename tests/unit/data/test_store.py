@@ -196,6 +196,25 @@ def test_a_cached_weighted_index_serves_a_longer_phase_over_the_same_settings(tm
     assert index.row_start[local + 1] > index.row_start[local]
 
 
+@pytest.mark.parametrize("damage", ["emptied", "cut short"])
+def test_a_damaged_cached_index_is_built_again(tmp_path, tiny_tokenizer, caplog, damage):
+    store = _store(tmp_path, tiny_tokenizer, _corpus(tmp_path))
+    packing, cache = Packing.of(tiny_tokenizer, 64, 8), tmp_path / "index"
+
+    def rows_of_epoch():
+        index = PhaseIndex(store, ["notes"], None, seed=1, phase="p", packing=packing, cache_dir=cache)
+        index.ensure_rows(10)
+        return index.indexes[0].row_start.tolist(), index.indexes[0].document.tolist()
+
+    built = rows_of_epoch()
+    [cached] = cache.glob("epoch-*.npz")
+    cached.write_bytes(b"" if damage == "emptied" else cached.read_bytes()[:-64])
+    with caplog.at_level("WARNING"):
+        assert rows_of_epoch() == built
+    assert f"{cached}: unreadable, building the index again" in caplog.text
+    assert rows_of_epoch() == built  # and the cache holds a sound copy again
+
+
 def test_a_store_prepared_again_with_other_documents_never_meets_an_old_index(tmp_path, tiny_tokenizer):
     packing, specs = Packing.of(tiny_tokenizer, 64, 8), _corpus(tmp_path)
     first = _store(tmp_path, tiny_tokenizer, specs)
@@ -261,3 +280,25 @@ def test_row_indexes_are_kept_with_the_store_unless_it_is_read_only(tmp_path, ti
         os, "access", lambda path, mode: False if Path(path) == store.folder.folder else real_access(path, mode)
     )
     assert index_cache(store, phase) == tmp_path / "out" / "p" / "index"
+
+
+def test_a_swapped_tokenizer_or_a_forged_manifest_is_refused(tmp_path, tiny_tokenizer):
+    from modeling.pretrain.tokenizer import train_bpe_tokenizer
+
+    store = _store(tmp_path, tiny_tokenizer, _corpus(tmp_path))
+    assert store.tokenizer().get_vocab() == tiny_tokenizer.get_vocab()
+    other = train_bpe_tokenizer(iter(synthetic_documents(300, seed=77)), vocab_size=380, model_max_length=512)
+    shutil.rmtree(store.folder.tokenizer_dir)
+    other.save_pretrained(store.folder.tokenizer_dir)
+    with pytest.raises(DataError, match=r"tokenizer: not the tokenizer the store's ids were made with"):
+        Store(store.folder.folder).tokenizer()
+
+    manifest = json.loads(store.folder.manifest_json.read_text())
+    forged = json.loads(json.dumps(manifest))
+    forged["sources"]["notes"]["parts"][0]["shards"]["train"]["file"] = "../abstracts/train-00000.arrow"
+    store.folder.manifest_json.write_text(json.dumps(forged))
+    with pytest.raises(DataError, match=r"source 'notes', part 0: shard '../abstracts/train-00000.arrow' is not"):
+        Store(store.folder.folder)
+    store.folder.manifest_json.write_text(json.dumps({**manifest, "version": 99}))
+    with pytest.raises(DataError, match="store version 99, this code reads up to"):
+        Store(store.folder.folder)

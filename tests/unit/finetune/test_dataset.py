@@ -88,10 +88,14 @@ def test_label_not_in_the_list_names_file_and_line(tmp_path):
         load_task_examples(skipped)
 
 
-def test_i_after_o_is_repaired_and_counted_or_refused_when_strict(tmp_path):
+def test_i_after_o_is_repaired_and_counted_or_refused_when_strict(tmp_path, caplog):
     rows = [{"tokens": ["took", "aspirin", "daily"], "ner_tags": ["O", "I-Drug", "O"]}] * 10
     write_jsonl(tmp_path / "d.jsonl", rows)
-    splits, skips = load_task_examples(config(tmp_path / "d.jsonl", task="ner", labels=("Drug",)))
+    with caplog.at_level("WARNING"):
+        splits, skips = load_task_examples(config(tmp_path / "d.jsonl", task="ner", labels=("Drug",)))
+    # IOB1 (every entity starts with I-) is read correctly, and the log says the tag was changed, not skipped
+    assert "source 't': changed, I- tag not continuing an entity, repaired to B- at" in caplog.text
+    assert "skipped, I- tag" not in caplog.text
     assert all(e.tags == ["O", "B-Drug", "O"] for s in splits.values() for e in s)
     assert skips.as_dict()["t"]["I- tag not continuing an entity, repaired to B-"] == 10
     with pytest.raises(DataError, match=r"d.jsonl:1: word 1: tag 'I-Drug' follows 'O' \(data.strict_bio is on\)"):

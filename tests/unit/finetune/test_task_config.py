@@ -74,7 +74,9 @@ def test_ner_tags_derived_from_entity_types():
         ({"negative_labels": ["maybe"]}, "negative_labels: 'maybe'"),
         ({"split.test": 0.6, "split.validation": 0.5}, "leaves nothing to train on"),
         ({"max_length": 512, "window_stride": 300}, "window_stride=300"),
-        ({"seeds": "42"}, "seeds"),
+        ({"seeds": "42"}, "seeds='42': give a list of integers"),
+        ({"seeds": [42, "43"]}, "seeds=[42, '43']: give a list of integers"),
+        ({"training.lr_grid": "1e-3"}, "training.lr_grid='1e-3': give a list of learning rates"),
         ({"max_length_grid": [512, "1k"]}, "max_length_grid=[512, '1k']: give a list of whole numbers"),
         ({"max_length_grid": []}, "max_length_grid=[]: give a list of whole numbers"),
         ({"max_length_grid": [8, 512]}, "max_length_grid=[8, 512]: each length must be >= 16, and listed once"),
@@ -84,6 +86,10 @@ def test_ner_tags_derived_from_entity_types():
 def test_bad_values_stop_with_the_key(changes, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         task_from_dict(minimal(**changes))
+
+
+def test_one_seed_without_brackets_is_a_list_of_one():
+    assert task_from_dict(minimal(seeds=42)).seeds == [42]
 
 
 def test_error_names_the_file(tmp_path):

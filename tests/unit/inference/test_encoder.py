@@ -172,6 +172,24 @@ def test_cli_classifier_predictions_equal_stock_forward(classifier_dir, tmp_path
     assert [r["where"] for r in records] == [f"{path}:{i + 1}" for i in range(len(texts))]
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max_length", "1", "argument --max_length: 1 is below 3"),
+        ("--max_length", "-5", "argument --max_length: -5 is below 3"),
+        ("--notes_per_batch", "0", "argument --notes_per_batch: 0 is below 1"),
+        ("--batch_tokens", "many", "argument --batch_tokens: 'many' is not a whole number"),
+    ],
+)
+def test_cli_numbers_are_checked_where_they_enter(encoder_dir, tmp_path, capsys, flag, value, message):
+    (tmp_path / "notes.txt").write_text("fever\n")
+    with pytest.raises(SystemExit) as exited:
+        main([str(encoder_dir), str(tmp_path / "notes.txt"), "--output_dir", str(tmp_path / "out"), flag, value])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_bad_record_is_one_line_naming_it(encoder_dir, tmp_path, capsys):
     path = tmp_path / "notes.jsonl"
     path.write_text('{"text": "fever"}\n{"text": "cough"\n{"text": "pain"}\n')

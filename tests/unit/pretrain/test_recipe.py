@@ -112,7 +112,7 @@ def test_the_demo_recipe_is_what_its_docs_describe():
 @pytest.mark.parametrize(
     "config, refused",
     [
-        ({"hidden_size": 64, "num_hidden_layers": 2}, None),
+        ({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}, None),
         ({"global_attn_every_n_layers": 2, "global_rope_theta": 80000.0, "local_rope_theta": 1e4}, None),
         ({"hiden_size": 64}, "model.config.hiden_size: not a setting ModernBertConfig reads"),
         ({"reference_compile": True}, "model.config.reference_compile: not a setting"),  # transformers drops it
@@ -222,6 +222,22 @@ def test_bad_values_stop_with_the_key(tmp_path, override, expected):
         load_recipe(write_recipe(tmp_path), parse_overrides(override))
     assert expected in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model.config.hidden_size": "32"}, "model.config.hidden_size='32': give a whole number (the default is 768)"),
+        ({"model.config.norm_eps": "1e-5"}, "model.config.norm_eps='1e-5': give a number (the default is 1e-05)"),
+        ({"model.config.num_attention_heads": 5}, "num_attention_heads=5: must divide hidden_size (32)"),
+    ],
+)
+def test_model_config_values_are_checked_before_any_work(tmp_path, changes, message):
+    from modeling.pretrain.model import check_model_config
+
+    recipe = load_recipe(write_recipe(tmp_path, **changes))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_model_config(recipe)
 
 
 def test_sequence_length_above_the_models_positions(tmp_path, tiny_tokenizer):
