@@ -416,7 +416,7 @@ def test_incomplete_last_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
 
     # ZeRO: one optimizer partition per process that wrote it, and loadable only into as many processes
     zero2 = tmp_path / "zero2" / "checkpoints"
-    for step, partitions in ((3, 2), (6, 1)):
+    for step, partitions in ((3, 2), (6, 1), (9, 2)):
         folder = zero2 / f"checkpoint-{step}"
         (folder / f"global_step{step}").mkdir(parents=True)
         (folder / "latest").write_text(f"global_step{step}")
@@ -427,9 +427,12 @@ def test_incomplete_last_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
         marker = CheckpointMarker(step=step, engine="zero2", processes=2)
         (folder / PhaseFolder.CHECKPOINT_MARKER).write_text(json.dumps(marker.to_dict()))
+    partition = zero2 / "checkpoint-9" / "global_step9" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    partition.write_bytes(partition.read_bytes()[:-30])
     caplog.clear()
     with caplog.at_level("WARNING"):
         assert last_complete_checkpoint(PhaseFolder(zero2.parent), "zero2", 2) == str(zero2 / "checkpoint-3")
+    assert "checkpoint-9 is incomplete (global_step9/zero_pp_rank_1_mp_rank_00_optim_states.pt cannot" in caplog.text
     assert "checkpoint-6 is incomplete (1 optimizer partitions in global_step6/, not 2)" in caplog.text
     with pytest.raises(ConfigError, match="saved by 2 processes and ZeRO loads its partitions into as many, not 4"):
         last_complete_checkpoint(PhaseFolder(zero2.parent), "zero2", 4)
