@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modeling.common.errors import ConfigError, DataError
+from modeling.common.loading import special_token_ids
 
 # FlexBert name (after Composer's `model.` prefix) -> transformers ModernBertForMaskedLM name. Every parameter of
 # a convertible FlexBert model matches one of these; any other name is refused.
@@ -231,16 +232,10 @@ def config_from_flexbert(flexbert: dict, where: str, max_position_embeddings: in
         tie_word_embeddings=bool(fb["tie_word_embeddings"]),
     )
     if tokenizer is not None:
-        fields.update(
-            pad_token_id=tokenizer.pad_token_id,
-            cls_token_id=tokenizer.cls_token_id,
-            sep_token_id=tokenizer.sep_token_id,
-            bos_token_id=tokenizer.cls_token_id,
-            eos_token_id=tokenizer.sep_token_id,
-        )
+        return ModernBertConfig(**fields, **special_token_ids(tokenizer))
     config = ModernBertConfig(**fields)
     for key in ("pad_token_id", "cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id"):
-        if tokenizer is None and getattr(config, key) is not None and getattr(config, key) >= config.vocab_size:
+        if getattr(config, key) is not None and getattr(config, key) >= config.vocab_size:
             setattr(config, key, None)  # ModernBERT's default ids, outside a smaller vocabulary, and no tokenizer
     return config
 

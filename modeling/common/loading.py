@@ -41,6 +41,18 @@ def refuse_remote_code(path: str | Path) -> None:
             )
 
 
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """The ids a ModernBertConfig takes from its tokenizer (a model must predict with the ids its tokenizer
+    writes); ModernBERT's bos/eos are its [CLS]/[SEP]."""
+    return dict(
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+
+
 def require_local_folder(path: str | Path) -> None:
     """A path that can only be a local one (absolute, ./ ../ ~, or deeper than a Hub id's namespace/name) and is
     not there is named as a missing folder, not passed on for transformers to call it a bad Hub repo id."""

@@ -14,7 +14,7 @@ from transformers import AutoModelForMaskedLM, ModernBertConfig, ModernBertForMa
 from modeling.common.attention import known_attention
 from modeling.common.composer import import_checkpoint, imported_model
 from modeling.common.errors import ConfigError
-from modeling.common.loading import load_config, load_pretrained
+from modeling.common.loading import load_config, load_pretrained, special_token_ids
 from modeling.pretrain.recipe import Recipe
 
 
@@ -91,13 +91,7 @@ def modernbert_config(tokenizer, **fields) -> ModernBertConfig:
     with the ids its tokenizer writes) and, unless given, a vocabulary rounded up to a multiple of 64 (tensor-core
     friendly, as ModernBERT's 50,368). The recipe's builder, the benchmarks and the tests all build models so."""
     fields.setdefault("vocab_size", _round_up(len(tokenizer), 64))
-    fields.update(
-        pad_token_id=tokenizer.pad_token_id,
-        cls_token_id=tokenizer.cls_token_id,
-        sep_token_id=tokenizer.sep_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-    )
+    fields.update(special_token_ids(tokenizer))
     fields.pop("model_type", None)  # from an init model's config.json
     return ModernBertConfig(**fields)
 

@@ -77,6 +77,9 @@ class PretrainingRun(Folder):
         return str(path)
 
 
+REVISION_RECORD = "revision.json"  # summary.RevisionRecord.FILE (summary imports this module)
+
+
 class PhaseFolder(Folder):
     """One phase: the model it ends with, its state files and its checkpoints."""
 
@@ -93,6 +96,12 @@ class PhaseFolder(Folder):
             return []
         found = [p for p in self.checkpoints_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
         return sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+
+    def revisions(self) -> list[Path]:
+        """Finished revision folders (step-NNNNNNN with revision.json; not an interrupted write's *.tmp), in
+        step order."""
+        found = [p for p in self.revisions_dir.glob("step-*") if p.name.split("-")[1].isdigit()]
+        return sorted(p for p in found if (p / REVISION_RECORD).exists())
 
     def is_done(self) -> bool:
         return self.summary_json.exists()

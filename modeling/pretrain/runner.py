@@ -513,9 +513,7 @@ def _source_held_out(
 
 def _revisions(folder: PhaseFolder) -> list[RevisionRecord]:
     """The phase's revisions, in step order (their weights may be gone once pushed; the records stay)."""
-    found = folder.revisions_dir.glob(f"step-*/{RevisionRecord.FILE}")
-    records = [RevisionRecord.load(p) for p in found if p.parent.name.split("-")[1].isdigit()]  # not *.tmp
-    return sorted(records, key=lambda r: r.step)
+    return sorted((RevisionRecord.load(p / RevisionRecord.FILE) for p in folder.revisions()), key=lambda r: r.step)
 
 
 def _source_reports(store: Store, names: list[str], rows: PhaseIndex, trained_rows: int) -> dict[str, SourceReport]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from modeling.common.engines import StateBytes
 from modeling.common.records import Record
-from modeling.pretrain.run_folder import PretrainingRun
+from modeling.pretrain.run_folder import REVISION_RECORD, PretrainingRun
 
 
 @dataclass
@@ -95,7 +95,7 @@ class RevisionRecord(Record):
     held_out_loss: float  # the phase's held-out slice, at its final masking rate
     rows_trained: int  # the phase's rows 0 .. rows_trained - 1 of its row index: `train_mlm.py data-order`
 
-    FILE = "revision.json"
+    FILE = REVISION_RECORD
 
 
 def revision_name(run_step: int) -> str:

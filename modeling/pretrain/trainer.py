@@ -328,7 +328,7 @@ class PretrainingTrainer(Trainer):
         if self.args.should_save:
             revisions_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
-        with run_files.atomic_folder(target) if self.args.should_save else _nothing() as tmp:
+        with run_files.atomic_folder(target) if self.args.should_save else contextlib.nullcontext() as tmp:
             self.save_transformers_folder(tmp, str(checkpoint))
             if self.args.should_save:
                 run_files.write_json(tmp / RevisionRecord.FILE, record.to_dict())
@@ -467,9 +467,8 @@ class RevisionSnapshots(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.on_revision is not None and self.trainer().accelerator.is_main_process:
-            for folder in sorted(self.revisions_dir.glob("step-*")):
-                finished = folder.name.split("-")[1].isdigit() and (folder / RevisionRecord.FILE).exists()  # not *.tmp
-                if finished and any(folder.glob("*.safetensors")):
+            for folder in PhaseFolder(self.revisions_dir.parent).revisions():
+                if any(folder.glob("*.safetensors")):
                     log.info("revision %s was not pushed: pushing it now", folder.name)
                     self.on_revision(folder, RevisionRecord.load(folder / RevisionRecord.FILE))
         if self._due(state) and not self._taken(state.global_step):
@@ -505,11 +504,6 @@ class StopWhenInterrupted(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if interrupted():
             raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _nothing():
-    yield None
 
 
 def trainer_callbacks(recipe: Recipe, tensorboard_dir: Path) -> list[TrainerCallback]:

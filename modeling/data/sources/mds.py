@@ -2,8 +2,8 @@
 without mosaicml-streaming (which pins transformers < 5).
 
 A source names MDS folders (each with its `index.json`, e.g. `data/mds/train`) or index.json files; its files are
-the shards the indexes list, in their order (the compressed file where the index has one), so a store's parts
-and fingerprints are shards. The format, as MosaicML Streaming writes it (little-endian throughout):
+the shards the indexes list, in their order (the compressed file, unless already decompressed beside it), so a
+store's parts and fingerprints are shards. The format, as MosaicML Streaming writes it (little-endian throughout):
 
     index.json   {"version": 2, "shards": [{"column_names", "column_encodings", "column_sizes", "compression",
                  "raw_data": {"basename", "bytes"}, "zip_data": {...} | null, "samples", ...}, ...]}
