@@ -27,7 +27,8 @@ flags:
   RECIPE                               YAML file or shipped recipe name (default: demo)
   --resume                             continue from the last complete checkpoint
 prepare flags:
-  --num_proc N                         processes preparing the store (default: every core)
+  --num_proc N                         processes preparing the store (default: every core; one for input
+                                       under 16 MiB, where starting processes takes longer than the work)
   --rebuild                            remove the store and prepare it again
 contamination flags:
   --task CONFIG                        a task config whose validation and test documents are looked for in the

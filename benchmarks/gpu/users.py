@@ -12,7 +12,7 @@ step whose input is missing is skipped, with why):
   killed         the same command into another folder, killed with SIGKILL in phase 2 once a checkpoint is complete
   resumed        the same command with --resume
   finetune:TASK  finetune.py on each demo task from the resumed run's phase-2 folder (packed batches) ...
-  lora:TASK      ... and the same with a LoRA adapter
+  lora:TASK      ... and the same with a LoRA adapter (on a CPU each way runs once: full on one task, LoRA on the other)
   inference      python -m modeling.inference on synthetic notes of clinical lengths (some longer than 8,192)
   push           python -m modeling.publish push of the run to the project's test Hub server on 127.0.0.1
   load           a fresh process, stock transformers and no project import: AutoModel.from_pretrained of what was
@@ -89,6 +89,18 @@ class Size:
     @property
     def on_gpu(self) -> bool:
         return self.mode == "gpu"
+
+    def fine_tuning(self) -> list[tuple[bool, str]]:
+        """(lora, task) of the fine-tuning steps: every task both ways on the GPU. On a CPU each way once, on
+        different tasks, so both ways and both kinds of task still run while the suite starts two processes less."""
+        if self.on_gpu:
+            return [(lora, task) for lora in (False, True) for task in DEMO_TASKS]
+        return [(False, DEMO_TASKS[0]), (True, DEMO_TASKS[1])]
+
+    def step_names(self) -> list[str]:
+        """The steps the run reports, in order."""
+        tuned = {f"{'lora' if lora else 'finetune'}:{task}" for lora, task in self.fine_tuning()}
+        return [name for name in CAPS if ":" not in name or name in tuned]
 
 
 def size(cpu: bool) -> Size:
@@ -490,16 +502,15 @@ def steps(runner: Runner, work: Path, chosen: Size) -> list[dict]:
         model_dir = reference_dir / "phase2"  # the run that was killed did not end: the later steps still run
         checks.append(_check("the later steps use the resumed run's phase 2", "the reference run's", "-", False))
     has_model = (model_dir / "model.safetensors").exists()
-    for lora in (False, True):
-        for task in DEMO_TASKS:
-            name = f"{'lora' if lora else 'finetune'}:{task}"
-            config = write_task(work, chosen, task, task_corpus, lora)
-            command = [python, "finetune.py", str(config), "--model", str(model_dir)]
-            command += ["--output_dir", str(work / "results" / config.stem)]
-            if not has_model:
-                runner.skip(name, command, "no phase-2 model")
-                continue
-            _finetune_figures(runner.run(name, command), work / "results" / config.stem)
+    for lora, task in chosen.fine_tuning():
+        name = f"{'lora' if lora else 'finetune'}:{task}"
+        config = write_task(work, chosen, task, task_corpus, lora)
+        command = [python, "finetune.py", str(config), "--model", str(model_dir)]
+        command += ["--output_dir", str(work / "results" / config.stem)]
+        if not has_model:
+            runner.skip(name, command, "no phase-2 model")
+            continue
+        _finetune_figures(runner.run(name, command), work / "results" / config.stem)
 
     notes_path, note_lengths = None, []
     if has_model:

@@ -55,6 +55,9 @@ TOKENIZE_BATCH = 512  # documents per call to the fast tokenizer
 WRITE_BATCH = 4096  # documents per Arrow record batch
 DEFAULT_PART_BYTES = 256 * 2**20
 COMPRESSED = (".gz", ".zstd", ".bz2")  # count four times their size when parts are cut
+# Below this much input the parts run in the preparing process: a worker process first imports the tokenizer stack,
+# which takes longer than tokenizing a small corpus.
+SMALL_INPUT_BYTES = 16 * 2**20
 
 
 def is_held_out(text: str, fraction: float) -> bool:
@@ -201,6 +204,16 @@ class Part:
     source: str
     number: int  # within the source
     files: tuple[str, ...]
+
+
+def default_workers(parts: list[Part]) -> int:
+    """Every core for a large input, one process for a small one (SMALL_INPUT_BYTES); a Hugging Face dataset's
+    size is not known beforehand, so it counts as large."""
+    if not any(part.files == () for part in parts):
+        weight = sum(os.path.getsize(f) * (4 if f.endswith(COMPRESSED) else 1) for p in parts for f in p.files)
+        if weight < SMALL_INPUT_BYTES:
+            return 1
+    return len(os.sched_getaffinity(0))
 
 
 def plan_parts(specs: list[SourceSpec], part_bytes: int = DEFAULT_PART_BYTES) -> list[Part]:
@@ -384,7 +397,7 @@ def prepare_store(
     folder: Path | str,
     specs: list[SourceSpec],
     holdout_fraction: float,
-    num_proc: int = 1,
+    num_proc: int | None = 1,
     part_bytes: int = DEFAULT_PART_BYTES,
     tokenizer_settings: dict | None = None,
     exclusion: Exclusion | None = None,
@@ -392,7 +405,8 @@ def prepare_store(
 ) -> StoreManifest:
     """Prepare every part not yet prepared (the tokenizer must already be in `folder`/tokenizer), then write
     the manifest. Safe to run again after a kill: completed parts are kept. With `exclusion`, documents of the
-    evaluation sets (`exclusion_tasks`) and documents sharing an n-gram with them are left out and counted."""
+    evaluation sets (`exclusion_tasks`) and documents sharing an n-gram with them are left out and counted.
+    `num_proc` None: default_workers."""
     # Imported here: reading a store (training, a GPU machine without datatrove) never needs the executor.
     from modeling.data.executor import QuietLocalExecutor, quiet_datatrove
 
@@ -401,7 +415,7 @@ def prepare_store(
     executor = QuietLocalExecutor(
         pipeline=[PreparePart(store.folder, specs, parts, holdout_fraction, exclusion)],
         tasks=len(parts),
-        workers=max(1, min(num_proc, len(parts))),
+        workers=max(1, min(num_proc or default_workers(parts), len(parts))),
         logging_dir=str(store.logs_dir),
     )
     done = sum(store.part_json(p.source, p.number).exists() for p in parts)

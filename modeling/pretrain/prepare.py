@@ -14,7 +14,6 @@ another.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -75,7 +74,7 @@ def prepare(
         folder.folder,
         recipe.used_sources(),
         recipe.holdout.fraction,
-        num_proc=num_proc or len(os.sched_getaffinity(0)),
+        num_proc=num_proc,
         part_bytes=recipe.store.part_mb * 2**20,
         tokenizer_settings=tokenizer_settings(recipe),
         exclusion=evaluation_exclusion(recipe, evaluation_documents),

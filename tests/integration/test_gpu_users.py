@@ -15,10 +15,11 @@ import sys
 import pytest
 from helpers import ROOT
 
-from benchmarks.gpu.users import CAPS, DEMO_TASKS, REPO_ID, write_corpus
+from benchmarks.gpu.users import DEMO_TASKS, REPO_ID, size, write_corpus
 
+CPU = size(cpu=True)
 THROUGHPUT = {"prepare", "reference", "resumed", "inference", "push"} | {
-    f"{way}:{task}" for way in ("finetune", "lora") for task in DEMO_TASKS
+    f"{'lora' if lora else 'finetune'}:{task}" for lora, task in CPU.fine_tuning()
 }
 
 
@@ -36,7 +37,10 @@ def users_run(tmp_path_factory):
 @pytest.mark.slow
 def test_every_command_runs_and_reports_time_memory_and_throughput(users_run):
     report, _, _ = users_run
-    assert list(report["steps"]) == list(CAPS)
+    assert list(report["steps"]) == CPU.step_names()
+    assert {(False, task) for task in DEMO_TASKS} | {(True, task) for task in DEMO_TASKS} == set(
+        size(cpu=False).fine_tuning()
+    ), "on the GPU every task is fine-tuned both ways"
     for name, step in report["steps"].items():
         assert step["status"].startswith("done"), (name, step["status"])
         assert step["wall_s"] > 0, name
@@ -74,14 +78,18 @@ def test_the_resumed_run_equals_the_straight_one_on_a_cpu(users_run):
 @pytest.mark.slow
 def test_fine_tuning_is_packed_and_lora_saves_an_adapter(users_run):
     report, _, work = users_run
-    for task in DEMO_TASKS:
-        assert report["steps"][f"finetune:{task}"]["details"]["batching"] == "packed"
-        full = json.loads(next((work / "results" / task).glob("*/results.json")).read_text())
-        lora = json.loads(next((work / "results" / f"{task}_lora").glob("*/results.json")).read_text())
-        assert full["peft"] is None
-        assert lora["peft"]["r"] == 8
-        assert "adapter" in lora["saved"]
-        assert full["model"] == lora["model"] == str(work / "run" / "phase2")
+    assert {task for _, task in CPU.fine_tuning()} == set(DEMO_TASKS), "both kinds of task run"
+    for lora, task in CPU.fine_tuning():
+        result = json.loads(
+            next((work / "results" / f"{task}{'_lora' if lora else ''}").glob("*/results.json")).read_text()
+        )
+        assert result["model"] == str(work / "run" / "phase2")
+        if lora:
+            assert result["peft"]["r"] == 8
+            assert "adapter" in result["saved"]
+        else:
+            assert report["steps"][f"finetune:{task}"]["details"]["batching"] == "packed"
+            assert result["peft"] is None
 
 
 @pytest.mark.slow

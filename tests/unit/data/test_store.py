@@ -19,7 +19,15 @@ from modeling.data.index import PhaseIndex
 from modeling.data.packing import Packing
 from modeling.data.rows import PhaseRows, held_out_rows
 from modeling.data.sources import SourceSpec, iter_documents
-from modeling.data.store import Store, is_held_out, prepare_part, prepare_store
+from modeling.data.store import (
+    SMALL_INPUT_BYTES,
+    Part,
+    Store,
+    default_workers,
+    is_held_out,
+    prepare_part,
+    prepare_store,
+)
 
 FRACTION = 0.05
 
@@ -81,6 +89,17 @@ def test_the_store_does_not_depend_on_the_number_of_processes(tmp_path, tiny_tok
     two = _store(tmp_path, tiny_tokenizer, specs, "two", num_proc=2)
     assert _checksums(one) == _checksums(two)
     assert len(_checksums(one)) == 8
+
+
+def test_a_small_input_prepares_in_this_process_and_a_large_one_on_every_core(tmp_path):
+    small, large = tmp_path / "small.txt", tmp_path / "large.txt.gz"
+    small.write_text("a note\n")
+    with open(large, "wb") as handle:  # sparse: counts four times as compressed
+        handle.truncate(SMALL_INPUT_BYTES // 4)
+    cores = len(os.sched_getaffinity(0))
+    assert default_workers([Part(0, "notes", 0, (str(small),)), Part(1, "notes", 1, (str(small),))]) == 1
+    assert default_workers([Part(0, "notes", 0, (str(small),)), Part(1, "big", 0, (str(large),))]) == cores
+    assert default_workers([Part(0, "notes", 0, (str(small),)), Part(1, "hub", 0, ())]) == cores  # size unknown
 
 
 def test_a_second_prepare_keeps_completed_parts(tmp_path, tiny_tokenizer):
