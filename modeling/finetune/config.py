@@ -21,6 +21,7 @@ from modeling.common.config import (
     read_yaml,
 )
 from modeling.common.errors import ConfigError
+from modeling.common.windows import default_stride  # inference resolves a run's stride with it too
 from modeling.finetune.examples import TASK_TYPES, TaskLabels
 from modeling.finetune.loaders import check_data_spec
 from modeling.finetune.loaders.spec import DataSpec
@@ -29,15 +30,6 @@ from modeling.finetune.metrics import metric_names
 EVAL_CONFIGS_DIR = Path(__file__).resolve().parent.parent.parent / "eval_configs"
 PAPER_SEEDS = [42, 43, 44, 45, 46]
 BATCHINGS = ("packed", "random", "length_grouped")
-
-
-DEFAULT_STRIDE = 128  # the most tokens consecutive windows share by default (from max_length 512 up; once fixed)
-
-
-def default_stride(max_length: int | None) -> int:
-    """A quarter of the window, at most DEFAULT_STRIDE; DEFAULT_STRIDE where max_length is left open (the model's
-    maximum: 8,192 for ModernBERT)."""
-    return min(DEFAULT_STRIDE, max_length // 4) if max_length else DEFAULT_STRIDE
 
 
 @dataclass

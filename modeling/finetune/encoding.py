@@ -4,7 +4,8 @@ A document longer than `max_length` tokens becomes overlapping windows (`stride`
 Classification: every window carries the document's labels; at evaluation the window logits are
 averaged (or max-pooled) back into one prediction per document. NER: words are tokenized pre-split,
 the word's label goes on its first sub-token (the others are ignored by the loss), and each word is
-predicted from the window where it has the most context on both sides.
+predicted from the window where it has the most context on both sides. The windows and the averaging are
+modeling.common.windows's, which inference applies to a fine-tuned classifier's long notes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from modeling.common.loading import load_tokenizer
+from modeling.common.windows import combine_windows, window_encoding
 from modeling.finetune.config import TaskConfig
 from modeling.finetune.examples import Example
 
@@ -74,13 +76,13 @@ def encode_split(
     labels = config.tag_names
     label_id = {name: i for i, name in enumerate(labels)}
     stride = config.stride_for(max_length)
-    common = dict(truncation=True, max_length=max_length, stride=stride, return_overflowing_tokens=True)
     if config.task == "ner":
-        encoded = tokenizer(
-            [e.word_texts() for e in examples], is_split_into_words=True, return_offsets_mapping=True, **common
+        words = [e.word_texts() for e in examples]
+        encoded = window_encoding(
+            tokenizer, words, max_length, stride, is_split_into_words=True, return_offsets_mapping=True
         )
     else:
-        encoded = tokenizer([e.text for e in examples], **common)
+        encoded = window_encoding(tokenizer, [e.text for e in examples], max_length, stride)
     features, window_example, window_words = [], [], []
     for window, example_index in enumerate(encoded["overflow_to_sample_mapping"]):
         example = examples[example_index]
@@ -118,11 +120,7 @@ def encode_split(
 
 def document_logits(split: EncodedSplit, logits: np.ndarray, aggregation: str) -> np.ndarray:
     """[windows, labels] -> [examples, labels]: mean or max over each document's windows."""
-    per_example = [[] for _ in split.examples]
-    for window, example_index in enumerate(split.window_example):
-        per_example[example_index].append(logits[window])
-    reduce = np.mean if aggregation == "mean" else np.max
-    return np.stack([reduce(np.stack(rows), axis=0) for rows in per_example])
+    return combine_windows(logits, split.window_example, len(split.examples), aggregation)
 
 
 def word_logits(split: EncodedSplit, logits: np.ndarray) -> list[np.ndarray]:

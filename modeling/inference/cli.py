@@ -3,8 +3,10 @@
 NOTES is any file a recipe source reads (one note per line in .txt, .jsonl with a `text` field, .csv or
 .parquet with --text_column, MIMIC NOTEEVENTS ...). An encoder (a pretraining phase, any AutoModel
 checkpoint) writes embeddings.safetensors and notes.jsonl; a fine-tuned sequence classifier writes
-predictions.jsonl. Empty or bad records are counted and reported (--on_bad_record skip), never dropped
-silently. How notes are batched: modeling.inference.encoder.
+predictions.jsonl. A classifier finetune.py saved cuts a note longer than its run's max_length into the run's
+overlapping windows and combines their logits as the run did (results.json beside the model folder says how).
+Empty or bad records are counted and reported (--on_bad_record skip), never dropped silently. How notes are
+batched: modeling.inference.encoder.
 """
 
 from __future__ import annotations
@@ -47,10 +49,14 @@ def write_outputs(
     """Embeddings -> embeddings.safetensors + notes.jsonl; a classifier -> predictions.jsonl. Returns the files."""
     files = InferenceOutputs(output_dir)
     files.folder.mkdir(parents=True, exist_ok=True)
+    tokens = notes.note_tokens()
     records = [
-        {"index": i, "where": where, "tokens": len(notes.ids[i]), "truncated": notes.truncated[i]}
+        {"index": i, "where": where, "tokens": tokens[i], "truncated": notes.truncated[i]}
         for i, where in enumerate(wheres)
     ]
+    if encoder.windows:
+        for record, windows in zip(records, notes.windows(), strict=True):
+            record["windows"] = windows
     if encoder.classifier:
         names, labels, scores = encoder.label_scores(outputs)
         for record, note_labels, note_scores in zip(records, labels, scores, strict=True):
@@ -113,7 +119,8 @@ def infer(argv: list[str]) -> int:
     parser.add_argument(
         "--max_length",
         type=whole_number(3),  # [CLS], a token, [SEP]
-        help="cut notes at this many tokens (default: the model's max positions); cut notes are counted",
+        help="cut notes at this many tokens (default: the model's max positions, or a fine-tuned classifier's "
+        "windows); cut notes are counted",
     )
     parser.add_argument(
         "--batching",
@@ -156,11 +163,18 @@ def infer(argv: list[str]) -> int:
     seconds = time.perf_counter() - start
     written = write_outputs(Path(args.output_dir), encoder, wheres, outputs, notes)
     tokens = sum(notes.lengths())
+    if encoder.windows:
+        windowed = sum(windows > 1 for windows in notes.windows())
+        long_notes = (
+            f"{windowed:,} longer than {encoder.max_length} tokens cut into {encoder.windows.describe()} "
+            f"({len(notes.ids):,} windows in all)"
+        )
+    else:
+        long_notes = f"{sum(notes.truncated):,} cut at {encoder.max_length} tokens"
     print(
         f"{len(texts):,} notes, {tokens:,} tokens in {seconds:.1f} s "
         f"({tokens / seconds:,.0f} tokens/s, {args.batching} batches); "
-        f"{sum(notes.truncated):,} cut at {encoder.max_length} tokens; "
-        f"{skips.total():,} records skipped {skips.as_dict() or ''}"
+        f"{long_notes}; {skips.total():,} records skipped {skips.as_dict() or ''}"
     )
     print(f"wrote {', '.join(str(path) for path in written)}")
     return 0

@@ -10,11 +10,15 @@ flash_attention_2) take each batch as one row, with no padding at all. `batching
 against.
 
 An encoder (a pretraining phase folder, AutoModel) gives one embedding per note; a fine-tuned
-sequence classifier gives labels and scores.
+sequence classifier gives labels and scores. A classifier that finetune.py saved classifies a note longer than
+its run's max_length as the run did: cut into the run's overlapping windows, their logits combined per note
+(modeling.common.windows, modeling.inference.task_windows), so the scores are those of its test predictions.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,8 +29,12 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 from modeling.common.attention import PER_DOCUMENT_BACKENDS, known_attention, packed_attention_kwargs
 from modeling.common.errors import ConfigError
 from modeling.common.loading import load_config, load_pretrained, load_tokenizer
+from modeling.common.windows import combine_windows, window_encoding
 from modeling.data.packers import packed_batches
 from modeling.data.packing import PackedRow, collate_rows, plain_backend
+from modeling.inference.task_windows import TaskWindows, recorded_windows
+
+log = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "cls")
 BATCHINGS = ("packed", "padded")
@@ -34,11 +42,30 @@ BATCHINGS = ("packed", "padded")
 
 @dataclass
 class TokenizedNotes:
-    ids: list[list[int]]  # per note, [CLS] ... [SEP], at most max_length
-    truncated: list[bool]  # cut at max_length
+    ids: list[list[int]]  # per note, [CLS] ... [SEP], at most max_length; windowed notes: per window
+    truncated: list[bool]  # per note: cut at max_length (a windowed note never is)
+    window_note: list[int] | None = None  # windowed notes: the note of each entry of `ids`
+    repeated: int = 0  # windowed notes: positions a window repeats of the one before (shared tokens, [CLS], [SEP])
 
     def lengths(self) -> list[int]:
+        """Tokens of each sequence the model runs: a note, or a window of one."""
         return [len(ids) for ids in self.ids]
+
+    def windows(self) -> list[int]:
+        """Windows of each note (1 where notes are not windowed)."""
+        if self.window_note is None:
+            return [1] * len(self.ids)
+        counts = Counter(self.window_note)
+        return [counts[i] for i in range(len(self.truncated))]
+
+    def note_tokens(self) -> list[int]:
+        """Tokens of each note, [CLS] and [SEP] included, each token once."""
+        if self.window_note is None:
+            return self.lengths()
+        tokens = [self.repeated] * len(self.truncated)  # a note's first window repeats nothing
+        for ids, note in zip(self.ids, self.window_note, strict=True):
+            tokens[note] += len(ids) - self.repeated
+        return tokens
 
 
 def tokenize_notes(tokenizer, texts: list[str], max_length: int, batch_size: int = 1024) -> TokenizedNotes:
@@ -52,6 +79,18 @@ def tokenize_notes(tokenizer, texts: list[str], max_length: int, batch_size: int
             ids.append([cls, *encoded.ids[:body], sep])
             truncated.append(len(encoded.ids) > body)
     return TokenizedNotes(ids, truncated)
+
+
+def window_notes(tokenizer, texts: list[str], windows: TaskWindows, batch_size: int = 1024) -> TokenizedNotes:
+    """Each note as the windows its classifier's fine-tuning run cut documents into (modeling.common.windows): one
+    for a note of at most max_length tokens, several overlapping ones for a longer note, nothing cut."""
+    ids, window_note = [], []
+    for start in range(0, len(texts), batch_size):
+        encoded = window_encoding(tokenizer, texts[start : start + batch_size], windows.max_length, windows.stride)
+        ids += encoded["input_ids"]
+        window_note += [start + note for note in encoded["overflow_to_sample_mapping"]]
+    repeated = windows.stride + tokenizer.num_special_tokens_to_add()
+    return TokenizedNotes(ids, [False] * len(texts), window_note, repeated)
 
 
 # --------------------------------------------------------------------------- batching
@@ -70,13 +109,25 @@ def padded_batches(lengths: list[int], notes_per_batch: int) -> list[list[list[i
 class NoteEncoder:
     """A ModernBERT encoder (AutoModel) or sequence classifier, run over batches of notes.
 
-    `encode` returns per note either the pooled embedding [hidden] or, for a classifier, its logits."""
+    `encode` returns per note either the pooled embedding [hidden] or, for a classifier, its logits; with
+    `windows` (a classifier's fine-tuning run's), a longer note's logits combine those of its windows."""
 
-    def __init__(self, model, tokenizer, max_length: int | None = None, pooling: str | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        max_length: int | None = None,
+        pooling: str | None = None,
+        windows: TaskWindows | None = None,
+    ):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.classifier = hasattr(model, "classifier")
         self.encoder = model.model if self.classifier else model
         config = model.config
+        self.windows = windows if self.classifier else None
+        if self.windows:
+            self.windows.check_max_length(max_length)
+            max_length = self.windows.max_length
         self.max_length = min(max_length or config.max_position_embeddings, config.max_position_embeddings)
         # A classifier pools as it was trained to; an embedding pools as asked.
         self.pooling = config.classifier_pooling if self.classifier else (pooling or "mean")
@@ -95,18 +146,28 @@ class NoteEncoder:
         **kwargs,
     ) -> NoteEncoder:
         """A sequence classifier when the folder's config says so, else the bare encoder (AutoModel;
-        an MLM checkpoint such as a pretraining phase loads as one)."""
-        architectures = load_config(path).architectures or []
-        auto = (
-            AutoModelForSequenceClassification
-            if any("SequenceClassification" in a for a in architectures)
-            else AutoModel
-        )
+        an MLM checkpoint such as a pretraining phase loads as one). A classifier finetune.py saved gets its run's
+        windows (results.json beside or inside the folder)."""
+        config = load_config(path)
+        classifier = any("SequenceClassification" in a for a in config.architectures or [])
+        windows = None
+        if classifier:  # read, and checked against max_length, before the weights load
+            windows = recorded_windows(path, [config.id2label[i] for i in range(config.num_labels)])
+            if windows:
+                windows.check_max_length(kwargs.get("max_length"))
+                log.info("%s: fine-tuned on %s; notes are classified the same way", windows.record, windows.describe())
+            else:
+                log.info(
+                    "%s: no results.json of a fine-tuning run beside or inside it, so no windows: notes longer than "
+                    "the maximum length are cut",
+                    path,
+                )
+        auto = AutoModelForSequenceClassification if classifier else AutoModel
         attn_implementation = known_attention(attn_implementation, device)  # varlen falls back where it cannot run
         model = load_pretrained(
             auto, path, allow_pickle, flag="--allow_pickle", attn_implementation=attn_implementation, dtype=dtype
         )
-        return cls(model.to(device), load_tokenizer(path), **kwargs)
+        return cls(model.to(device), load_tokenizer(path), windows=windows, **kwargs)
 
     @torch.inference_mode()
     def encode(
@@ -118,8 +179,12 @@ class NoteEncoder:
         progress: bool = False,
     ) -> tuple[torch.Tensor, TokenizedNotes]:
         """Outputs in the order of `texts` ([notes, hidden] embeddings or [notes, labels] logits) and
-        the tokenized notes (lengths, which were cut)."""
-        notes = tokenize_notes(self.tokenizer, texts, self.max_length)
+        the tokenized notes (lengths, which were cut or windowed)."""
+        notes = (
+            window_notes(self.tokenizer, texts, self.windows)
+            if self.windows
+            else tokenize_notes(self.tokenizer, texts, self.max_length)
+        )
         return self.encode_tokenized(notes, batching, batch_tokens, notes_per_batch, progress), notes
 
     @torch.inference_mode()
@@ -131,6 +196,7 @@ class NoteEncoder:
         notes_per_batch: int = 16,
         progress: bool = False,
     ) -> torch.Tensor:
+        """Outputs per note; windowed notes' window logits combined as their fine-tuning run combined them."""
         if batching == "packed":
             batches = packed_batches(notes.lengths(), batch_tokens)
         elif batching == "padded":
@@ -138,7 +204,8 @@ class NoteEncoder:
         else:
             raise ConfigError(f"batching '{batching}': choose one of {', '.join(BATCHINGS)}")
         outputs: list[torch.Tensor | None] = [None] * len(notes.ids)
-        with tqdm(total=len(notes.ids), desc="notes", unit=" notes", disable=not progress) as bar:
+        unit = "notes" if notes.window_note is None else "windows"
+        with tqdm(total=len(notes.ids), desc=unit, unit=f" {unit}", disable=not progress) as bar:
             for rows in batches:
                 if batching == "packed":
                     rows = self.layout(rows)
@@ -148,7 +215,13 @@ class NoteEncoder:
                     outputs[i] = output
                 bar.update(sum(len(row) for row in rows))
         width = self.model.config.num_labels if self.classifier else self.model.config.hidden_size
-        return torch.stack(outputs) if outputs else torch.zeros((0, width))
+        if not outputs:
+            return torch.zeros((0, width))
+        if notes.window_note is None:
+            return torch.stack(outputs)
+        per_window = torch.stack(outputs).numpy()
+        aggregation = self.windows.aggregation
+        return torch.from_numpy(combine_windows(per_window, notes.window_note, len(notes.truncated), aggregation))
 
     def layout(self, rows: list[list[int]]) -> list[list[int]]:
         """A packed batch's rows as the encoder runs them: one row of all its notes on a backend that attends

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -201,3 +202,77 @@ def test_cli_bad_record_is_one_line_naming_it(encoder_dir, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     assert main([str(encoder_dir), str(path), "--output_dir", str(tmp_path / "out"), "--on_bad_record", "skip"]) == 0
     assert load_file(tmp_path / "out" / "embeddings.safetensors")["embeddings"].shape[0] == 2
+
+
+# --------------------------------------------------------------------------- a fine-tuned classifier's windows
+
+WINDOW, SHARED = 32, 8
+
+
+@pytest.fixture
+def fine_tuned_dir(tmp_path, classifier_dir):
+    """The classifier as finetune.py leaves it: seedN/model, with the run's results.json beside it."""
+    model = tmp_path / "seed3" / "model"
+    shutil.copytree(classifier_dir, model)
+    record = {
+        "task_type": "multi_label",
+        "max_length": WINDOW,
+        "config": {"labels": ["cardiac", "renal", "infection"], "window_stride": SHARED, "window_aggregation": "max"},
+    }
+    (model.parent / "results.json").write_text(json.dumps(record))
+    return model
+
+
+def windows_of(tokenizer, text: str) -> list[list[int]]:
+    """The windows of a note, written out: WINDOW - 2 tokens each between [CLS] and [SEP], each starting SHARED
+    tokens before the previous one ends, the last reaching the note's end."""
+    ids, body = tokenizer(text, add_special_tokens=False)["input_ids"], WINDOW - 2
+    starts = [0]
+    while starts[-1] + body < len(ids):
+        starts.append(starts[-1] + body - SHARED)
+    return [[tokenizer.cls_token_id, *ids[s : s + body], tokenizer.sep_token_id] for s in starts]
+
+
+def test_cli_classifies_long_notes_in_the_runs_windows(fine_tuned_dir, tmp_path, capsys):
+    texts = notes(15, seed=7)
+    path = tmp_path / "notes.txt"
+    path.write_text("\n".join(texts) + "\n")
+    assert main([str(fine_tuned_dir), str(path), "--output_dir", str(tmp_path / "out"), "--batch_tokens", "100"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    model = AutoModelForSequenceClassification.from_pretrained(fine_tuned_dir)
+    tokenizer = NoteEncoder.from_pretrained(str(fine_tuned_dir)).tokenizer
+    expected = torch.stack(
+        [stock_outputs(model, tokenizer, windows_of(tokenizer, text), "mean").max(0).values for text in texts]
+    )
+    scores = torch.tensor([[r["scores"][name] for name in ("cardiac", "renal", "infection")] for r in records])
+    assert (scores - torch.sigmoid(expected)).abs().max() <= 1e-5
+    assert [r["windows"] for r in records] == [len(windows_of(tokenizer, text)) for text in texts]
+    assert [r["tokens"] for r in records] == [len(tokenizer(text)["input_ids"]) for text in texts]
+    windowed = sum(r["windows"] > 1 for r in records)
+    assert 0 < windowed < len(texts) and not any(r["truncated"] for r in records)
+    assert f"{windowed} longer than {WINDOW} tokens cut into windows of {WINDOW} tokens, {SHARED} shared" in (
+        capsys.readouterr().out
+    )
+
+
+def test_cli_max_length_other_than_the_runs_windows_is_one_line(fine_tuned_dir, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("fever\n")
+    command = [str(fine_tuned_dir), str(tmp_path / "notes.txt"), "--output_dir", str(tmp_path / "out")]
+    assert main([*command, "--max_length", "64"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"error: --max_length 64: {fine_tuned_dir.parent / 'results.json'} records that this classifier was "
+        f"fine-tuned and tested on windows of {WINDOW} tokens; leave --max_length out to classify as it did"
+    )
+    assert not (tmp_path / "out").exists()
+    assert main([*command, "--max_length", str(WINDOW)]) == 0  # the run's own length is no contradiction
+
+
+def test_a_run_record_of_other_labels_is_refused(fine_tuned_dir, tmp_path, capsys):
+    record_path = fine_tuned_dir.parent / "results.json"
+    record = json.loads(record_path.read_text())
+    record["config"]["labels"] = ["positive", "negative"]
+    record_path.write_text(json.dumps(record))
+    (tmp_path / "notes.txt").write_text("fever\n")
+    assert main([str(fine_tuned_dir), str(tmp_path / "notes.txt"), "--output_dir", str(tmp_path / "out")]) == 2
+    assert "not a run of this classifier (labels ['cardiac', 'renal', 'infection'])" in capsys.readouterr().err
