@@ -119,7 +119,7 @@ class RunLock:
                 descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 holder = self._holder()
-                if holder is None or (holder.get("host") == me["host"] and not _alive(holder.get("pid"))):
+                if holder is None or (holder.get("host") == me["host"] and not alive(holder.get("pid"))):
                     logging.getLogger(__name__).warning(
                         "%s: left by process %s, which is no longer running; taking it over",
                         self.path,
@@ -158,7 +158,7 @@ def remove_orphaned_temporaries(folder: Path) -> int:
     removed = 0
     for path in Path(folder).rglob("*.tmp"):
         pid = path.name.rsplit(".", 2)[-2] if path.name.count(".") >= 2 else ""
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
@@ -167,7 +167,7 @@ def remove_orphaned_temporaries(folder: Path) -> int:
     return removed
 
 
-def _alive(pid) -> bool:
+def alive(pid) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:

@@ -26,7 +26,7 @@ import numpy as np
 
 from modeling.common.records import Record
 from modeling.data.ngrams import Exclusion, build_table, find_keys, ngram_keys, scan_batch, text_key
-from modeling.data.store import Store, StoreSplit
+from modeling.data.store import ShardRecord, Store, StoreSplit
 
 DEFAULT_NGRAM = 13
 
@@ -137,13 +137,15 @@ def _init_worker(n, slots, table, bitmap, keys, text_keys):
     _WORKER.update(n=n, slots=slots, table=table, bitmap=bitmap, keys=keys, text_keys=text_keys)
 
 
-def _scan_shard(path: str) -> _ShardScan:
+def _scan_shard(shard: tuple[str, ShardRecord]) -> _ShardScan:
     w = _WORKER
-    split = StoreSplit([Path(path)])
+    path, record = shard
+    split = StoreSplit([Path(path)], [record])  # every record batch checked as it is scanned
     counts = np.zeros(len(w["keys"]), np.int64)
     holders = np.full(len(w["keys"]), -1, np.int64)
     whole = np.full(len(w["text_keys"]), -1, np.int64)
-    for batch, (values, offsets) in enumerate(zip(split.values, split.offsets, strict=True)):
+    for batch in range(len(split.values)):
+        values, offsets = split.batch_values(batch)
         scan_batch(
             values, offsets, int(split.first[batch]), w["n"], w["slots"], w["table"], w["bitmap"], counts, holders
         )
@@ -157,10 +159,10 @@ def _scan_shard(path: str) -> _ShardScan:
     return _ShardScan(found, holders[found], whole, len(split), tokens, stored is not None)
 
 
-def training_shards(store: Store) -> list[tuple[str, str]]:
-    """(source, shard path) of every training shard, in the manifest's order."""
+def training_shards(store: Store) -> list[tuple[str, str, ShardRecord]]:
+    """(source, shard path, its record) of every training shard, in the manifest's order."""
     return [
-        (name, str(store.folder.source_dir(name) / part.shards["train"].file))
+        (name, str(store.folder.source_dir(name) / part.shards["train"].file), part.shards["train"])
         for name, source in store.manifest.sources.items()
         for part in source.parts
     ]
@@ -176,12 +178,12 @@ def scan_store(store: Store, evaluation: EvalNgrams, num_proc: int | None = None
     processes = max(1, min(num_proc or len(os.sched_getaffinity(0)), len(shards)))
     if processes == 1:
         _init_worker(*setup)
-        results = list(_counted((_scan_shard(path) for _, path in shards), progress))
+        results = list(_counted((_scan_shard((path, record)) for _, path, record in shards), progress))
     else:
         with ProcessPoolExecutor(
             processes, mp_context=get_context("fork"), initializer=_init_worker, initargs=setup
         ) as pool:
-            results = list(_counted(pool.map(_scan_shard, [path for _, path in shards]), progress))
+            results = list(_counted(pool.map(_scan_shard, [(path, record) for _, path, record in shards]), progress))
     found, holder, whole = _merge(results, shards, len(evaluation.keys), len(evaluation.documents))
     overlaps = [_document_overlap(evaluation, i, found, holder, whole) for i in range(len(evaluation.documents))]
     splits: dict[tuple[str, str], SplitOverlap] = {}
@@ -223,7 +225,7 @@ def _merge(results: list[_ShardScan], shards, keys: int, documents: int):
     found = np.zeros(keys, bool)
     holder = np.full(keys, "", dtype=object)
     whole = np.full(documents, "", dtype=object)
-    for (source, path), result in zip(shards, results, strict=True):
+    for (source, path, _), result in zip(shards, results, strict=True):
         name = f"{source}/{Path(path).name}"
         new = ~found[result.keys]
         for k, row in zip(result.keys[new], result.holders[new], strict=True):

@@ -9,8 +9,10 @@ and kept on disk as Arrow, so training reads token ids instead of parsing and to
         held_out-00003.arrow     vocabularies over 65,536), the document's tokens without [CLS]/[SEP]; text_key
                                  uint64, its text case and whitespace folded, hashed (`text_key`: what a
                                  contamination check finds evaluation documents by; stores of version 1 lack it)
-        part-00003.json          what part 3 read: files, documents, tokens, skips, the shards' sha256
+        part-00003.json          what part 3 read: files, documents, tokens, skips, the shards' sha256 and
+                                 a CRC32 of each record batch's offsets, ids and keys (version 3)
       logs/                      the executor's task logs and completion markers
+      .lock, .readers/           who reads the store and who may change it (modeling.data.store_lock)
       row_indexes/               row indexes built by training runs (modeling.data.rows), named by what they were
                                  built from, so every run on the store with the same settings shares them
 
@@ -21,7 +23,12 @@ prepare skips the parts it completed), or its Slurm/Ray executors across machine
 shards and record are written under temporary names and renamed; the manifest is written last, from the
 part records, after every part is complete.
 
-A shard opens with `datasets.Dataset.from_file(path)`; training memory-maps them (`StoreSplit`).
+A shard opens with `datasets.Dataset.from_file(path)`; training memory-maps them (`StoreSplit`). A reader
+checks each shard's size when it opens it, and each record batch against its CRC32s the first time it reads
+from it: the document offsets when it reads every document's length, the token ids when it reads a document.
+So nothing damaged feeds a batch, and the check costs nothing at start-up however large the store: each byte
+is checked once per process, when it is first read anyway (a record batch is read whole the first time, so the
+first pass over a store reads more than later ones). `verify()` reads the whole store against the shards' sha256.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,10 +54,13 @@ from modeling.common.skips import SkipLog
 from modeling.data.given_ids import GivenIds
 from modeling.data.ngrams import Exclusion, text_key
 from modeling.data.sources import SourceSpec, TokenIds, iter_file_records, iter_records, resolve_files
+from modeling.data.store_lock import read_lock
 
 log = logging.getLogger(__name__)
 
-STORE_VERSION = 2  # 2: shards keep each document's text key (contamination checks); 1 reads the same
+# 2: shards keep each document's text key (contamination checks); 3: parts keep a CRC32 per record batch. Older
+# versions read the same, unchecked as they are read (Store warns; `verify()` still checks them whole).
+STORE_VERSION = 3
 SPLITS = ("train", "held_out")
 TOKENIZE_BATCH = 512  # documents per call to the fast tokenizer
 WRITE_BATCH = 4096  # documents per Arrow record batch
@@ -76,6 +87,9 @@ class ShardRecord(Record):
     tokens: int
     bytes: int
     sha256: str
+    batch_crc32: list[list[int]] | None = None  # per record batch: CRC32 of its offsets, token ids, text keys
+
+    OMITTED_WHEN_NONE = ("batch_crc32",)
 
 
 @dataclass
@@ -92,16 +106,37 @@ class PartRecord(Record):
     OMITTED_WHEN_NONE = ("exclusion",)
 
 
+SAMPLED_BLOCKS, SAMPLED_BLOCK_BYTES = 16, 64 * 1024
+
+
 @dataclass
 class FileFingerprint(Record):
+    """A source file as prepared: a file with the same name, size and modification time is the same file; one
+    copied (a new modification time) is the same when its sampled contents are."""
+
     path: str
     bytes: int
     mtime_ns: int
+    sampled_sha256: str | None = None  # of SAMPLED_BLOCKS blocks spread over the file (stores of version 3)
+
+    OMITTED_WHEN_NONE = ("sampled_sha256",)
 
     @classmethod
-    def of(cls, path: str) -> FileFingerprint:
+    def of(cls, path: str, sample: bool = True) -> FileFingerprint:
         stat = os.stat(path)
-        return cls(path, stat.st_size, stat.st_mtime_ns)
+        return cls(path, stat.st_size, stat.st_mtime_ns, sampled_sha256(path, stat.st_size) if sample else None)
+
+
+def sampled_sha256(path: str, size: int) -> str:
+    """A hash of a few blocks spread evenly over a file, the first and the last among them: it tells a copy from
+    an edited file at a cost that does not grow with the file."""
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as handle:
+        last = max(0, size - SAMPLED_BLOCK_BYTES)
+        for start in sorted({last * i // (SAMPLED_BLOCKS - 1) for i in range(SAMPLED_BLOCKS)}):
+            handle.seek(start)
+            digest.update(handle.read(SAMPLED_BLOCK_BYTES))
+    return digest.hexdigest()
 
 
 @dataclass
@@ -183,6 +218,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
     The same tokenizer saved twice (or loaded from the Hub and from a folder) has the same fingerprint."""
     state = {"backend": json.loads(tokenizer.backend_tokenizer.to_str()), "special": tokenizer.special_tokens_map}
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+
+def batch_crc32(offsets: np.ndarray, values: np.ndarray, keys: np.ndarray) -> list[int]:
+    """What a record batch is checked against: the CRC32 of its document offsets, its token ids, its text keys."""
+    return [zlib.crc32(np.ascontiguousarray(array).view(np.uint8)) for array in (offsets, values, keys)]
 
 
 def _sha256(path: Path) -> str:
@@ -359,6 +399,7 @@ class _ShardWriter:
         self.writer = pa.ipc.new_stream(self.sink, schema)
         self.pending: list[list[int]] = []
         self.keys: list[int] = []
+        self.batch_crc32: list[list[int]] = []
         self.documents = self.tokens = 0
 
     def add(self, ids: list[int], key: int):
@@ -374,6 +415,7 @@ class _ShardWriter:
             ids = pa.array(self.pending, type=self.schema.field("input_ids").type)
             keys = pa.array(self.keys, type=pa.uint64())
             self.writer.write_batch(pa.record_batch([ids, keys], schema=self.schema))
+            self.batch_crc32.append(batch_crc32(ids.offsets.to_numpy(), ids.values.to_numpy(), keys.to_numpy()))
             self.pending, self.keys = [], []
 
     def close(self) -> ShardRecord:
@@ -381,7 +423,8 @@ class _ShardWriter:
         self.writer.close()
         self.sink.close()
         os.replace(self.tmp, self.path)
-        return ShardRecord(self.path.name, self.documents, self.tokens, self.path.stat().st_size, _sha256(self.path))
+        size = self.path.stat().st_size
+        return ShardRecord(self.path.name, self.documents, self.tokens, size, _sha256(self.path), self.batch_crc32)
 
     def abort(self):
         """After close, nothing to do; after a failure, the temporary file goes."""
@@ -517,26 +560,53 @@ def spec_record(spec: SourceSpec) -> dict:
 
 
 class StoreSplit:
-    """The documents of one source and split, memory-mapped: lengths for planning, token ids for rows."""
+    """The documents of one source and split, memory-mapped: lengths for planning, token ids for rows. With the
+    shards' records, each record batch is checked against its CRC32s when first read (a store before version 3
+    has none: Store warns)."""
 
-    def __init__(self, paths: list[Path]):
+    def __init__(self, paths: list[Path], records: list[ShardRecord] | None = None):
         self.values: list[np.ndarray] = []  # per record batch: every token id, documents one after another
         self.offsets: list[np.ndarray] = []  # per record batch: where each document starts (one more at the end)
         self._keys: list | None = []  # memory-mapped text_key columns; None where a shard (version 1) lacks them
-        for path in paths:
+        self._expected: list[list[int] | None] = []  # per record batch: its CRC32s (batch_crc32), None: unchecked
+        self._where: list[tuple[Path, int]] = []  # per record batch: its shard and its number there
+        for at, path in enumerate(paths):
+            record = records[at] if records is not None else None
             try:
                 table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
             except (pa.ArrowInvalid, OSError) as error:
                 raise DataError(f"{path}: not a readable store shard ({error}); prepare the store again") from None
-            for chunk in table.column("input_ids").chunks:
+            chunks = table.column("input_ids").chunks
+            crcs = record.batch_crc32 if record is not None and record.batch_crc32 is not None else None
+            if crcs is not None and len(crcs) != len(chunks):
+                raise DataError(
+                    f"{path}: {len(chunks)} record batches, the manifest checks {len(crcs)}; prepare the store again"
+                )
+            for number, chunk in enumerate(chunks):
                 self.values.append(chunk.values.to_numpy(zero_copy_only=True))
                 self.offsets.append(chunk.offsets.to_numpy(zero_copy_only=True))
+                self._expected.append(crcs[number] if crcs is not None else None)
+                self._where.append((path, number))
             if self._keys is not None and "text_key" in table.column_names:
                 self._keys.append(table.column("text_key"))
             else:
                 self._keys = None
         counts = [len(offsets) - 1 for offsets in self.offsets]
         self.first = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])  # first document of each batch
+        self._checked = [[expected is None] * 3 for expected in self._expected]  # offsets, ids, keys
+
+    def _check(self, batch: int, what: int, array: np.ndarray) -> None:
+        """Record batch `batch`'s offsets (0), token ids (1) or text keys (2) against its CRC32, once."""
+        if self._checked[batch][what]:
+            return
+        if zlib.crc32(np.ascontiguousarray(array).view(np.uint8)) != self._expected[batch][what]:
+            path, number = self._where[batch]
+            name = ("document offsets", "token ids", "text keys")[what]
+            raise DataError(
+                f"{path}: the {name} of record batch {number} do not match their checksum in the manifest (the "
+                "shard changed after it was prepared); prepare the store again"
+            )
+        self._checked[batch][what] = True
 
     def __len__(self) -> int:
         return int(self.first[-1])
@@ -546,32 +616,56 @@ class StoreSplit:
         Read when asked: training never needs them."""
         if self._keys is None:
             return None
-        return np.concatenate([np.zeros(0, np.uint64), *(column.to_numpy() for column in self._keys)])
+        columns = [chunk.to_numpy() for column in self._keys for chunk in column.chunks]
+        for batch, keys in enumerate(columns):
+            self._check(batch, 2, keys)
+        return np.concatenate([np.zeros(0, np.uint64), *columns])
 
     def lengths(self) -> np.ndarray:
         """Tokens of every document, in order."""
         if not self.offsets:
             return np.zeros(0, dtype=np.int64)
+        for batch, offsets in enumerate(self.offsets):
+            self._check(batch, 0, offsets)
         return np.concatenate([np.diff(offsets).astype(np.int64) for offsets in self.offsets])
+
+    def batch_values(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """A record batch's token ids and document offsets, checked (a scan over every document)."""
+        self._check(batch, 0, self.offsets[batch])
+        self._check(batch, 1, self.values[batch])
+        return self.values[batch], self.offsets[batch]
 
     def tokens(self, document: int, start: int = 0, length: int | None = None) -> np.ndarray:
         batch = int(np.searchsorted(self.first, document, side="right")) - 1
-        offsets = self.offsets[batch]
+        values, offsets = self.batch_values(batch)
         begin, end = offsets[document - self.first[batch]], offsets[document - self.first[batch] + 1]
         stop = end if length is None else min(end, begin + start + length)
-        return self.values[batch][begin + start : stop]
+        return values[begin + start : stop]
+
+
+_warned_unchecked: set[str] = set()
 
 
 class Store:
-    """An opened, checked store."""
+    """An opened, checked store, read under its lock (modeling.data.store_lock) while this process runs."""
 
     def __init__(self, folder: Path | str):
         self.folder = StoreFolder(folder)
+        if self.folder.folder.is_dir():
+            read_lock(self.folder.folder)  # before the manifest: a store being rebuilt is named as such
         if not self.folder.is_complete():
             raise DataError(f"{self.folder.folder}: no store there (no manifest.json); prepare it first")
         self.manifest = StoreManifest.load(self.folder.manifest_json)
         self._splits: dict[tuple[str, str], StoreSplit] = {}
         self._check_manifest()
+        if self.manifest.version < 3 and str(self.folder.folder) not in _warned_unchecked:
+            _warned_unchecked.add(str(self.folder.folder))
+            log.warning(
+                "%s: a store of version %d keeps no checksum per record batch, so its shards are not checked as "
+                "they are read; prepare it again (--rebuild) to have them checked",
+                self.folder.folder,
+                self.manifest.version,
+            )
 
     def _check_manifest(self) -> None:
         """A manifest of a later format, or one naming a shard outside its source's folder, is refused."""
@@ -620,7 +714,7 @@ class Store:
                 if not shard.exists() or shard.stat().st_size != expected:
                     found = f"{shard.stat().st_size} bytes" if shard.exists() else "missing"
                     raise DataError(f"{shard}: {found}, the manifest says {expected} bytes; prepare the store again")
-            self._splits[key] = StoreSplit(shards)
+            self._splits[key] = StoreSplit(shards, [part.shards[split] for part in self.manifest.sources[source].parts])
         return self._splits[key]
 
     def verify(self) -> None:

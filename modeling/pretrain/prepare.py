@@ -14,7 +14,6 @@ another.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,9 +30,11 @@ from modeling.data.store import (
     StoreFolder,
     plan_parts,
     prepare_store,
+    sampled_sha256,
     spec_record,
     tokenizer_fingerprint,
 )
+from modeling.data.store_lock import WriteLock, clear_store
 from modeling.pretrain.recipe import Recipe
 from modeling.pretrain.tokenizer import build_tokenizer
 
@@ -54,33 +55,35 @@ def prepare(
     """The recipe's store, prepared where missing (or all over again with `rebuild`), and checked."""
     run_files.not_a_file("store.path", recipe.store_dir())
     folder = StoreFolder(recipe.store_dir())
-    if rebuild and folder.folder.exists():
-        log.info("store %s: removing it to prepare it again", folder.folder)
-        shutil.rmtree(folder.folder)
-    if folder.is_complete():
-        store = open_store(recipe)
-        if store.manifest.exclusion is not None and evaluation_documents is not None:
-            # the same task names may hold other documents now (other data_dir, files, split): compare them
-            exclusion = evaluation_exclusion(recipe, evaluation_documents)
-            if exclusion.fingerprint() != store.manifest.exclusion.fingerprint:
-                raise ConfigError(
-                    f"store {folder.folder}: left out other evaluation documents than store.exclude_tasks reads now "
-                    "(their files, data_dir or split changed); prepare it again with --rebuild"
-                )
-        log.info("store %s: complete, %s training tokens", folder.folder, f"{store.manifest.tokens():,}")
-        return store
-    _with_tokenizer(recipe)
-    prepare_store(
-        folder.folder,
-        recipe.used_sources(),
-        recipe.holdout.fraction,
-        num_proc=num_proc,
-        part_bytes=recipe.store.part_mb * 2**20,
-        tokenizer_settings=tokenizer_settings(recipe),
-        exclusion=evaluation_exclusion(recipe, evaluation_documents),
-        exclusion_tasks=recipe.store.excluded_tasks(),
-    )
-    return open_store(recipe)
+    if rebuild or not folder.is_complete():
+        # Under the store's write lock: no run reads the store while it changes, no other prepare writes it.
+        with WriteLock(folder.folder):
+            if rebuild:
+                log.info("store %s: removing it to prepare it again", folder.folder)
+                clear_store(folder.folder)
+            _with_tokenizer(recipe)
+            prepare_store(
+                folder.folder,
+                recipe.used_sources(),
+                recipe.holdout.fraction,
+                num_proc=num_proc,
+                part_bytes=recipe.store.part_mb * 2**20,
+                tokenizer_settings=tokenizer_settings(recipe),
+                exclusion=evaluation_exclusion(recipe, evaluation_documents),
+                exclusion_tasks=recipe.store.excluded_tasks(),
+            )
+        return open_store(recipe)
+    store = open_store(recipe)
+    if store.manifest.exclusion is not None and evaluation_documents is not None:
+        # the same task names may hold other documents now (other data_dir, files, split): compare them
+        exclusion = evaluation_exclusion(recipe, evaluation_documents)
+        if exclusion.fingerprint() != store.manifest.exclusion.fingerprint:
+            raise ConfigError(
+                f"store {folder.folder}: left out other evaluation documents than store.exclude_tasks reads now "
+                "(their files, data_dir or split changed); prepare it again with --rebuild"
+            )
+    log.info("store %s: complete, %s training tokens", folder.folder, f"{store.manifest.tokens():,}")
+    return store
 
 
 def evaluation_exclusion(recipe: Recipe, evaluation_documents: EvaluationReader | None) -> Exclusion | None:
@@ -190,6 +193,8 @@ def open_store(recipe: Recipe) -> Store:
 
 
 def _check_files(where: str, spec, recorded: list[FileFingerprint], again: str):
+    """The source's files on this machine must be those the store was prepared from: the same names and sizes,
+    and either the same modification times or, for a copy (new times), the same sampled contents."""
     if spec.format == "hf":
         return
     try:
@@ -199,10 +204,32 @@ def _check_files(where: str, spec, recorded: list[FileFingerprint], again: str):
             "%s: the files of source '%s' are not on this machine; training from the store alone", where, spec.name
         )
         return
-    now = [(Path(p).name, f.bytes, f.mtime_ns) for p, f in ((p, FileFingerprint.of(p)) for p in files)]
-    then = [(Path(f.path).name, f.bytes, f.mtime_ns) for f in recorded]
-    if now != then:
-        raise DataError(f"{where}: the files of source '{spec.name}' changed since it was prepared; {again}")
+    names = [Path(f.path).name for f in recorded]
+    if [Path(p).name for p in files] != names:
+        raise DataError(
+            f"{where}: source '{spec.name}' now reads {len(files)} files ({', '.join(Path(p).name for p in files[:3])}"
+            f"{', ...' if len(files) > 3 else ''}), it was prepared from {len(names)} ({', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''}); {again}"
+        )
+    copies = 0
+    for path, then in zip(files, recorded, strict=True):
+        now = FileFingerprint.of(path, sample=False)
+        if now.bytes != then.bytes:
+            raise DataError(f"{where}: {path} holds {now.bytes:,} bytes, {then.bytes:,} when prepared; {again}")
+        if now.mtime_ns == then.mtime_ns:
+            continue
+        if then.sampled_sha256 is None or sampled_sha256(path, now.bytes) != then.sampled_sha256:
+            why = "its contents differ" if then.sampled_sha256 else "the store's manifest keeps no sample to compare"
+            raise DataError(f"{where}: {path} changed since it was prepared (modified later; {why}); {again}")
+        copies += 1
+    if copies:
+        log.info(
+            "%s: %d files of source '%s' have other modification times than when prepared (copied?) but the same "
+            "sampled contents; taken as the same files",
+            where,
+            copies,
+            spec.name,
+        )
 
 
 def _check_tokenizer(where: str, recipe: Recipe, fingerprint: str, again: str):

@@ -140,6 +140,33 @@ def test_a_damaged_shard_is_named(tmp_path, tiny_tokenizer):
         Store(store.folder.folder).verify()
 
 
+def test_a_shard_rewritten_with_other_valid_ids_is_named_before_a_row_is_read(tmp_path, tiny_tokenizer):
+    """The same size, valid token ids, a readable Arrow stream: only the record batch's checksum tells, when the
+    first row is read from it (opening checks nothing that grows with the store)."""
+    import pyarrow as pa
+
+    store = _store(tmp_path, tiny_tokenizer, _corpus(tmp_path))
+    shard = store.folder.shard("notes", "train", 1)
+    table = pa.ipc.open_stream(shard.read_bytes()).read_all()
+    ids = table.column("input_ids").combine_chunks()
+    swapped = pa.ListArray.from_arrays(ids.offsets, pa.array(ids.values.to_numpy()[::-1].copy()))
+    with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(pa.table([swapped, table.column("text_key")], schema=table.schema))
+    assert shard.stat().st_size == store.manifest.sources["notes"].parts[1].shards["train"].bytes
+    split = Store(store.folder.folder).split("notes")
+    assert len(split.lengths()) == len(split)  # the offsets are untouched: lengths read
+    first_of_part_1 = store.manifest.sources["notes"].parts[0].shards["train"].documents
+    split.tokens(0)  # part 0 is intact
+    with pytest.raises(DataError, match=r"train-00001\.arrow: the token ids of record batch 0 do not match their"):
+        split.tokens(first_of_part_1)
+    offsets = bytearray(shard.read_bytes())
+    at = offsets.find(np.array([0], np.int32).tobytes() + np.asarray(ids.offsets)[1:2].astype(np.int32).tobytes())
+    offsets[at + 4] ^= 0x01  # the second document's start
+    shard.write_bytes(bytes(offsets))
+    with pytest.raises(DataError, match=r"train-00001\.arrow: the document offsets of record batch 0 do not match"):
+        Store(store.folder.folder).split("notes").lengths()
+
+
 @pytest.mark.slow  # prepares corpora of up to 50,000 documents under tracemalloc
 def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path, tiny_tokenizer):
     import tracemalloc
