@@ -121,7 +121,7 @@ class WriteLock:
         except BlockingIOError:
             os.close(self.descriptor)
             self.descriptor = None
-            raise DataError(f"{self.folder}: {self._holders()}; prepare into another store.path") from None
+            raise DataError(f"{self.folder}: {self._holders()}") from None
         os.ftruncate(self.descriptor, 0)
         os.pwrite(self.descriptor, json.dumps(_me()).encode(), 0)  # who prepares, for a reader's one line
         return self
@@ -144,11 +144,16 @@ class WriteLock:
             readers.append(who)
         if readers:
             more = f" and {len(readers) - 1} more" if len(readers) > 1 else ""
-            return f"{_describe(readers[0])}{more} is reading this store; stop it before the store changes"
+            return (
+                f"{_describe(readers[0])}{more} is reading this store; stop it before the store changes, or prepare "
+                "into another store.path"
+            )
         writer = _read_json(self.folder / LOCK)
         if writer:
             return f"{_describe(writer)} is preparing this store right now; wait for it to finish"
-        return "another process holds this store's lock (reading or preparing it)"
+        return (
+            "another process holds this store's lock (reading or preparing it); wait for it, or use another store.path"
+        )
 
 
 def clear_store(folder: Path | str) -> None:
