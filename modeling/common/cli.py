@@ -3,7 +3,8 @@ python -m modeling.inference): logging set up once for the process (INFO on the 
 only on the others), and an ending in one line instead of a traceback:
 
 - a user's mistake (UserError: ConfigError, DataError): `error: ...`, exit code 2;
-- a full disk: `error: no space left on device ...` and what to run next, exit code 2;
+- a full disk: `error: no space left on device ...` and what to run next, exit code 2; a file that cannot be
+  accessed (read-only, no permission) mid-run likewise (the folders are checked before any work: writable_folder);
 - Ctrl-C or a kill (SIGTERM): `error: interrupted ...` and what to run next, exit code 130.
 """
 
@@ -20,6 +21,7 @@ from modeling.common.runtime import is_main_process
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)  # said in one line, as a full disk is
 
 
 def run_command(
@@ -46,9 +48,14 @@ def run_command(
             _say_mid_run(f"error: interrupted{then}")
             return EXIT_INTERRUPTED
         except (OSError, RuntimeError) as error:  # torch and safetensors wrap a full disk in RuntimeError
-            if getattr(error, "errno", None) != errno.ENOSPC and "No space left on device" not in str(error):
-                raise
+            code = getattr(error, "errno", None)
             where = f" writing {error.filename}" if getattr(error, "filename", None) else ""
+            if code in UNWRITABLE:  # a folder that turned read-only, or whose permissions changed, mid-run
+                named = f": {error.filename}" if getattr(error, "filename", None) else ""
+                _say_mid_run(f"error: {error.strerror}{named}{then}")
+                return EXIT_USER_ERROR
+            if code != errno.ENOSPC and "No space left on device" not in str(error):
+                raise
             _say_mid_run(f"error: no space left on device{where}{then}")
             return EXIT_USER_ERROR
 

@@ -29,6 +29,28 @@ def not_a_file(key: str, folder: Path) -> None:
         raise ConfigError(f"{key}={folder}: is a file, not a folder; choose a folder to write into")
 
 
+def writable_folder(key: str, folder: Path) -> None:
+    """A folder a command writes into must be writable, checked before any work: by writing a probe in it (or in
+    its nearest existing parent), since os.access answers yes to root on a read-only mount."""
+    import tempfile
+
+    from modeling.common.errors import ConfigError
+
+    not_a_file(key, folder)
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={folder}: {existing} is a file, not a folder; choose a folder to write into")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"{key}={folder}: cannot write in {existing} ({error.strerror or error}); choose a folder you can write to"
+        ) from None
+
+
 # ---------------------------------------------------------------- atomic writes
 
 

@@ -20,7 +20,7 @@ from transformers import DataCollatorForTokenClassification, DataCollatorWithPad
 from modeling.common import run_files
 from modeling.common.engines import engine_of, full_state_dict
 from modeling.common.errors import ConfigError
-from modeling.common.run_files import not_a_file
+from modeling.common.run_files import writable_folder
 from modeling.common.runtime import check_shared_folder, join_processes
 from modeling.finetune.config import TaskConfig, default_stride
 from modeling.finetune.dataset import label_counts, load_task_examples
@@ -50,7 +50,7 @@ class DataSummary:
 def run(task: TaskConfig) -> TaskAggregate:
     """All runs of a task (seeds x learning rates); returns the aggregate over seeds."""
     results = TaskResults(task.results_dir())
-    not_a_file("output_dir", results.folder)
+    writable_folder("output_dir", results.folder)
     state = join_processes()
     check_shared_folder(state, results.folder, "output_dir")  # every process reads the finished runs there
     check_model_exists(task.model)

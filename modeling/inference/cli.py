@@ -142,7 +142,7 @@ def infer(argv: list[str]) -> int:
         "--allow_pickle", action="store_true", help="load pickle weights (.bin) if the folder has no safetensors"
     )
     args = parser.parse_args(argv)
-    run_files.not_a_file("--output_dir", Path(args.output_dir))
+    run_files.writable_folder("--output_dir", Path(args.output_dir))
     wheres, texts, skips = read_notes(args.notes, args.format, args.text_column, args.on_bad_record)
     if not texts:
         raise DataError(f"{args.notes}: no notes to encode")

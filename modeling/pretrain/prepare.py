@@ -56,6 +56,7 @@ def prepare(
     run_files.not_a_file("store.path", recipe.store_dir())
     folder = StoreFolder(recipe.store_dir())
     if rebuild or not folder.is_complete():
+        run_files.writable_folder("store.path", folder.folder)  # a complete store may be read-only
         # Under the store's write lock: no run reads the store while it changes, no other prepare writes it.
         with WriteLock(folder.folder):
             if rebuild:

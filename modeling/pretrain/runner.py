@@ -76,7 +76,7 @@ def run(
     store the run prepares itself leaves out (store.exclude_tasks)."""
     state = join_processes(recipe.distributed.timeout_minutes)
     check_model_config(recipe)  # before minutes of preparing a store
-    run_files.not_a_file("output_dir", Path(recipe.output_dir))
+    run_files.writable_folder("output_dir", Path(recipe.output_dir))
     run_files.not_a_file("store.path", recipe.store_dir())
     run_folder = PretrainingRun(recipe.output_dir)
     lock = run_files.RunLock(run_folder.folder)

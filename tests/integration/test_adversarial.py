@@ -41,6 +41,11 @@ class Case:
     exit_code: int = 2
 
 
+# A folder even root cannot write in (sysfs), standing in for a read-only mount: the machines run as root, where a
+# chmod changes nothing.
+UNWRITABLE = "/sys/kernel"
+
+
 def _notes(n=200, seed=1) -> bytes:
     return ("\n".join(synthetic_documents(n, seed=seed)) + "\n").encode()
 
@@ -86,6 +91,12 @@ RECIPE_CASES = [
     Case("epochs with weights", "train", "epochs need natural proportion", changes={"phases.0.length": {"epochs": 1}}),
     Case(
         "output_dir is a file", "train", "output_dir=", changes={"output_dir": "{dir}/a_file"}, files={"a_file": b"x"}
+    ),
+    Case(
+        "output_dir read-only",
+        "train",
+        f"output_dir={UNWRITABLE}/run: cannot write in",
+        changes={"output_dir": f"{UNWRITABLE}/run"},
     ),
     Case(
         "no tokenizer for a fresh model",
@@ -157,6 +168,12 @@ CORPUS_CASES = [
         changes={"sources.notes": {"path": "{dir}/notes.csv", "format": "csv"}},
     ),
     Case(
+        "store read-only",
+        "prepare",
+        f"store.path={UNWRITABLE}/store: cannot write",
+        changes={"store.path": f"{UNWRITABLE}/store"},
+    ),
+    Case(
         "store path is a file",
         "prepare",
         "store.path=",
@@ -202,6 +219,9 @@ TASK_CASES = [
     ),
     Case("missing model folder", "finetune", "model: folder", changes={"model": "{dir}/no_model"}),
     Case("results path is a file", "finetune", "output_dir=", files={"res": b"x"}, changes={"output_dir": "{dir}/res"}),
+    Case(
+        "results read-only", "finetune", f"output_dir={UNWRITABLE}: cannot write in", changes={"output_dir": UNWRITABLE}
+    ),
     Case("fine-tuning a model with custom code", "finetune", "asks for custom code", changes={"model": "{remote}"}),
     Case(
         "fine-tuning with a tokenizer with custom code",
@@ -242,6 +262,13 @@ INFERENCE_CASES = [
         "no_model",
         files={"notes.txt": b"fever\n"},
         argv=["{dir}/no_model", "{dir}/notes.txt", "--output_dir", "{dir}/o"],
+    ),
+    Case(
+        "inference output_dir read-only",
+        "infer",
+        f"--output_dir={UNWRITABLE}/o: cannot write in {UNWRITABLE}",
+        files={"notes.txt": b"fever\n"},
+        argv=["{model}", "{dir}/notes.txt", "--output_dir", f"{UNWRITABLE}/o"],
     ),
     Case(
         "output_dir is a file",
