@@ -22,7 +22,8 @@ import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from modeling.common import run_files
-from modeling.common.errors import ConfigError
+from modeling.common.engines import weights_problem
+from modeling.common.errors import ConfigError, DataError
 from modeling.data.contamination import ContaminationReport
 from modeling.finetune.config import task_from_dict
 from modeling.finetune.results import (
@@ -113,6 +114,10 @@ def build_card(
     license: str | None = None,
 ) -> Card:
     folder = Path(folder)
+    for weights in sorted(folder.glob("*.safetensors")):  # nothing damaged reaches a repo others load
+        problem = weights_problem(weights)
+        if problem:
+            raise DataError(f"{folder}: {problem}; publish from an intact copy of these weights")
     if (folder / RevisionRecord.FILE).exists():  # an intermediate checkpoint of a run (hub.push_every)
         return revision_card(folder, repo_id, license)
     kind = folder_kind(folder)

@@ -296,6 +296,13 @@ INFERENCE_CASES = [
 PUBLISH_CASES = [
     Case("card of a folder that is no model", "publish", "not a model folder", argv=["card", "{dir}"]),
     Case("card of a model no run recorded", "publish", "no training_summary.json beside it", argv=["card", "{model}"]),
+    Case(
+        "push of truncated weights",
+        "publish",
+        "model.safetensors cannot be read (SafetensorError: Error while deserializing header",
+        files={"model.safetensors": b"\x40\x00\x00\x00\x00\x00\x00\x00{"},  # a header cut short
+        argv=["push", "{dir}", "--repo", "org/model"],
+    ),
 ]
 
 CASES = RECIPE_CASES + CORPUS_CASES + TASK_CASES + INFERENCE_CASES + PUBLISH_CASES
