@@ -59,8 +59,10 @@ from modeling.pretrain.trainer import (
 
 log = logging.getLogger(__name__)
 
-# Called on the main process when a phase has been trained and recorded: (run folder, phase name, is the last).
-PhaseEndHook = Callable[[Path, str, bool], None]
+# Called on the main process for each finished phase, once it is recorded: (run folder, phase name, is the last,
+# trained by this launch). A phase a resume finds finished is handed over again: what a killed launch left undone
+# for it (a push) is the hook's to finish.
+PhaseEndHook = Callable[[Path, str, bool, bool], None]
 # Called on the main process when a revision has been written (hub.push_every): (its folder, its record).
 RevisionHook = Callable[[Path, RevisionRecord], None]
 
@@ -166,8 +168,8 @@ def _run(
             )
             run_files.write_json(run_folder.summary_json, training.to_dict())
             plot_training(run_folder.plot_png, phases)
-            if on_phase_end and trained_now:  # the folder, summary and plot are final
-                on_phase_end(run_folder.folder, phase.name, index == len(recipe.phases) - 1)
+            if on_phase_end:  # the folder, summary and plot are final
+                on_phase_end(run_folder.folder, phase.name, index == len(recipe.phases) - 1, trained_now)
         state.wait_for_everyone()
     return TrainingSummary.load(run_folder.summary_json)
 

@@ -25,6 +25,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from modeling.common import run_files
 from modeling.common.cli import run_command
 from modeling.common.errors import ConfigError
 from modeling.pretrain.run_folder import PretrainingRun
@@ -258,8 +259,11 @@ class PhasePusher:
     to main. The folder is staged at once, while its files are final (the next phase rewrites the run's summary
     and plot); the upload runs in a background thread, pushes one after another, while training goes on: an
     upload takes minutes, and with several processes the others would wait for it at the next collective.
-    A failed push does not stop training: it is logged with the command that redoes it. `wait()` before the
-    process ends."""
+    A failed push does not stop training: it is logged with the command that redoes it. Each push that arrived is
+    recorded in the run's `hub_pushes.json`; a resume hands finished phases over again and pushes what is not
+    recorded there (a launch killed, or failed, before its push ended). `wait()` before the process ends."""
+
+    RECORD = "hub_pushes.json"  # {"repo_id": ..., "pushed": {phase: [branches]}}
 
     def __init__(self, hub):
         self.hub = hub
@@ -267,8 +271,18 @@ class PhasePusher:
         self.pending: list[Future] = []
         self.pushed: list[str] = []  # revisions pushed, in order
 
-    def __call__(self, run_dir: Path, phase: str, last: bool) -> None:
-        for revision in (phase, "main") if last else (phase,):
+    def __call__(self, run_dir: Path, phase: str, last: bool, trained_now: bool = True) -> None:
+        branches = [phase, "main"] if last else [phase]
+        if not trained_now:
+            branches = [b for b in branches if b not in self._recorded(run_dir).get(phase, [])]
+            if branches:
+                log.info(
+                    "phase %s: not yet on %s (%s): the launch that finished it stopped before its push ended",
+                    phase,
+                    self.hub.repo_id,
+                    ", ".join(branches),
+                )
+        for revision in branches:
             staged = Path(tempfile.mkdtemp(prefix="hub-stage-")) / "repo"
             try:
                 card, _ = prepare(run_dir / phase, self.hub.repo_id, staged, revision=revision)
@@ -319,10 +333,24 @@ class PhasePusher:
                 message=f"Upload {card.kind} from {phase}",
             )
             log.info("phase %s pushed to %s (%s)", phase, self.hub.repo_id, revision)
+            recorded = self._recorded(run_dir)
+            recorded[phase] = sorted(set(recorded.get(phase, [])) | {revision})
+            run_files.write_json(run_dir / self.RECORD, {"repo_id": self.hub.repo_id, "pushed": recorded})
         except Exception as error:  # logged with the command that redoes it; the model is safe on disk
             self._failed(run_dir, phase, revision, error)
         finally:
             shutil.rmtree(staged.parent, ignore_errors=True)
+
+    def _recorded(self, run_dir: Path) -> dict[str, list[str]]:
+        """Phase -> the branches its pushes reached, for this repo (a record of another repo counts nothing)."""
+        try:
+            record = run_files.read_json(run_dir / self.RECORD)
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(record, dict) or record.get("repo_id") != self.hub.repo_id:
+            return {}
+        pushed = record.get("pushed")
+        return dict(pushed) if isinstance(pushed, dict) else {}
 
     def _resume(self, run_dir: Path, phase: str, revision: str) -> str:
         return resume_command(run_dir / phase, self.hub.repo_id, revision=revision, private=self.hub.private)

@@ -591,3 +591,31 @@ def test_the_model_learns_context_not_only_token_frequencies(tmp_path):
     held_out = json.loads((tmp_path / "out" / "training_summary.json").read_text())["phases"][0]["held_out"]
     assert held_out["loss_start"] > held_out["unigram_entropy"]  # a fresh model is worse than frequencies
     assert held_out["loss_end"] < held_out["unigram_entropy"] - 2.0, held_out  # the demo's target
+
+
+def test_a_phase_whose_push_did_not_arrive_is_pushed_by_the_resume(tmp_path):
+    """hub.repo_id against a local Hub whose first commit fails (403, not retried): phase 1's push is lost while
+    the run goes on, as a kill during the background push loses it. --resume on the finished run pushes phase 1,
+    and only it, to its branch; what arrived before is recorded in hub_pushes.json and not pushed again."""
+    from fake_hub import FakeHub
+
+    token, repo = "hf_TestSecretToken0123456789", "org/resumed-pushes"
+    settings = {"hub.repo_id": repo, "hub.license": "apache-2.0", "phases.0.length.steps": 2}
+    recipe = write_recipe(tmp_path, **settings, **{"phases.1.length": {"steps": 2}})
+    out = tmp_path / "out"
+    with FakeHub(token) as hub:
+        env = {**script_env(tmp_path), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": token}
+        hub.fail = {"commit": [403]}  # phase 1's push
+        subprocess.run([sys.executable, SCRIPT, str(recipe)], env=env, cwd=tmp_path, check=True, capture_output=True)
+        assert "model.safetensors" not in hub.files(repo, "phase1")  # the branch was made, its commit refused
+        assert {"phase2", "main"} <= set(hub.repos[repo]["branches"])
+        assert json.loads((out / "hub_pushes.json").read_text())["pushed"] == {"phase2": ["main", "phase2"]}
+        main_sha = hub.revision_sha(repo, "main")
+        again = [sys.executable, SCRIPT, str(recipe), "--resume"]
+        result = subprocess.run(again, env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "phase phase1: not yet on org/resumed-pushes (phase1)" in result.stderr
+        assert hub.files(repo, "phase1")["model.safetensors"] == (out / "phase1" / "model.safetensors").read_bytes()
+        assert hub.revision_sha(repo, "main") == main_sha, "what had arrived is not pushed again"
+        recorded = json.loads((out / "hub_pushes.json").read_text())["pushed"]
+        assert recorded == {"phase1": ["phase1"], "phase2": ["main", "phase2"]}
