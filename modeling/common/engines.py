@@ -4,7 +4,9 @@ accelerate picks the engine from its launch config (`accelerate_configs/`); the 
 and optimizer for it. Three things the project does at a phase boundary depend on the engine:
 
 - which files a checkpoint holds, and so how a checkpoint is judged complete (`checkpoint_files_problem`);
-- how a saved optimizer state is loaded into an optimizer the engine has prepared (`load_optimizer_state`);
+- how a saved optimizer state is loaded into an optimizer the engine has prepared (`load_optimizer_state`), also
+  by another number of processes than saved it: DDP's is whole, FSDP2's is resharded as it loads, ZeRO's
+  partitions are converted once to DeepSpeed's universal checkpoint (`make_universal`);
 - how full weights are gathered for a stock-transformers folder (`full_state_dict`).
 
 Engines, by name: `ddp` (one process, or DDP: every process holds the whole model), `fsdp2` (parameters,
@@ -13,15 +15,20 @@ gradients and optimizer state sharded; sharded checkpoints), `zero2` and `zero3`
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import copy
 import glob
+import io
 import os
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from modeling.common import run_files
 from modeling.common.errors import ConfigError
 from modeling.common.records import Record
 
@@ -152,20 +159,108 @@ def deepspeed_problem(path: Path, processes: int = 0) -> str | None:
     states = path / tag
     if not glob.glob(str(states / "*model_states.pt")):
         return f"no model states in {tag}/"
-    partitions = glob.glob(str(states / "*optim_states.pt"))
-    if not partitions or (processes and len(partitions) != processes):
-        return f"{len(partitions)} optimizer partitions in {tag}/" + (f", not {processes}" if processes else "")
+    partitions = zero_partitions(path)
+    if not partitions or (processes and partitions != processes):
+        return f"{partitions} optimizer partitions in {tag}/" + (f", not {processes}" if processes else "")
     problem = torch_files_problem(states)
     return f"{tag}/{problem}" if problem else None
+
+
+def zero_partitions(path: Path) -> int:
+    """How many optimizer partitions a ZeRO checkpoint holds: the number of processes that saved it."""
+    tag = (path / "latest").read_text().strip()
+    return len(glob.glob(str(path / tag / "*optim_states.pt")))
+
+
+# ---------------------------------------------------------------- ZeRO into another number of processes
+
+UNIVERSAL_LATEST = "latest_universal"  # DeepSpeed's name for the file naming a checkpoint's universal folder
+
+
+def universal_problem(path: Path) -> str | None:
+    """Why a ZeRO checkpoint has no whole universal copy, or None. `latest_universal` is written last, once the
+    folder it names is in place."""
+    latest = path / UNIVERSAL_LATEST
+    if not latest.exists():
+        return f"no {UNIVERSAL_LATEST}"
+    folder = path / latest.read_text().strip()
+    if not (folder / "zero" / "optimizer_state.pt").exists():
+        return f"{folder.name}/zero/optimizer_state.pt is missing"
+    return None
+
+
+def make_universal(path: Path) -> bool:
+    """Give a ZeRO checkpoint DeepSpeed's universal copy, which loads into any number of processes: per parameter,
+    its fp32 weights and optimizer moments whole (`global_stepN_universal/`, named by `latest_universal`, beside
+    the partitions). DeepSpeed's own converter (deepspeed.checkpoint.ds_to_universal), on one process; returns
+    False when the copy is there already. An interrupted conversion leaves a temporary folder, redone next time."""
+    if universal_problem(path) is None:
+        return False
+    from deepspeed.checkpoint import ds_to_universal
+
+    tag = (path / "latest").read_text().strip()
+    target, work = path / f"{tag}_universal", path / "universal.tmp"
+    shutil.rmtree(work, ignore_errors=True)  # left by a conversion that was killed
+    try:
+        arguments = argparse.Namespace(
+            input_folder=str(path / tag),
+            # inside a folder of its own: the converter writes its `latest_universal` beside its output
+            output_folder=str(work / target.name),
+            num_extract_workers=1,  # no worker processes forked from a training process
+            num_merge_workers=1,
+            keep_temp_folder=False,
+            strict=True,
+            inject_missing_state=True,  # the Trainer's checkpoints lack the (empty, for a plain model) info it wants
+        )
+        with contextlib.redirect_stdout(io.StringIO()):  # its progress prints
+            ds_to_universal.main(arguments)
+        shutil.rmtree(target, ignore_errors=True)  # left by a conversion killed between this rename and `latest`
+        (work / target.name).rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    run_files.write_text(path / UNIVERSAL_LATEST, target.name)
+    return True
+
+
+def universal_load_settled(optimizer, settings: list[dict]) -> None:
+    """Undo what DeepSpeed's ZeRO-3 loader of a universal checkpoint (0.19) gets wrong, so that training goes on
+    exactly: it gives every parameter group one shared step tensor, which each group's update then advances (the
+    step count, and with it Adam's bias correction, runs ahead), and group 0's hyperparameters (its weight decay
+    on the groups that have none). `settings`: each group's own, as the optimizer was created; the learning rate
+    stays the scheduler's. Harmless where the loader got them right (ZeRO-2's)."""
+    base = base_optimizer(optimizer)
+    own_step_counts(base)
+    for group, given in zip(base.param_groups, settings, strict=True):
+        group.update({key: value for key, value in given.items() if key not in ("params", "lr", "initial_lr")})
+
+
+def own_step_counts(optimizer) -> None:
+    """Give every parameter's optimizer state a step tensor of its own (see universal_load_settled)."""
+    seen = set()
+    for state in base_optimizer(optimizer).state.values():
+        step = state.get("step")
+        if isinstance(step, torch.Tensor):
+            if id(step) in seen:
+                state["step"] = step.clone()
+            seen.add(id(step))
+
+
+def base_optimizer(optimizer):
+    """The torch optimizer inside accelerate's and DeepSpeed's wrappers (each keeps the one it wraps as
+    `.optimizer`)."""
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
 
 
 # ---------------------------------------------------------------- optimizer state carried over
 
 
-def load_optimizer_state(trainer, checkpoint: str, engine: str) -> None:
+def load_optimizer_state(trainer, checkpoint: str, engine: str, universal: bool = False) -> None:
     """Load a checkpoint's optimizer state (its moments and step counts) into the Trainer's prepared optimizer,
     through the engine's own loader; the optimizer keeps its current hyperparameters (learning rate as the
-    scheduler set it, betas, eps, weight decay)."""
+    scheduler set it, betas, eps, weight decay). `universal`: a ZeRO engine built to load the checkpoint's
+    universal copy (make_universal), saved by another number of processes."""
     optimizer = trainer.optimizer
     current = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
     if engine == "fsdp2":
@@ -185,6 +280,8 @@ def load_optimizer_state(trainer, checkpoint: str, engine: str) -> None:
         optimizer.load_state_dict(state)
     for group, settings in zip(optimizer.param_groups, current, strict=True):
         group.update(settings)
+    if universal:
+        own_step_counts(optimizer)
 
 
 # ---------------------------------------------------------------- full weights

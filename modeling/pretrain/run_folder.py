@@ -16,7 +16,9 @@ PHASE/revisions/step-NNNNNNN/   intermediate checkpoints as stock transformers f
 PHASE/checkpoints/checkpoint-N/ resumable Trainer checkpoint; complete once checkpoint_complete.json is in it
                                 and the Trainer's state and the engine's files read back (DDP: model.safetensors,
                                 optimizer.pt; FSDP2: pytorch_model_fsdp_0/, optimizer_0/; ZeRO: latest,
-                                global_stepN/; modeling/common/engines.py)
+                                global_stepN/; modeling/common/engines.py). A ZeRO checkpoint resumed by another
+                                number of processes also gets its universal copy: latest_universal,
+                                global_stepN_universal/
 """
 
 from __future__ import annotations

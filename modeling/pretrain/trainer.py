@@ -8,6 +8,8 @@
   hyperparameters) and the held-out losses measured: the phase's slice, and each source's own slice (every
   source some phase trains on, trained in this phase or not), again every `holdout.every_steps` when the recipe asks;
 - a checkpoint at the phase's last step (the next phase carries its optimizer from there);
+- a checkpoint saved by another number of processes loads as well (a relaunch on fewer or more GPUs): under
+  ZeRO through DeepSpeed's universal checkpoint, converted once (`PretrainingTrainer.train`);
 - with `hub.push_every`, every N steps a checkpoint and a revision: the whole weights as a stock transformers
   folder with its step, tokens and held-out loss (`RevisionSnapshots`), handed to the Hub push.
 """
@@ -38,8 +40,11 @@ from modeling.common.engines import (
     engine_of,
     full_state_dict,
     load_optimizer_state,
+    make_universal,
     save_whole,
     state_bytes,
+    universal_load_settled,
+    zero_partitions,
 )
 from modeling.common.errors import ConfigError, DataError
 from modeling.common.records import Record
@@ -107,14 +112,11 @@ class CheckpointMarker(Record):
     processes: int = 0  # how many processes wrote it (0: not recorded)
 
     def launch_mismatch(self, engine: str, processes: int) -> str | None:
-        """Why this launch cannot load the checkpoint's engine files, or None. DDP and FSDP2 checkpoints load
-        into any number of processes (FSDP2's are resharded on load); ZeRO's partitions only into as many."""
+        """Why this launch cannot load the checkpoint's engine files, or None. Any number of `processes` can:
+        DDP's are whole, FSDP2's are resharded on load, ZeRO's partitions are converted to DeepSpeed's universal
+        checkpoint first (PretrainingTrainer.train); another engine cannot."""
         if self.engine != engine:
             return f"was saved under {self.engine} and this launch runs {engine}"
-        if engine.startswith("zero") and self.processes and self.processes != processes:
-            return (
-                f"was saved by {self.processes} processes and ZeRO loads its partitions into as many, not {processes}"
-            )
         return None
 
 
@@ -163,6 +165,10 @@ def checkpoint_problem(path: Path) -> str | None:
     return checkpoint_files_problem(path, saved.engine, saved.processes)
 
 
+def _processes(count: int) -> str:
+    return f"{count} process" + ("" if count == 1 else "es")
+
+
 def _carried_state_problem(checkpoint: Path) -> str | None:
     """Why the previous phase's last checkpoint cannot give this phase its optimizer state, or None."""
     if not checkpoint.exists():
@@ -198,6 +204,8 @@ class PretrainingTrainer(Trainer):
         self.counters = TokenCounters.zeros(len(source_names))
         self._last_log = (time.monotonic(), TokenCounters.zeros(len(source_names)))
         self.wall_time_before, self.session_start = 0.0, time.monotonic()
+        self.universal_from: str | None = None  # the ZeRO checkpoint train() loads through its universal copy
+        self.optimizer_settings: list[dict] = []  # each parameter group's, as created
         self.add_callback(PhaseStart(self))
         if curve_every:
             self.add_callback(HeldOutCurve(self, curve_every))
@@ -229,12 +237,73 @@ class PretrainingTrainer(Trainer):
         """The loss on each source's own slice: source -> loss."""
         return {held_out.source: self.measure(held_out) for held_out in self.source_held_out}
 
+    def create_optimizer(self, model=None):
+        # each group's settings as given, for after a universal checkpoint's load (universal_load_settled)
+        optimizer = super().create_optimizer(model)
+        self.optimizer_settings = [
+            {k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups
+        ]
+        return optimizer
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         # We give transformers' warmup-stable-decay schedule its stable length explicitly; Trainer also passes
         # the total, and transformers warns that both were given.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Both num_training_steps and num_stable_steps are specified")
             return super().create_scheduler(num_training_steps, optimizer)
+
+    # -- a checkpoint saved by another number of processes
+
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs):
+        """Trainer.train. Under ZeRO, the checkpoint it loads (the one resumed, or the previous phase's whose
+        optimizer state a fresh phase carries over) may have been saved by another number of processes, whose
+        partitions DeepSpeed cannot load: its universal copy is made then, once, and the engine is built to load
+        that (DeepSpeed's `checkpoint.load_universal`)."""
+        self.universal_from = self._universal_source(resume_from_checkpoint or self.carry_optimizer_from)
+        if self.universal_from is None:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+        config.setdefault("checkpoint", {})["load_universal"] = True
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        finally:  # the next phase's engine, built from the same plugin, loads partitions as saved
+            config["checkpoint"].pop("load_universal", None)
+
+    def _universal_source(self, checkpoint: str | None) -> str | None:
+        """`checkpoint` when it is a ZeRO checkpoint saved by another number of processes (its universal copy then
+        made, by the main process), else None. A carried-over state that is not whole is left to start_phase,
+        which says so."""
+        if checkpoint is None or not self.engine.startswith("zero"):
+            return None
+        if checkpoint == self.carry_optimizer_from and _carried_state_problem(Path(checkpoint)):
+            return None
+        if CheckpointMarker.load(Path(checkpoint) / PhaseFolder.CHECKPOINT_MARKER).engine != self.engine:
+            return None  # refused in one line where it is loaded
+        saved, processes = zero_partitions(Path(checkpoint)), self.accelerator.num_processes
+        if saved == processes:
+            return None
+        problem, converted = None, False
+        if self.accelerator.is_main_process:
+            try:
+                converted = make_universal(Path(checkpoint))
+            except Exception as error:  # DeepSpeed's converter asserts and raises many types
+                problem = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+        if processes > 1:  # every process stops, or none: the others would wait at the next collective
+            problem = broadcast_object_list([problem])[0]
+        if problem:
+            raise DataError(
+                f"{checkpoint}: saved by {_processes(saved)}, and DeepSpeed could not make the universal checkpoint "
+                f"that loads into {processes} ({problem}); relaunch with {_processes(saved)}"
+            )
+        if self.accelerator.is_main_process:
+            log.info(
+                "%s: saved by %s, loaded into %d through DeepSpeed's universal checkpoint (%s)",
+                checkpoint,
+                _processes(saved),
+                processes,
+                "converted now" if converted else "converted before",
+            )
+        return checkpoint
 
     # -- forward
 
@@ -271,7 +340,8 @@ class PretrainingTrainer(Trainer):
                     f"{mismatch}; launch as the previous phase was launched, or start this phase with a fresh "
                     f"optimizer (--phases.{self.phase}.reset_optimizer true)"
                 )
-            load_optimizer_state(self, self.carry_optimizer_from, self.engine)
+            universal = self.universal_from == self.carry_optimizer_from
+            load_optimizer_state(self, self.carry_optimizer_from, self.engine, universal=universal)
             log.info("phase %s: optimizer state carried over from %s", self.phase, self.carry_optimizer_from)
         self.held_out_start = self.measure(self.held_out)
         self.source_losses_start = self.measure_sources()
@@ -400,8 +470,11 @@ class PhaseStart(TrainerCallback):
         self.measured = False
 
     def on_train_begin(self, args, state, control, **kwargs):
+        trainer = self.trainer()
         if state.global_step == 0:
-            self.trainer().start_phase()
+            trainer.start_phase()
+        elif trainer.universal_from:  # resumed: Trainer has just loaded the checkpoint's universal copy
+            universal_load_settled(trainer.optimizer, trainer.optimizer_settings)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         if not self.measured:
