@@ -14,14 +14,16 @@ phase whose successor has not started, a phase folder not yet on the Hub, else t
 
 A chain survives when, after its last relaunch ends (exit 0): the phase folders' weights equal the uninterrupted
 run's (max abs difference <= 1e-6; on a CPU in fp32 they are equal), every safetensors and JSON file in the run
-and the store reads, the store verifies against its checksums, no temporary file is left, and the Hub repo holds
-phase1, phase2 and main with the phase folders' weights. Every kill of a chain counts as survived or not with it.
+and the store reads, the store verifies against its checksums, no temporary file is left, no process of the
+pipeline outlives it (a worker the kill did not reach), and the Hub repo holds phase1, phase2 and main with the
+phase folders' weights. Every kill of a chain counts as survived or not with it.
 
     python -m benchmarks.fault_injection [--kills 30] [--processes 1 2] [--kills_per_chain 3] [--seed 0] [--json F]
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -222,6 +224,12 @@ def check_chain(chain: Chain, folder: Path, reference: Path, hub) -> None:
 
     from modeling.data.store import Store
 
+    lingering = _processes_of(folder)
+    if lingering:  # a worker the kill did not reach, still holding the store's lock, memory, a GPU
+        chain.problems.append(f"{len(lingering)} processes of the pipeline outlived it (pids {lingering[:4]})")
+        for pid in lingering:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     if chain.problems:
         return
     out, diff = folder / "out", 0.0
@@ -266,6 +274,22 @@ def check_chain(chain: Chain, folder: Path, reference: Path, hub) -> None:
         arrived = hub.files(REPO, branch).get("model.safetensors")
         if arrived != (out / phase / "model.safetensors").read_bytes():
             chain.problems.append(f"the Hub's {branch} does not hold {phase}'s weights")
+
+
+def _processes_of(folder: Path) -> list[int]:
+    """Processes still running whose command line names the chain's folder (its recipe)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(folder / "recipe.yaml") in command and state != "Z":
+            found.append(int(entry.name))
+    return found
 
 
 def pipeline_seconds(folder: Path, processes: int, hub) -> tuple[float, float]:

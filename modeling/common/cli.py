@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 
 from modeling.common.errors import UserError
-from modeling.common.runtime import is_main_process
+from modeling.common.runtime import end_with_launcher, is_main_process
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -32,6 +32,7 @@ def run_command(
     """Run `command(argv)` (default: the process's arguments) and turn its outcome into an exit code.
     `next_step(argv)` says how to continue after an interruption or a full disk (e.g. `... --resume`)."""
     setup_logging()
+    end_with_launcher()
     argv = sys.argv[1:] if argv is None else argv
     then = f"; {next_step(argv)}" if next_step else ""
     with _terminate_as_interrupt():

@@ -47,3 +47,37 @@ def test_a_file_that_cannot_be_written_mid_run_is_one_line_and_what_to_run_next(
     assert capsys.readouterr().err.strip() == "error: no space left on device writing /runs/demo/state.json"
     with pytest.raises(FileNotFoundError):  # any other OSError is a bug to see whole
         run_command(lambda argv: open("/no/such/file"), [])
+
+
+def test_a_torchrun_worker_ends_when_its_launcher_is_killed(tmp_path):
+    """torch's elastic agent starts workers in sessions of their own, out of reach of a kill of the launcher's
+    process group: each worker watches its parent and ends with it rather than wait out the collective timeout."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    pid_file = tmp_path / "worker.pid"
+    worker = (
+        f"import os, sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from modeling.common.runtime import end_with_launcher\n"
+        "assert end_with_launcher(poll_seconds=0.1)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)"
+    )
+    launcher = (  # as torchrun starts a worker: its own session
+        "import os, subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {worker!r}], start_new_session=True,"
+        " env={**os.environ, 'TORCHELASTIC_RUN_ID': 'test'})\ntime.sleep(120)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", launcher], start_new_session=True)
+    deadline = time.time() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.05)
+    pid = int(pid_file.read_text())
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher's group: the worker is not in it
+    process.wait()
+    deadline = time.time() + 30
+    while os.path.exists(f"/proc/{pid}") and "Z" not in open(f"/proc/{pid}/stat").read().split()[2]:
+        assert time.time() < deadline, "the worker outlived its launcher"
+        time.sleep(0.05)
