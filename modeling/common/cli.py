@@ -17,7 +17,8 @@ import sys
 from collections.abc import Callable
 
 from modeling.common.errors import UserError
-from modeling.common.runtime import end_with_launcher, is_main_process
+from modeling.common.launcher import end_with_launcher
+from modeling.common.runtime import is_main_process
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -18,29 +18,6 @@ from modeling.common.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def end_with_launcher(poll_seconds: float = 1.0) -> bool:
-    """A process torchrun (accelerate launch) started ends when its launcher is gone. torch's elastic agent
-    starts each worker in a session of its own, so a kill of the launcher's process group (SIGKILL: `kill -9`,
-    a lost node's agent) does not reach the workers: they would wait in their next collective until
-    distributed.timeout_minutes, holding the store's lock, memory and GPUs. A daemon thread watches the parent
-    and ends this process as abruptly as the launcher ended. True when the watch started (a torchrun worker)."""
-    import signal
-    import threading
-    import time
-
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
-        return False
-    launcher = os.getppid()
-
-    def watch():
-        while os.getppid() == launcher:
-            time.sleep(poll_seconds)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
-    return True
-
-
 def is_main_process() -> bool:
     """Known before any process group exists (logging is set up before one is joined)."""
     return int(os.environ.get("RANK", "0")) == 0

@@ -60,7 +60,7 @@ def test_a_torchrun_worker_ends_when_its_launcher_is_killed(tmp_path):
     pid_file = tmp_path / "worker.pid"
     worker = (
         f"import os, sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
-        "from modeling.common.runtime import end_with_launcher\n"
+        "from modeling.common.launcher import end_with_launcher\n"
         "assert end_with_launcher(poll_seconds=0.1)\n"
         f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)"
     )
