@@ -143,7 +143,7 @@ def _reap_group(group: int) -> None:
 def moment(folder: Path, hub, stage: str) -> str:
     """What the pipeline was doing when killed, from what it left."""
     store, out = folder / "stores" / "tiny", folder / "out"
-    temporaries = [p for p in list(store.rglob("*.tmp")) + list(out.rglob("*.tmp"))]
+    temporaries = [*store.rglob("*.tmp"), *out.rglob("*.tmp")]
     if stage == "prepare" or not (store / "manifest.json").exists():
         if temporaries:
             return "prepare: writing " + _kind(temporaries[0])
@@ -259,7 +259,7 @@ def check_chain(chain: Chain, folder: Path, reference: Path, hub) -> None:
             json.loads(path.read_text())
         except (OSError, ValueError) as error:
             chain.problems.append(f"{path.relative_to(folder)}: unreadable JSON ({error})")
-    left = [p for p in list(out.rglob("*.tmp")) + list((folder / "stores").rglob("*.tmp"))]
+    left = [*out.rglob("*.tmp"), *(folder / "stores").rglob("*.tmp")]
     if left:
         chain.problems.append(f"temporary files left: {', '.join(str(p.relative_to(folder)) for p in left[:3])}")
     try:

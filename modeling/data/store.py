@@ -222,7 +222,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def batch_crc32(offsets: np.ndarray, values: np.ndarray, keys: np.ndarray) -> list[int]:
     """What a record batch is checked against: the CRC32 of its document offsets, its token ids, its text keys."""
-    return [zlib.crc32(np.ascontiguousarray(array).view(np.uint8)) for array in (offsets, values, keys)]
+    return [_crc32(array) for array in (offsets, values, keys)]
+
+
+def _crc32(array: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(array).view(np.uint8))
 
 
 def _sha256(path: Path) -> str:
@@ -599,7 +603,7 @@ class StoreSplit:
         """Record batch `batch`'s offsets (0), token ids (1) or text keys (2) against its CRC32, once."""
         if self._checked[batch][what]:
             return
-        if zlib.crc32(np.ascontiguousarray(array).view(np.uint8)) != self._expected[batch][what]:
+        if _crc32(array) != self._expected[batch][what]:
             path, number = self._where[batch]
             name = ("document offsets", "token ids", "text keys")[what]
             raise DataError(
